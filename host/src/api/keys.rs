@@ -1,0 +1,77 @@
+//! API key management (admin only).
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiResult, ErrorBody, Json, Path};
+use super::{AppState, require_admin};
+use crate::error::WharfError;
+use crate::store::keys::{self as key_store, ApiKey, Principal};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_key, list_keys)).routes(routes!(revoke_key))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Sandboxes created with the key belong to this owner.
+    owner: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    meta: ApiKey,
+    /// The secret. Shown this once; only its hash is stored.
+    key: String,
+}
+
+/// Creates an API key for an owner. The secret is returned once, in `key`.
+#[utoipa::path(post, path = "/v1/keys", request_body = CreateKey, responses(
+    (status = 201, body = CreatedKey),
+    (status = 403, body = ErrorBody),
+))]
+async fn create_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Json(body): Json<CreateKey>,
+) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+    require_admin(&principal)?;
+    let owner = body.owner.trim();
+    if owner.is_empty() || owner.len() > 128 || owner.chars().any(char::is_control) {
+        return Err(WharfError::validation("owner must be 1-128 printable characters").into());
+    }
+    let (meta, key) = key_store::create(&state.db, owner, body.admin).await?;
+    tracing::info!(key_id = %meta.id, owner = %meta.owner, fingerprint = %key_store::fingerprint(&key), "API key created");
+    Ok((StatusCode::CREATED, Json(CreatedKey { meta, key })))
+}
+
+/// Lists API keys (never their secrets).
+#[utoipa::path(get, path = "/v1/keys", responses((status = 200, body = Vec<ApiKey>), (status = 403, body = ErrorBody)))]
+async fn list_keys(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> ApiResult<Json<Vec<ApiKey>>> {
+    require_admin(&principal)?;
+    Ok(Json(key_store::list(&state.db).await?))
+}
+
+/// Revokes a key: it is rejected from the next request on.
+#[utoipa::path(delete, path = "/v1/keys/{id}", params(("id" = String, Path)), responses(
+    (status = 204),
+    (status = 404, body = ErrorBody),
+))]
+async fn revoke_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_admin(&principal)?;
+    key_store::revoke(&state.db, &id).await?;
+    tracing::info!(key_id = %id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

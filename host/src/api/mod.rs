@@ -1,0 +1,134 @@
+//! The HTTP API (axum). Routes are declared with utoipa so `/openapi.json`
+//! is generated from the same code that serves them.
+
+pub mod error;
+pub mod keys;
+pub mod packs;
+pub mod sandboxes;
+pub mod system;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+
+use self::error::{ApiError, REQUEST_ID};
+use crate::config::Config;
+use crate::error::{ErrorCode, WharfError};
+use crate::metrics::Metrics;
+use crate::packs::Packs;
+use crate::sandbox::service::Sandboxes;
+use crate::store::Db;
+use crate::store::keys::{self as key_store, Principal};
+
+/// Everything a handler may need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub packs: Arc<Packs>,
+    pub sandboxes: Arc<Sandboxes>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Wharf", description = "Plugin packs as sandboxed WebAssembly components, sandboxes, probes."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(error::ErrorBody, crate::error::ErrorCode))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The router and the OpenAPI document it was built with.
+pub fn router(state: AppState) -> Router {
+    let authenticated = OpenApiRouter::new()
+        .merge(packs::routes())
+        .merge(keys::routes())
+        .merge(sandboxes::routes())
+        .merge(system::authenticated_routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(system::public_routes())
+        .merge(authenticated)
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+    router
+        .route("/openapi.json", axum::routing::get(move || async move { axum::Json(openapi.as_ref().clone()) }))
+        .fallback(|| async { ApiError(WharfError::new(ErrorCode::NotFound, "no such route")) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(WharfError::new(ErrorCode::MethodNotAllowed, "this route does not accept that method"))
+        })
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .with_state(state)
+}
+
+/// Gives each request an id (echoed in `x-request-id` and error bodies), a
+/// span, and metrics.
+async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let id = crate::store::keys::new_id("req");
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
+    let started = Instant::now();
+    let mut response = REQUEST_ID
+        .scope(id.clone(), tracing::Instrument::instrument(next.run(request), span.clone()))
+        .await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    state.metrics.http_requests.with_label_values(&[method.as_str(), &route, status.as_str()]).inc();
+    state.metrics.http_request_seconds.with_label_values(&[method.as_str(), &route]).observe(elapsed.as_secs_f64());
+    span.in_scope(|| tracing::debug!(status = status.as_u16(), elapsed_ms = elapsed.as_secs_f64() * 1000.0, "served"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// `Authorization: Bearer <key>`; a revoked key fails from the next request on.
+async fn require_key(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|key| !key.is_empty());
+    let Some(secret) = presented else {
+        return ApiError(WharfError::new(ErrorCode::Unauthorized, "missing `Authorization: Bearer <api key>`")).into_response();
+    };
+    match key_store::authenticate(&state.db, secret).await {
+        Ok(Some(principal)) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Ok(None) => ApiError(WharfError::new(ErrorCode::Unauthorized, "unknown or revoked API key")).into_response(),
+        Err(err) => ApiError(err).into_response(),
+    }
+}
+
+/// Fails unless the caller holds an admin key.
+pub fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+    if principal.admin {
+        Ok(())
+    } else {
+        Err(WharfError::new(ErrorCode::Forbidden, "this needs an admin key").into())
+    }
+}

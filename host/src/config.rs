@@ -1,0 +1,198 @@
+//! Configuration: one `wharf.toml`, overridden by `WHARF_*` environment variables.
+//!
+//! Every field has a default, so the server runs with no file at all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on (`WHARF_LISTEN`).
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database, sandboxes and caches (`WHARF_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Directory watched for built packs (`WHARF_PACKS_DIR`); default `<data_dir>/packs`.
+    pub packs_dir: Option<PathBuf>,
+    /// The first admin API key (`WHARF_ADMIN_KEY`). Secret: never logged.
+    pub admin_key: Option<String>,
+    /// `text` or `json` log lines (`WHARF_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Largest accepted JSON request body, in bytes.
+    pub max_body_bytes: usize,
+    pub runtime: RuntimeConfig,
+    pub packs: PacksConfig,
+    pub sandbox: SandboxConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Per-call deadline when the pack asks for none.
+    pub default_timeout_ms: u64,
+    /// The most a pack may ask for.
+    pub max_timeout_ms: u64,
+    /// Per-instance memory cap when the pack asks for none.
+    pub default_memory_mib: u64,
+    /// The most a pack may ask for; also the pooling allocator's slot size.
+    pub max_memory_mib: u64,
+    /// Concurrent component instances the pooling allocator reserves.
+    pub max_instances: u32,
+    /// Consecutive traps that open a component's circuit.
+    pub circuit_trap_threshold: u32,
+    /// How long an open circuit refuses calls.
+    pub circuit_cooldown_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PacksConfig {
+    /// Quiet period after the last file event before the packs dir is rescanned.
+    pub debounce_ms: u64,
+    /// Plugin log lines kept per pack.
+    pub log_lines_per_pack: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Bytes of stdout and of stderr kept per exec; the rest is dropped and flagged.
+    pub exec_output_cap_bytes: usize,
+    /// Exec timeout when the caller gives none.
+    pub exec_default_timeout_ms: u64,
+    /// The longest exec timeout a caller may ask for.
+    pub exec_max_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            data_dir: PathBuf::from("data"),
+            packs_dir: None,
+            admin_key: None,
+            log_format: LogFormat::Text,
+            max_body_bytes: 1024 * 1024,
+            runtime: RuntimeConfig::default(),
+            packs: PacksConfig::default(),
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout_ms: 5_000,
+            max_timeout_ms: 60_000,
+            default_memory_mib: 64,
+            max_memory_mib: 512,
+            max_instances: 1_000,
+            circuit_trap_threshold: 5,
+            circuit_cooldown_ms: 30_000,
+        }
+    }
+}
+
+impl Default for PacksConfig {
+    fn default() -> Self {
+        Self { debounce_ms: 100, log_lines_per_pack: 200 }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            exec_output_cap_bytes: 1024 * 1024,
+            exec_default_timeout_ms: 30_000,
+            exec_max_timeout_ms: 600_000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (or `./wharf.toml` if present), then applies `WHARF_*` overrides.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let default_path = Path::new("wharf.toml");
+        let path = path.or_else(|| default_path.exists().then_some(default_path));
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(listen) = var("WHARF_LISTEN") {
+            self.listen = listen.parse().with_context(|| format!("WHARF_LISTEN={listen:?} is not an address"))?;
+        }
+        if let Some(dir) = var("WHARF_DATA_DIR") {
+            self.data_dir = dir.into();
+        }
+        if let Some(dir) = var("WHARF_PACKS_DIR") {
+            self.packs_dir = Some(dir.into());
+        }
+        if let Some(key) = var("WHARF_ADMIN_KEY").filter(|k| !k.is_empty()) {
+            self.admin_key = Some(key);
+        }
+        if let Some(format) = var("WHARF_LOG_FORMAT") {
+            self.log_format = match format.as_str() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                other => anyhow::bail!("WHARF_LOG_FORMAT={other:?}: expected text or json"),
+            };
+        }
+        Ok(())
+    }
+
+    pub fn packs_dir(&self) -> PathBuf {
+        self.packs_dir.clone().unwrap_or_else(|| self.data_dir.join("packs"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut config: Config = toml::from_str("listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/wharf\"").unwrap();
+        config
+            .apply_env(|name| match name {
+                "WHARF_LISTEN" => Some("0.0.0.0:7000".into()),
+                "WHARF_PACKS_DIR" => Some("/packs".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(config.data_dir, PathBuf::from("/srv/wharf"));
+        assert_eq!(config.packs_dir(), PathBuf::from("/packs"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<Config>("listne = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_value_is_a_clear_error() {
+        let err = Config::default().apply_env(|n| (n == "WHARF_LISTEN").then(|| "nope".into())).unwrap_err();
+        assert!(err.to_string().contains("WHARF_LISTEN"));
+    }
+}

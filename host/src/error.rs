@@ -1,0 +1,149 @@
+//! The one table of stable error codes, and the error type that carries them
+//! from any layer of the host to the API.
+
+use axum::http::StatusCode;
+use serde::Serialize;
+
+macro_rules! error_codes {
+    ($($variant:ident => ($name:literal, $status:expr, $retriable:expr, $doc:literal)),+ $(,)?) => {
+        /// Stable error codes. Each has one snake_case name and one HTTP status.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum ErrorCode { $(#[doc = $doc] $variant),+ }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $name),+ }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$variant => $status),+ }
+            }
+
+            /// Whether the same request may succeed if retried later.
+            pub fn retriable(self) -> bool {
+                match self { $(ErrorCode::$variant => $retriable),+ }
+            }
+
+            pub fn description(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $doc),+ }
+            }
+        }
+    };
+}
+
+error_codes! {
+    ValidationError => ("validation_error", StatusCode::BAD_REQUEST, false, "The request body, query or path is malformed or fails validation."),
+    InvalidPath => ("invalid_path", StatusCode::BAD_REQUEST, false, "A sandbox path is absolute, contains `..` or NUL, or escapes the sandbox root."),
+    CapabilityNotSupported => ("capability_not_supported", StatusCode::BAD_REQUEST, false, "No active adapter provides the capability or operation, or the profile does not allow it."),
+    Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED, false, "Missing, unknown or revoked API key."),
+    Forbidden => ("forbidden", StatusCode::FORBIDDEN, false, "The API key is valid but may not do this (admin only)."),
+    NotFound => ("not_found", StatusCode::NOT_FOUND, false, "The resource does not exist or belongs to another owner."),
+    FileNotFound => ("file_not_found", StatusCode::NOT_FOUND, false, "The file does not exist in the sandbox."),
+    MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED, false, "The route exists but not with this HTTP method."),
+    Conflict => ("conflict", StatusCode::CONFLICT, false, "The resource is in a state that does not allow this operation."),
+    IdempotencyConflict => ("idempotency_conflict", StatusCode::CONFLICT, false, "The Idempotency-Key was already used with a different request body."),
+    PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, false, "The request body exceeds the configured limit."),
+    PluginError => ("plugin_error", StatusCode::UNPROCESSABLE_ENTITY, false, "The plugin ran and returned an error; `message` carries the plugin's code and text."),
+    PluginTrap => ("plugin_trap", StatusCode::BAD_GATEWAY, true, "The plugin trapped (panic, out of memory, invalid state). The host kept serving."),
+    PluginTimeout => ("plugin_timeout", StatusCode::GATEWAY_TIMEOUT, true, "The plugin exceeded its per-call deadline and was stopped."),
+    PluginUnavailable => ("plugin_unavailable", StatusCode::SERVICE_UNAVAILABLE, true, "The component's circuit is open after repeated traps; retry after the cool-down."),
+    SessionNotReady => ("session_not_ready", StatusCode::SERVICE_UNAVAILABLE, true, "The sandbox is not running yet; retry after `retry_after_ms`."),
+    Timeout => ("timeout", StatusCode::GATEWAY_TIMEOUT, true, "The operation did not finish within its time limit."),
+    InternalError => ("internal_error", StatusCode::INTERNAL_SERVER_ERROR, true, "An unexpected failure inside the host; see the server log with the request id."),
+}
+
+/// An error with a stable code, raised anywhere in the host.
+///
+/// The message is shown to clients: never put secrets in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct WharfError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Overrides the code's default when the cause knows better (e.g. a plugin
+    /// error that the plugin marked retriable).
+    pub retriable: Option<bool>,
+    /// For retriable states with a known wait (e.g. `session_not_ready`).
+    pub retry_after_ms: Option<u64>,
+}
+
+impl WharfError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), retriable: None, retry_after_ms: None }
+    }
+
+    pub fn with_retriable(mut self, retriable: bool) -> Self {
+        self.retriable = Some(retriable);
+        self
+    }
+
+    pub fn with_retry_after(mut self, retry_after: std::time::Duration) -> Self {
+        self.retry_after_ms = Some(retry_after.as_millis() as u64);
+        self
+    }
+
+    pub fn retriable(&self) -> bool {
+        self.retriable.unwrap_or_else(|| self.code.retriable())
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ValidationError, message)
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InternalError, message)
+    }
+}
+
+impl From<sqlx::Error> for WharfError {
+    fn from(err: sqlx::Error) -> Self {
+        tracing::error!(error = %err, "store error");
+        Self::internal("storage failure")
+    }
+}
+
+pub type WharfResult<T> = Result<T, WharfError>;
+
+/// Renders the error-code table as Markdown (used to keep the README in sync).
+pub fn markdown_table() -> String {
+    let mut out = String::from("| code | HTTP | retriable | meaning |\n|---|---|---|---|\n");
+    for code in ErrorCode::ALL {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            code.as_str(),
+            code.status().as_u16(),
+            if code.retriable() { "yes" } else { "no" },
+            code.description()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_name_matches_table_name() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, code.as_str(), "serde and as_str disagree for {code:?}");
+        }
+    }
+
+    #[test]
+    fn readme_lists_every_error_code() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md at the repo root");
+        for line in markdown_table().lines().skip(2) {
+            assert!(readme.contains(line), "README error table is missing or differs on:\n{line}");
+        }
+    }
+}

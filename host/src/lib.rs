@@ -1,0 +1,18 @@
+//! Wharf: a server that loads plugin packs as sandboxed WebAssembly
+//! components, hot-reloads them, and runs sandboxes around them.
+//!
+//! The modules mirror the domain: [`packs`] (manifest, loader, watcher,
+//! generations), [`runtime`] (wasmtime engine, limits, bindings),
+//! [`sandbox`] (drivers), [`capabilities`] (routing), [`api`] (HTTP),
+//! [`store`] (SQLite).
+
+pub mod api;
+pub mod capabilities;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod packs;
+pub mod runtime;
+pub mod sandbox;
+pub mod server;
+pub mod store;

@@ -1,0 +1,231 @@
+//! Turning one pack directory into a loaded, self-tested generation.
+//!
+//! Everything here happens before the swap: parse, digest-verify, compile,
+//! pre-instantiate and self-test. Any failure becomes a quarantine reason and
+//! the previous generation keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::manifest::{ComponentKind, ComponentSource, Form, Manifest, describe_problems};
+use crate::runtime::logs::PluginLogs;
+use crate::runtime::{ComponentLoad, LoadedComponent, Runtime};
+use crate::store::now_rfc3339;
+
+/// Largest pack the loader will read, all files together.
+pub const MAX_PACK_BYTES: u64 = 256 << 20;
+
+/// An operation of an adapter, as its `describe()` reported it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OperationInfo {
+    pub name: String,
+    pub description: String,
+    #[schema(value_type = Object)]
+    pub input_schema: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub output_schema: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AdapterInfo {
+    pub capability: String,
+    pub version: String,
+    pub description: String,
+    pub operations: Vec<OperationInfo>,
+}
+
+/// One component of a loaded pack, with what its self-test learned.
+pub struct PackComponent {
+    pub runtime: Arc<LoadedComponent>,
+    /// Adapters: `describe()`.
+    pub adapter: Option<AdapterInfo>,
+    /// Providers: the provider ids from `catalog()`.
+    pub provider_ids: Vec<String>,
+}
+
+/// One generation of a pack: immutable once loaded. Calls hold an `Arc` to
+/// it, so a replaced generation lives until its in-flight calls finish.
+pub struct LoadedPack {
+    pub id: String,
+    pub version: semver::Version,
+    /// sha256 over every file of the pack: the identity of a generation.
+    pub digest: String,
+    pub generation: u64,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub loaded_at: String,
+    pub components: Vec<PackComponent>,
+    pub(super) inflight: AtomicUsize,
+}
+
+impl LoadedPack {
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Counts a call against its generation for as long as it lives.
+pub struct InflightGuard(Arc<LoadedPack>);
+
+impl InflightGuard {
+    pub fn new(pack: Arc<LoadedPack>) -> Self {
+        pack.inflight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(pack)
+    }
+
+    pub fn pack(&self) -> &Arc<LoadedPack> {
+        &self.0
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// sha256 over the sorted relative paths and contents of every file in `dir`.
+pub fn content_digest(dir: &Path) -> std::io::Result<String> {
+    let mut files = Vec::new();
+    collect_files(dir, dir, &mut files)?;
+    files.sort();
+    let mut total = 0u64;
+    let mut hasher = Sha256::new();
+    for rel in files {
+        let bytes = std::fs::read(dir.join(&rel))?;
+        total += bytes.len() as u64;
+        if total > MAX_PACK_BYTES {
+            return Err(std::io::Error::other(format!("pack is larger than {} MiB", MAX_PACK_BYTES >> 20)));
+        }
+        hasher.update(rel.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(Sha256::digest(&bytes));
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            collect_files(root, &entry.path(), out)?;
+        } else if kind.is_file() {
+            out.push(entry.path().strip_prefix(root).expect("under root").to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+/// Reads the id of a pack, for generation numbering, without full validation.
+pub fn peek_id(dir: &Path) -> Option<(String, String)> {
+    let manifest = Manifest::load(dir, Form::Built).ok()?;
+    Some((manifest.id, manifest.version.to_string()))
+}
+
+/// Loads `dir` as generation `generation`. Blocking: run it off the async
+/// threads, inside the tokio runtime.
+pub fn load_pack(
+    dir: &Path,
+    digest: String,
+    generation: u64,
+    runtime: &Runtime,
+    logs: &PluginLogs,
+) -> Result<LoadedPack, String> {
+    let manifest = Manifest::load(dir, Form::Built).map_err(|problems| describe_problems(&problems))?;
+    let limits = runtime.effective_limits(manifest.limits);
+    let log = logs.for_pack(&manifest.id);
+    let root = dir.canonicalize().map_err(|err| format!("{}: {err}", dir.display()))?;
+    let mut components = Vec::new();
+    for (i, spec) in manifest.components.iter().enumerate() {
+        let at = format!("components[{i}] ({})", spec.name);
+        let ComponentSource::Wasm { path, sha256 } = &spec.source else {
+            return Err(format!("{at}: not a built component"));
+        };
+        let file = root.join(path);
+        let real = file.canonicalize().map_err(|err| format!("{at}.wasm: {}: {err}", path.display()))?;
+        if !real.starts_with(&root) {
+            return Err(format!("{at}.wasm: {} leads outside the pack", path.display()));
+        }
+        let wasm = std::fs::read(&real).map_err(|err| format!("{at}.wasm: {}: {err}", path.display()))?;
+        let actual = hex::encode(Sha256::digest(&wasm));
+        if &actual != sha256 {
+            return Err(format!("{at}.sha256: digest mismatch: manifest pins {sha256}, file has {actual}"));
+        }
+        let loaded = runtime
+            .load(ComponentLoad {
+                pack_id: &manifest.id,
+                name: &spec.name,
+                kind: spec.kind,
+                wasm: &wasm,
+                sha256,
+                generation,
+                limits,
+                log: log.clone(),
+                pack_dir: &root,
+            })
+            .map_err(|err| format!("{at}: cannot load component: {err:#}"))?;
+        components.push(self_test(&at, Arc::new(loaded))?);
+    }
+    Ok(LoadedPack {
+        id: manifest.id.clone(),
+        version: manifest.version.clone(),
+        digest,
+        generation,
+        dir: dir.to_path_buf(),
+        manifest,
+        loaded_at: now_rfc3339(),
+        components,
+        inflight: AtomicUsize::new(0),
+    })
+}
+
+/// `describe()` or `catalog()` must answer before a generation may serve.
+fn self_test(at: &str, component: Arc<LoadedComponent>) -> Result<PackComponent, String> {
+    match component.kind {
+        ComponentKind::Adapter => {
+            let info = component
+                .adapter_call(None, |store, adapter| adapter.wharf_plugin_adapter().call_describe(store))
+                .map_err(|err| format!("{at}: self-test describe() failed: {}", err.message))?;
+            let adapter = adapter_info(info).map_err(|why| format!("{at}: describe(): {why}"))?;
+            Ok(PackComponent { runtime: component, adapter: Some(adapter), provider_ids: Vec::new() })
+        }
+        ComponentKind::Provider => {
+            let catalog = component
+                .provider_call(|store, provider| provider.wharf_plugin_provider().call_catalog(store))
+                .map_err(|err| format!("{at}: self-test catalog() failed: {}", err.message))?
+                .map_err(|err| format!("{at}: self-test catalog() returned {}: {}", err.code, err.message))?;
+            if catalog.is_empty() {
+                return Err(format!("{at}: catalog() lists no provider"));
+            }
+            let provider_ids = catalog.into_iter().map(|p| p.id).collect();
+            Ok(PackComponent { runtime: component, adapter: None, provider_ids })
+        }
+    }
+}
+
+fn adapter_info(info: crate::runtime::bindings::adapter::exports::wharf::plugin::adapter::AdapterInfo) -> Result<AdapterInfo, String> {
+    if info.capability.is_empty() || !info.capability.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
+        return Err(format!("capability {:?} must be non-empty lowercase [a-z0-9_-]", info.capability));
+    }
+    if info.operations.is_empty() {
+        return Err("lists no operation".into());
+    }
+    let parse = |op: &str, which: &str, text: &str| {
+        serde_json::from_str::<serde_json::Value>(text).map_err(|err| format!("operation {op:?}: {which} schema is not JSON: {err}"))
+    };
+    let mut operations = Vec::new();
+    for op in info.operations {
+        operations.push(OperationInfo {
+            input_schema: parse(&op.name, "input", &op.input_schema)?,
+            output_schema: parse(&op.name, "output", &op.output_schema)?,
+            name: op.name,
+            description: op.description,
+        });
+    }
+    Ok(AdapterInfo { capability: info.capability, version: info.version, description: info.description, operations })
+}

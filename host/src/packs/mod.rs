@@ -1,0 +1,350 @@
+//! Packs: the directory of built packs, their generations, and hot reload.
+//!
+//! The serving state is one immutable [`PackSet`] behind an `ArcSwap`: a
+//! request loads it once and keeps the generation it found, so a swap never
+//! disturbs a call in flight (make-before-break).
+
+pub mod build;
+pub mod loader;
+pub mod manifest;
+pub mod watcher;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+pub use self::loader::{AdapterInfo, InflightGuard, LoadedPack, OperationInfo, PackComponent};
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::runtime::logs::PluginLogs;
+use crate::store::now_rfc3339;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PackState {
+    /// Serving calls.
+    Active,
+    /// Failed to load; `error` says why. A previous generation may still be active.
+    Quarantined,
+    /// Loaded, but another directory holds a higher version of the same id.
+    Shadowed,
+    /// Replaced or removed; still finishing in-flight calls.
+    Draining,
+}
+
+/// One row of `GET /v1/packs`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PackRow {
+    /// The id from the manifest; null when the manifest could not be read.
+    pub id: Option<String>,
+    pub version: Option<String>,
+    pub state: PackState,
+    pub generation: Option<u64>,
+    /// sha256 over every file of the pack.
+    pub sha256: String,
+    /// Directory name inside the packs dir.
+    pub dir: String,
+    pub loaded_at: Option<String>,
+    pub error: Option<String>,
+    pub inflight: usize,
+}
+
+/// Which component serves a capability.
+#[derive(Clone)]
+pub struct CapabilityRoute {
+    pub pack: Arc<LoadedPack>,
+    pub component: usize,
+}
+
+impl CapabilityRoute {
+    pub fn component(&self) -> &PackComponent {
+        &self.pack.components[self.component]
+    }
+}
+
+/// The serving state: swapped atomically as a whole.
+#[derive(Default)]
+pub struct PackSet {
+    pub rows: Vec<PackRow>,
+    pub active: BTreeMap<String, Arc<LoadedPack>>,
+    pub capabilities: BTreeMap<String, CapabilityRoute>,
+    pub providers: BTreeMap<String, CapabilityRoute>,
+}
+
+struct Rejected {
+    digest: String,
+    id: Option<String>,
+    version: Option<String>,
+    reason: String,
+    at: String,
+}
+
+#[derive(Default)]
+struct DirState {
+    serving: Option<Arc<LoadedPack>>,
+    rejected: Option<Rejected>,
+}
+
+#[derive(Default)]
+struct LoaderState {
+    dirs: BTreeMap<PathBuf, DirState>,
+    generations: HashMap<String, u64>,
+    retired: Vec<Weak<LoadedPack>>,
+}
+
+pub struct Packs {
+    dir: PathBuf,
+    runtime: Arc<Runtime>,
+    logs: Arc<PluginLogs>,
+    metrics: Arc<Metrics>,
+    current: ArcSwap<PackSet>,
+    state: tokio::sync::Mutex<LoaderState>,
+    scans: tokio::sync::watch::Sender<u64>,
+}
+
+impl Packs {
+    pub fn new(dir: PathBuf, runtime: Arc<Runtime>, logs: Arc<PluginLogs>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let metrics = runtime.metrics().clone();
+        Ok(Self {
+            dir,
+            runtime,
+            logs,
+            metrics,
+            current: ArcSwap::from_pointee(PackSet::default()),
+            state: tokio::sync::Mutex::new(LoaderState::default()),
+            scans: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn logs(&self) -> &Arc<PluginLogs> {
+        &self.logs
+    }
+
+    /// The serving state now. Hold the `Arc` for the whole call.
+    pub fn snapshot(&self) -> Arc<PackSet> {
+        self.current.load_full()
+    }
+
+    /// Resolves after the next completed scan.
+    pub fn scans(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.scans.subscribe()
+    }
+
+    /// Rescans the packs dir and swaps in whatever changed. Serialised: one scan at a time.
+    pub async fn rescan(&self) {
+        let mut state = self.state.lock().await;
+        let mut seen = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let staging = name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".partial");
+                if !staging && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    seen.push(entry.path());
+                }
+            }
+        }
+        seen.sort();
+
+        let by_digest: HashMap<String, Arc<LoadedPack>> = state
+            .dirs
+            .values()
+            .filter_map(|d| d.serving.clone())
+            .map(|pack| (pack.digest.clone(), pack))
+            .collect();
+        let mut next: BTreeMap<PathBuf, DirState> = BTreeMap::new();
+        for dir in seen {
+            let mut dir_state = state.dirs.remove(&dir).unwrap_or_default();
+            let digest = {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || loader::content_digest(&dir)).await.expect("digest task")
+            };
+            let digest = match digest {
+                Ok(digest) => digest,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    // Vanished or half-moved during the scan: keep what we had; the next event rescans.
+                    next.insert(dir, dir_state);
+                    continue;
+                }
+                Err(err) => format!("unreadable: {err}"),
+            };
+            let unchanged = dir_state.serving.as_ref().is_some_and(|p| p.digest == digest)
+                || dir_state.rejected.as_ref().is_some_and(|r| r.digest == digest);
+            if unchanged {
+                if dir_state.serving.as_ref().is_some_and(|p| p.digest == digest) {
+                    dir_state.rejected = None;
+                }
+            } else if let Some(pack) = by_digest.get(&digest) {
+                // Same content under another name (a rename): same generation, no reload.
+                Self::retire(&mut state.retired, dir_state.serving.replace(pack.clone()), pack);
+                dir_state.rejected = None;
+            } else {
+                match self.load_generation(&mut state, &dir, digest.clone()).await {
+                    Ok(pack) => {
+                        tracing::info!(pack = %pack.id, version = %pack.version, generation = pack.generation, dir = %dir.display(), "pack loaded");
+                        self.metrics.pack_loads.with_label_values(&["loaded"]).inc();
+                        Self::retire(&mut state.retired, dir_state.serving.replace(pack.clone()), &pack);
+                        dir_state.rejected = None;
+                    }
+                    Err(rejected) => {
+                        tracing::warn!(dir = %dir.display(), reason = %rejected.reason, "pack quarantined");
+                        self.metrics.pack_loads.with_label_values(&["quarantined"]).inc();
+                        dir_state.rejected = Some(rejected);
+                    }
+                }
+            }
+            next.insert(dir, dir_state);
+        }
+        // Directories that disappeared: their generations drain and unload.
+        for (dir, old) in std::mem::take(&mut state.dirs) {
+            if let Some(pack) = old.serving {
+                tracing::info!(pack = %pack.id, dir = %dir.display(), "pack removed; draining");
+                state.retired.push(Arc::downgrade(&pack));
+            }
+        }
+        state.dirs = next;
+        state.retired.retain(|weak| weak.strong_count() > 0);
+        let set = self.build_set(&state);
+        let live: HashSet<String> = state
+            .dirs
+            .values()
+            .filter_map(|d| d.serving.as_ref())
+            .flat_map(|p| p.components.iter().map(|c| c.runtime.sha256.clone()))
+            .collect();
+        drop(state);
+        self.publish_metrics(&set);
+        self.current.store(Arc::new(set));
+        self.runtime.retain_compiled(&live);
+        self.scans.send_modify(|n| *n += 1);
+    }
+
+    fn retire(retired: &mut Vec<Weak<LoadedPack>>, old: Option<Arc<LoadedPack>>, new: &Arc<LoadedPack>) {
+        if let Some(old) = old.filter(|old| !Arc::ptr_eq(old, new)) {
+            retired.push(Arc::downgrade(&old));
+        }
+    }
+
+    async fn load_generation(&self, state: &mut LoaderState, dir: &Path, digest: String) -> Result<Arc<LoadedPack>, Rejected> {
+        let peek = {
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || loader::peek_id(&dir)).await.expect("peek task")
+        };
+        let generation = peek.as_ref().map(|(id, _)| state.generations.get(id).copied().unwrap_or(0) + 1).unwrap_or(0);
+        let result = {
+            let dir = dir.to_path_buf();
+            let runtime = self.runtime.clone();
+            let logs = self.logs.clone();
+            let digest = digest.clone();
+            tokio::task::spawn_blocking(move || loader::load_pack(&dir, digest, generation, &runtime, &logs))
+                .await
+                .unwrap_or_else(|panic| Err(format!("loader panicked: {panic}")))
+        };
+        match result {
+            Ok(pack) => {
+                state.generations.insert(pack.id.clone(), generation);
+                Ok(Arc::new(pack))
+            }
+            Err(reason) => Err(Rejected {
+                digest,
+                id: peek.as_ref().map(|(id, _)| id.clone()),
+                version: peek.map(|(_, version)| version),
+                reason,
+                at: now_rfc3339(),
+            }),
+        }
+    }
+
+    fn build_set(&self, state: &LoaderState) -> PackSet {
+        // The highest version of each id is active; ties go to the newest generation.
+        let mut winners: BTreeMap<String, Arc<LoadedPack>> = BTreeMap::new();
+        for pack in state.dirs.values().filter_map(|d| d.serving.as_ref()) {
+            let better = match winners.get(&pack.id) {
+                Some(current) => (&pack.version, pack.generation) > (&current.version, current.generation),
+                None => true,
+            };
+            if better {
+                winners.insert(pack.id.clone(), pack.clone());
+            }
+        }
+        let dir_name = |dir: &Path| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut rows = Vec::new();
+        for (dir, dir_state) in &state.dirs {
+            if let Some(pack) = &dir_state.serving {
+                let active = winners.get(&pack.id).is_some_and(|w| Arc::ptr_eq(w, pack));
+                rows.push(PackRow {
+                    id: Some(pack.id.clone()),
+                    version: Some(pack.version.to_string()),
+                    state: if active { PackState::Active } else { PackState::Shadowed },
+                    generation: Some(pack.generation),
+                    sha256: pack.digest.clone(),
+                    dir: dir_name(dir),
+                    loaded_at: Some(pack.loaded_at.clone()),
+                    error: None,
+                    inflight: pack.inflight(),
+                });
+            }
+            if let Some(rejected) = &dir_state.rejected {
+                rows.push(PackRow {
+                    id: rejected.id.clone(),
+                    version: rejected.version.clone(),
+                    state: PackState::Quarantined,
+                    generation: None,
+                    sha256: rejected.digest.clone(),
+                    dir: dir_name(dir),
+                    loaded_at: Some(rejected.at.clone()),
+                    error: Some(rejected.reason.clone()),
+                    inflight: 0,
+                });
+            }
+        }
+        for pack in state.retired.iter().filter_map(Weak::upgrade) {
+            if !winners.values().any(|w| Arc::ptr_eq(w, &pack)) && pack.inflight() > 0 {
+                rows.push(PackRow {
+                    id: Some(pack.id.clone()),
+                    version: Some(pack.version.to_string()),
+                    state: PackState::Draining,
+                    generation: Some(pack.generation),
+                    sha256: pack.digest.clone(),
+                    dir: dir_name(&pack.dir),
+                    loaded_at: Some(pack.loaded_at.clone()),
+                    error: None,
+                    inflight: pack.inflight(),
+                });
+            }
+        }
+
+        let mut capabilities = BTreeMap::new();
+        let mut providers = BTreeMap::new();
+        for pack in winners.values() {
+            for (index, component) in pack.components.iter().enumerate() {
+                let route = CapabilityRoute { pack: pack.clone(), component: index };
+                if let Some(adapter) = &component.adapter {
+                    if let Some(existing) = capabilities.get(&adapter.capability) {
+                        let existing: &CapabilityRoute = existing;
+                        tracing::warn!(capability = %adapter.capability, kept = %existing.pack.id, ignored = %pack.id, "two active packs provide the same capability");
+                    } else {
+                        capabilities.insert(adapter.capability.clone(), route.clone());
+                    }
+                }
+                for provider in &component.provider_ids {
+                    providers.entry(provider.clone()).or_insert_with(|| route.clone());
+                }
+            }
+        }
+        PackSet { rows, active: winners, capabilities, providers }
+    }
+
+    fn publish_metrics(&self, set: &PackSet) {
+        self.metrics.pack_generation.reset();
+        for pack in set.active.values() {
+            self.metrics.pack_generation.with_label_values(&[&pack.id]).set(pack.generation as i64);
+        }
+    }
+}

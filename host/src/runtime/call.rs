@@ -1,0 +1,276 @@
+//! One plugin call: a fresh store and instance from the pre-instantiated
+//! component, under a deadline and a memory cap, with traps turned into errors.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::adapter::{CapabilityAdapter, CapabilityAdapterPre};
+use super::bindings::provider::{LlmProvider as Provider, LlmProviderPre as ProviderPre};
+use super::circuit::Circuit;
+use super::logs::PackLog;
+use super::{EPOCH_TICK, Runtime};
+use crate::error::{ErrorCode, WharfError, WharfResult};
+use crate::metrics::Metrics;
+use crate::packs::manifest::ComponentKind;
+use crate::sandbox::service::SandboxBinding;
+
+/// Where a plugin's panic message lands; kept small, it only feeds error text.
+const STDERR_CAPTURE_BYTES: usize = 8 * 1024;
+
+/// Per-call limits after the pack's request met the host's defaults and maxima.
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+pub struct EffectiveLimits {
+    #[serde(serialize_with = "as_millis")]
+    #[schema(value_type = u64)]
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// Store data for one call.
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryCap,
+    log: Arc<PackLog>,
+    pack_id: Arc<str>,
+    component: Arc<str>,
+    generation: u64,
+    pub(super) sandbox: Option<SandboxBinding>,
+    pub(super) tokio: tokio::runtime::Handle,
+    /// Time spent in host imports (sandbox exec, file I/O): not the plugin's to pay.
+    pub(super) host_time: Duration,
+    started: Instant,
+    budget: Duration,
+}
+
+impl CallState {
+    pub(super) fn log(&self, level: &str, message: &str) {
+        self.log.push(&self.pack_id, &self.component, self.generation, level, message);
+    }
+
+    fn guest_elapsed(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.host_time)
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps each linear memory and records that a grow was refused, so the
+/// resulting trap can be reported as what it is.
+struct MemoryCap {
+    limit: usize,
+    denied: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("plugin deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+pub(super) enum Pre {
+    Adapter(CapabilityAdapterPre<CallState>),
+    Provider(ProviderPre<CallState>),
+}
+
+/// A compiled, pre-instantiated component of a loaded pack.
+pub struct LoadedComponent {
+    pub pack_id: Arc<str>,
+    pub name: Arc<str>,
+    pub kind: ComponentKind,
+    pub sha256: String,
+    pub generation: u64,
+    pub limits: EffectiveLimits,
+    pub(super) pre: Pre,
+    pub(super) circuit: Circuit,
+    pub(super) log: Arc<PackLog>,
+    /// Read-only preopen at `/pack` (provider data folders).
+    pub(super) pack_dir: Option<PathBuf>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) engine: wasmtime::Engine,
+}
+
+impl LoadedComponent {
+    pub fn circuit_open(&self) -> bool {
+        self.circuit.is_open()
+    }
+
+    fn new_store(&self, sandbox: Option<SandboxBinding>, stderr: &MemoryOutputPipe) -> WharfResult<Store<CallState>> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr.clone());
+        if let Some(dir) = &self.pack_dir {
+            wasi.preopened_dir(dir, "/pack", FsPerms::ReadOnly)
+                .map_err(|err| WharfError::internal(format!("cannot expose pack data: {err}")))?;
+        }
+        let state = CallState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            memory: MemoryCap { limit: self.limits.memory_bytes, denied: false },
+            log: self.log.clone(),
+            pack_id: self.pack_id.clone(),
+            component: self.name.clone(),
+            generation: self.generation,
+            sandbox,
+            tokio: tokio::runtime::Handle::current(),
+            host_time: Duration::ZERO,
+            started: Instant::now(),
+            budget: self.limits.timeout,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(ticks(self.limits.timeout));
+        store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            let guest = state.guest_elapsed();
+            if guest >= state.budget {
+                return Err(DeadlineExceeded.into());
+            }
+            Ok(UpdateDeadline::Continue(ticks(state.budget - guest)))
+        });
+        Ok(store)
+    }
+
+    /// Runs `f` on a fresh instance. Must run on a blocking thread inside a
+    /// tokio runtime (sandbox imports block on async drivers).
+    fn call<R>(
+        &self,
+        sandbox: Option<SandboxBinding>,
+        f: impl FnOnce(&mut Store<CallState>, &Pre) -> wasmtime::Result<R>,
+    ) -> WharfResult<R> {
+        if let Err(remaining) = self.circuit.check() {
+            return Err(WharfError::new(
+                ErrorCode::PluginUnavailable,
+                format!(
+                    "component {}/{} is cooling down after repeated faults; retry in {} ms",
+                    self.pack_id,
+                    self.name,
+                    remaining.as_millis()
+                ),
+            ));
+        }
+        let started = Instant::now();
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let mut store = self.new_store(sandbox, &stderr)?;
+        let result = f(&mut store, &self.pre);
+        let labels = [&*self.pack_id, &*self.name];
+        self.metrics.plugin_call_seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+        let outcome = match result {
+            Ok(value) => {
+                self.circuit.record_success();
+                Ok(value)
+            }
+            Err(err) => Err(self.classify_fault(err, &store, &stderr)),
+        };
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(err) => err.code.as_str(),
+        };
+        self.metrics.plugin_calls.with_label_values(&[&*self.pack_id, &*self.name, label]).inc();
+        outcome
+    }
+
+    fn classify_fault(&self, err: wasmtime::Error, store: &Store<CallState>, stderr: &MemoryOutputPipe) -> WharfError {
+        let who = format!("{}/{}", self.pack_id, self.name);
+        let panic_text = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+        if !panic_text.is_empty() {
+            store.data().log("error", &panic_text);
+        }
+        let (kind, error) = if err.downcast_ref::<DeadlineExceeded>().is_some() {
+            (
+                "timeout",
+                WharfError::new(
+                    ErrorCode::PluginTimeout,
+                    format!("{who} exceeded its deadline of {} ms and was stopped", self.limits.timeout.as_millis()),
+                ),
+            )
+        } else if store.data().memory.denied {
+            (
+                "memory",
+                WharfError::new(
+                    ErrorCode::PluginTrap,
+                    format!("{who} exceeded its memory cap of {} MiB and was stopped", self.limits.memory_bytes >> 20),
+                ),
+            )
+        } else {
+            let detail = if panic_text.is_empty() { format!("{err:#}") } else { panic_text };
+            let detail: String = detail.lines().take(6).collect::<Vec<_>>().join(" | ");
+            ("trap", WharfError::new(ErrorCode::PluginTrap, format!("{who} trapped: {detail}")))
+        };
+        self.metrics.plugin_traps.with_label_values(&[&*self.pack_id, &*self.name, kind]).inc();
+        if self.circuit.record_fault() {
+            tracing::warn!(pack = %self.pack_id, component = %self.name, "circuit opened after repeated faults");
+        }
+        error
+    }
+
+    pub fn adapter_call<R>(
+        &self,
+        sandbox: Option<SandboxBinding>,
+        f: impl FnOnce(&mut Store<CallState>, &CapabilityAdapter) -> wasmtime::Result<R>,
+    ) -> WharfResult<R> {
+        self.call(sandbox, |store, pre| match pre {
+            Pre::Adapter(pre) => {
+                let bindings = pre.instantiate(&mut *store)?;
+                f(store, &bindings)
+            }
+            Pre::Provider(_) => Err(wasmtime::format_err!("component is a provider, not an adapter")),
+        })
+    }
+
+    pub fn provider_call<R>(&self, f: impl FnOnce(&mut Store<CallState>, &Provider) -> wasmtime::Result<R>) -> WharfResult<R> {
+        self.call(None, |store, pre| match pre {
+            Pre::Provider(pre) => {
+                let bindings = pre.instantiate(&mut *store)?;
+                f(store, &bindings)
+            }
+            Pre::Adapter(_) => Err(wasmtime::format_err!("component is an adapter, not a provider")),
+        })
+    }
+}
+
+fn ticks(budget: Duration) -> u64 {
+    (budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+impl Runtime {
+    /// The host's defaults and maxima applied to what a pack asks for.
+    pub fn effective_limits(&self, asked: crate::packs::manifest::Limits) -> EffectiveLimits {
+        let cfg = &self.config;
+        let timeout_ms = asked.timeout_ms.unwrap_or(cfg.default_timeout_ms).min(cfg.max_timeout_ms);
+        let memory_mib = asked.memory_mib.unwrap_or(cfg.default_memory_mib).min(cfg.max_memory_mib);
+        EffectiveLimits { timeout: Duration::from_millis(timeout_ms), memory_bytes: (memory_mib as usize) << 20 }
+    }
+}

@@ -1,0 +1,177 @@
+//! The wasmtime runtime: one engine with the pooling allocator, epoch
+//! interruption and a digest-keyed compile cache; linkers for each world.
+
+pub mod bindings;
+pub mod call;
+pub mod circuit;
+pub mod logs;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use self::bindings::adapter::{CapabilityAdapter, CapabilityAdapterPre};
+use self::bindings::provider::{LlmProvider as Provider, LlmProviderPre as ProviderPre};
+pub use self::call::{CallState, EffectiveLimits, LoadedComponent};
+use self::call::Pre;
+use self::circuit::Circuit;
+use self::logs::PackLog;
+use crate::config::RuntimeConfig;
+use crate::metrics::Metrics;
+use crate::packs::manifest::ComponentKind;
+
+/// Resolution of plugin deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+pub struct Runtime {
+    engine: Engine,
+    adapter_linker: Linker<CallState>,
+    provider_linker: Linker<CallState>,
+    /// Compiled components by wasm sha256: the same bytes are compiled once.
+    compiled: Mutex<HashMap<String, Component>>,
+    /// Serialized compiled components, keyed by digest and engine build.
+    cache_dir: PathBuf,
+    config: RuntimeConfig,
+    metrics: Arc<Metrics>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What the loader knows about a component when it asks the runtime to load it.
+pub struct ComponentLoad<'a> {
+    pub pack_id: &'a str,
+    pub name: &'a str,
+    pub kind: ComponentKind,
+    pub wasm: &'a [u8],
+    pub sha256: &'a str,
+    pub generation: u64,
+    pub limits: EffectiveLimits,
+    pub log: Arc<PackLog>,
+    pub pack_dir: &'a Path,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig, cache_dir: PathBuf, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        let instances = config.max_instances.max(1);
+        // A Rust wasm32-wasip2 component holds a few core instances (the program,
+        // the WASI adapter and shims) and two memories.
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_memory_size((config.max_memory_mib as usize) << 20);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)?;
+
+        let mut adapter_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut adapter_linker)?;
+        CapabilityAdapter::add_to_linker::<_, HasSelf<_>>(&mut adapter_linker, |state| state)?;
+        let mut provider_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut provider_linker)?;
+        Provider::add_to_linker::<_, HasSelf<_>>(&mut provider_linker, |state| state)?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new().name("wharf-epoch".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match ticker_engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cache_dir = cache_dir.join(format!("{:016x}", hasher.finish()));
+        std::fs::create_dir_all(&cache_dir)?;
+        Ok(Self {
+            engine,
+            adapter_linker,
+            provider_linker,
+            compiled: Mutex::new(HashMap::new()),
+            cache_dir,
+            config,
+            metrics,
+            stop_ticker,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Compiles (or fetches from the memory or disk cache) and pre-instantiates a component.
+    pub fn load(&self, load: ComponentLoad<'_>) -> anyhow::Result<LoadedComponent> {
+        let component = self.compile(load.wasm, load.sha256)?;
+        let pre = match load.kind {
+            ComponentKind::Adapter => Pre::Adapter(CapabilityAdapterPre::new(self.adapter_linker.instantiate_pre(&component)?)?),
+            ComponentKind::Provider => Pre::Provider(ProviderPre::new(self.provider_linker.instantiate_pre(&component)?)?),
+        };
+        Ok(LoadedComponent {
+            pack_id: load.pack_id.into(),
+            name: load.name.into(),
+            kind: load.kind,
+            sha256: load.sha256.to_string(),
+            generation: load.generation,
+            limits: load.limits,
+            pre,
+            circuit: Circuit::new(self.config.circuit_trap_threshold, Duration::from_millis(self.config.circuit_cooldown_ms)),
+            log: load.log,
+            pack_dir: (load.kind == ComponentKind::Provider).then(|| load.pack_dir.to_path_buf()),
+            metrics: self.metrics.clone(),
+            engine: self.engine.clone(),
+        })
+    }
+
+    fn compile(&self, wasm: &[u8], sha256: &str) -> anyhow::Result<Component> {
+        if let Some(component) = self.compiled.lock().get(sha256) {
+            return Ok(component.clone());
+        }
+        let cached = self.cache_dir.join(format!("{sha256}.cwasm"));
+        // SAFETY: the cache dir is ours, keyed by engine build, and written
+        // only by `Component::serialize` below (via rename, never partially).
+        let component = match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+            Ok(component) => component,
+            Err(_) => {
+                let component = Component::new(&self.engine, wasm)?;
+                let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+                if let Ok(bytes) = component.serialize()
+                    && std::fs::write(&tmp, bytes).is_ok()
+                {
+                    let _ = std::fs::rename(&tmp, &cached);
+                }
+                component
+            }
+        };
+        self.compiled.lock().insert(sha256.to_string(), component.clone());
+        Ok(component)
+    }
+
+    /// Drops compiled components no loaded pack uses any more.
+    pub fn retain_compiled(&self, live: &std::collections::HashSet<String>) {
+        self.compiled.lock().retain(|digest, _| live.contains(digest));
+    }
+}

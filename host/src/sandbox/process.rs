@@ -1,0 +1,322 @@
+//! The process driver: a workspace directory on the host and a process group
+//! per exec, with rlimits and a group kill on timeout.
+//!
+//! Its isolation is weaker than a container's: processes run as the server's
+//! user and see the host filesystem and network. It is the embedded default
+//! for development and for machines without a container engine; use the
+//! Docker driver for untrusted code.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::paths::resolve_local;
+use super::{DirEntry, EntryKind, ExecOutput, ExecRequest, SandboxDriver, SandboxPath};
+use crate::error::{ErrorCode, WharfError, WharfResult};
+
+/// Resource limits applied to every process the driver starts.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessLimits {
+    /// RLIMIT_AS, bytes of address space per process.
+    pub address_space_bytes: u64,
+    /// RLIMIT_NOFILE.
+    pub open_files: u64,
+    /// RLIMIT_FSIZE, largest file a process may write.
+    pub file_size_bytes: u64,
+}
+
+impl Default for ProcessLimits {
+    fn default() -> Self {
+        Self { address_space_bytes: 4 << 30, open_files: 1024, file_size_bytes: 1 << 30 }
+    }
+}
+
+pub struct ProcessDriver {
+    root: PathBuf,
+    limits: ProcessLimits,
+}
+
+impl ProcessDriver {
+    /// Sandboxes live in `<root>/<sandbox id>/`.
+    pub fn new(root: impl Into<PathBuf>, limits: ProcessLimits) -> WharfResult<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)
+            .map_err(|err| WharfError::internal(format!("cannot create sandbox root {}: {err}", root.display())))?;
+        Ok(Self { root, limits })
+    }
+
+    fn workspace(&self, sandbox_id: &str) -> WharfResult<PathBuf> {
+        let dir = self.root.join(sandbox_id);
+        if !dir.is_dir() {
+            return Err(WharfError::not_found(format!("workspace of sandbox {sandbox_id}")));
+        }
+        Ok(dir)
+    }
+
+    fn resolve(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<PathBuf> {
+        resolve_local(&self.workspace(sandbox_id)?, path)
+    }
+}
+
+fn io_error(path: &SandboxPath, err: std::io::Error) -> WharfError {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => WharfError::new(ErrorCode::FileNotFound, format!("{path}: no such file")),
+        std::io::ErrorKind::IsADirectory => WharfError::validation(format!("{path} is a directory")),
+        std::io::ErrorKind::NotADirectory => WharfError::validation(format!("{path} is not a directory")),
+        std::io::ErrorKind::DirectoryNotEmpty => {
+            WharfError::new(ErrorCode::Conflict, format!("{path} is a non-empty directory; remove it recursively"))
+        }
+        _ => WharfError::internal(format!("{path}: {err}")),
+    }
+}
+
+#[async_trait]
+impl SandboxDriver for ProcessDriver {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn create(&self, sandbox_id: &str) -> WharfResult<()> {
+        let dir = self.root.join(sandbox_id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|err| WharfError::internal(format!("cannot create workspace: {err}")))
+    }
+
+    async fn destroy(&self, sandbox_id: &str) -> WharfResult<()> {
+        match tokio::fs::remove_dir_all(self.root.join(sandbox_id)).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(WharfError::internal(format!("cannot remove workspace: {err}"))),
+        }
+    }
+
+    async fn exec(&self, sandbox_id: &str, request: ExecRequest) -> WharfResult<ExecOutput> {
+        let workspace = self.workspace(sandbox_id)?;
+        let cwd = match &request.cwd {
+            Some(cwd) => resolve_local(&workspace, cwd)?,
+            None => workspace.clone(),
+        };
+        run_process(&workspace, &cwd, request, self.limits).await
+    }
+
+    async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<u8>> {
+        let real = self.resolve(sandbox_id, path)?;
+        tokio::fs::read(&real).await.map_err(|err| io_error(path, err))
+    }
+
+    async fn write_file(&self, sandbox_id: &str, path: &SandboxPath, data: Vec<u8>) -> WharfResult<()> {
+        if path.is_root() {
+            return Err(WharfError::new(ErrorCode::InvalidPath, "cannot write to the workspace root"));
+        }
+        let real = self.resolve(sandbox_id, path)?;
+        // Write beside the target, then rename: a reader never sees half a file.
+        let tmp = real.with_file_name(format!(".wharf-tmp-{}", rand::random::<u64>()));
+        tokio::fs::write(&tmp, &data).await.map_err(|err| io_error(path, err))?;
+        tokio::fs::rename(&tmp, &real).await.map_err(|err| {
+            let _ = std::fs::remove_file(&tmp);
+            io_error(path, err)
+        })
+    }
+
+    async fn list_dir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<DirEntry>> {
+        let real = self.resolve(sandbox_id, path)?;
+        let mut reader = tokio::fs::read_dir(&real).await.map_err(|err| io_error(path, err))?;
+        let mut entries = Vec::new();
+        while let Some(entry) = reader.next_entry().await.map_err(|err| io_error(path, err))? {
+            let meta = entry.metadata().await.map_err(|err| io_error(path, err))?;
+            let kind = if meta.is_symlink() {
+                EntryKind::Symlink
+            } else if meta.is_dir() {
+                EntryKind::Directory
+            } else if meta.is_file() {
+                EntryKind::File
+            } else {
+                EntryKind::Other
+            };
+            entries.push(DirEntry { name: entry.file_name().to_string_lossy().into_owned(), kind, size: meta.len() });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    async fn remove(&self, sandbox_id: &str, path: &SandboxPath, recursive: bool) -> WharfResult<()> {
+        if path.is_root() {
+            return Err(WharfError::new(ErrorCode::InvalidPath, "cannot remove the workspace root"));
+        }
+        let real = self.resolve(sandbox_id, path)?;
+        let meta = tokio::fs::symlink_metadata(&real).await.map_err(|err| io_error(path, err))?;
+        let result = if meta.is_dir() {
+            if recursive { tokio::fs::remove_dir_all(&real).await } else { tokio::fs::remove_dir(&real).await }
+        } else {
+            tokio::fs::remove_file(&real).await
+        };
+        result.map_err(|err| io_error(path, err))
+    }
+}
+
+/// Runs one process group in `cwd` with a clean environment, capped output and
+/// a hard timeout that kills the whole group.
+async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits: ProcessLimits) -> WharfResult<ExecOutput> {
+    let Some(program) = request.argv.first() else {
+        return Err(WharfError::validation("argv must not be empty"));
+    };
+    let mut command = std::process::Command::new(program);
+    command
+        .args(&request.argv[1..])
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", workspace)
+        .env("LANG", "C.UTF-8")
+        .envs(request.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if request.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            set_rlimit(libc::RLIMIT_AS, limits.address_space_bytes)?;
+            set_rlimit(libc::RLIMIT_NOFILE, limits.open_files)?;
+            set_rlimit(libc::RLIMIT_FSIZE, limits.file_size_bytes)?;
+            set_rlimit(libc::RLIMIT_CORE, 0)?;
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn().map_err(|err| {
+        if err.kind() == std::io::ErrorKind::NotFound {
+            WharfError::validation(format!("program {program:?} not found in the sandbox"))
+        } else {
+            WharfError::internal(format!("cannot start {program:?}: {err}"))
+        }
+    })?;
+    let pgid = child.id().map(|pid| pid as i32);
+    let _group = GroupGuard(pgid);
+
+    if let (Some(mut stdin), Some(data)) = (child.stdin.take(), request.stdin) {
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&data).await;
+        });
+    }
+    let stdout = tokio::spawn(read_capped(child.stdout.take().expect("piped"), request.output_cap));
+    let stderr = tokio::spawn(read_capped(child.stderr.take().expect("piped"), request.output_cap));
+
+    let (exit_code, timed_out) = match tokio::time::timeout(request.timeout, child.wait()).await {
+        Ok(status) => {
+            let status = status.map_err(|err| WharfError::internal(format!("waiting for process: {err}")))?;
+            (status.code(), false)
+        }
+        Err(_) => {
+            kill_group(pgid);
+            let _ = child.wait().await;
+            (None, true)
+        }
+    };
+    let duration = started.elapsed();
+    // A background child may still hold the pipes open: give them a moment, then stop reading.
+    let collect = |handle: tokio::task::JoinHandle<(Vec<u8>, bool)>| async move {
+        match tokio::time::timeout(Duration::from_millis(200), handle).await {
+            Ok(Ok(out)) => out,
+            _ => (Vec::new(), true),
+        }
+    };
+    let (stdout, stdout_truncated) = collect(stdout).await;
+    let (stderr, stderr_truncated) = collect(stderr).await;
+    Ok(ExecOutput { exit_code, stdout, stderr, stdout_truncated, stderr_truncated, timed_out, duration })
+}
+
+/// Reads a stream to its end, keeping at most `cap` bytes.
+async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                truncated |= n > room;
+            }
+        }
+    }
+    (kept, truncated)
+}
+
+fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
+    let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+    // SAFETY: plain syscall on a valid struct.
+    if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn kill_group(pgid: Option<i32>) {
+    if let Some(pgid) = pgid {
+        // SAFETY: plain syscall; a negative pid addresses the process group.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Kills the process group when an exec ends by timeout or is cancelled.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(argv: &[&str], timeout: Duration) -> ExecRequest {
+        ExecRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            timeout,
+            output_cap: 1024,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_in_workspace_and_caps_output() {
+        let root = tempfile::tempdir().unwrap();
+        let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
+        driver.create("sbx_a").await.unwrap();
+        let out = driver.exec("sbx_a", exec(&["sh", "-c", "pwd; yes | head -c 5000 >&2"], Duration::from_secs(5))).await.unwrap();
+        assert_eq!(out.exit_code, Some(0));
+        assert!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with("sbx_a"));
+        assert_eq!(out.stderr.len(), 1024);
+        assert!(out.stderr_truncated && !out.stdout_truncated);
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let root = tempfile::tempdir().unwrap();
+        let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
+        driver.create("sbx_t").await.unwrap();
+        let marker = root.path().join("sbx_t/child.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
+        let out = driver.exec("sbx_t", exec(&["sh", "-c", &script], Duration::from_millis(300))).await.unwrap();
+        assert!(out.timed_out);
+        assert_eq!(out.exit_code, None);
+        let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A killed child may linger as a zombie until reaped: count it as gone.
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(false);
+        assert!(!alive, "background child {pid} survived the timeout");
+    }
+}

@@ -1,0 +1,57 @@
+//! Assembling the server from a [`Config`]: store, runtime, packs, sandboxes, API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::packs::{Packs, watcher};
+use crate::runtime::Runtime;
+use crate::runtime::logs::PluginLogs;
+use crate::sandbox::process::{ProcessDriver, ProcessLimits};
+use crate::sandbox::service::Sandboxes;
+use crate::store::{self, keys};
+
+/// A running server's parts. Dropping it stops the pack watcher.
+pub struct Server {
+    pub state: AppState,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Server {
+    /// Opens the store, loads every pack, then starts watching the packs dir.
+    /// A generated admin key is returned for the caller to print once.
+    pub async fn start(config: Config) -> anyhow::Result<(Server, Option<String>)> {
+        let db = store::open(&config.data_dir).await?;
+        let generated_admin = keys::bootstrap_admin(&db, config.admin_key.as_deref()).await.map_err(|err| anyhow::anyhow!(err.message))?;
+        let metrics = Arc::new(Metrics::new());
+        let runtime = Arc::new(
+            Runtime::new(config.runtime.clone(), config.data_dir.join("cache/components"), metrics.clone())
+                .context("starting the wasm runtime")?,
+        );
+        let logs = Arc::new(PluginLogs::new(config.packs.log_lines_per_pack));
+        let packs = Arc::new(Packs::new(config.packs_dir(), runtime, logs)?);
+        // Watch first, then scan: nothing dropped in between is missed.
+        let watcher = watcher::watch(packs.clone(), Duration::from_millis(config.packs.debounce_ms))?;
+        packs.rescan().await;
+        let process = Arc::new(ProcessDriver::new(config.data_dir.join("sandboxes"), ProcessLimits::default())?);
+        let sandboxes = Arc::new(Sandboxes::new(db.clone(), vec![process], config.sandbox.clone()));
+        let state = AppState { config: Arc::new(config), db, packs, sandboxes, metrics };
+        Ok((Server { state, _watcher: watcher }, generated_admin))
+    }
+
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let router = self.router();
+        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        Ok(())
+    }
+}

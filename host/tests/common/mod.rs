@@ -1,0 +1,132 @@
+//! Helpers shared by the assembly tests: real compiled fixture packs and an
+//! in-process server on a temporary data dir.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wharf::config::Config;
+use wharf::packs::build::{BuildOptions, build_pack};
+use wharf::packs::{PackRow, PackState};
+use wharf::sandbox::service::SandboxBinding;
+use wharf::server::Server;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Builds a source pack of the repo into `out` with `wharf pack build`'s code,
+/// sharing one wasm target dir so only the first test pays for compilation.
+pub fn build_fixture(source: &str, out: &Path) {
+    let options = BuildOptions { target_dir: Some(repo_root().join("target/wasm")) };
+    build_pack(&repo_root().join(source), out, &options).unwrap_or_else(|err| panic!("building {source}: {err:#}"));
+}
+
+/// Rewrites `version = ...` (and appends extra TOML) in a built pack's manifest.
+pub fn patch_manifest(pack_dir: &Path, version: &str, extra: &str) {
+    let path = pack_dir.join("pack.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("version = ") {
+            out.push_str(&format!("version = \"{version}\"\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(extra);
+    std::fs::write(path, out).unwrap();
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+pub struct Harness {
+    pub server: Server,
+    pub data: tempfile::TempDir,
+    pub packs_dir: PathBuf,
+    /// A built copy of `tests/fixtures/packs/test-pack`, outside the packs dir.
+    pub test_pack: PathBuf,
+}
+
+impl Harness {
+    pub async fn start(adjust: impl FnOnce(&mut Config)) -> Harness {
+        let data = tempfile::tempdir().unwrap();
+        let test_pack = data.path().join("built/test-pack");
+        build_fixture("tests/fixtures/packs/test-pack", &test_pack);
+        let packs_dir = data.path().join("packs");
+        let mut config = Config {
+            data_dir: data.path().join("data"),
+            packs_dir: Some(packs_dir.clone()),
+            admin_key: Some("wharf_testadminkey0123456789".into()),
+            ..Config::default()
+        };
+        config.packs.debounce_ms = 50;
+        adjust(&mut config);
+        let (server, _) = Server::start(config).await.unwrap();
+        Harness { server, data, packs_dir, test_pack }
+    }
+
+    pub fn packs(&self) -> &Arc<wharf::packs::Packs> {
+        &self.server.state.packs
+    }
+
+    /// Copies the built test pack into the packs dir as `name` (via a staging
+    /// rename, as operators should), with `version` and extra manifest TOML.
+    pub fn drop_test_pack(&self, name: &str, version: &str, extra: &str) -> PathBuf {
+        let staging = self.packs_dir.join(format!(".{name}.staging"));
+        copy_dir(&self.test_pack, &staging);
+        patch_manifest(&staging, version, extra);
+        let target = self.packs_dir.join(name);
+        std::fs::rename(&staging, &target).unwrap();
+        target
+    }
+
+    /// Waits (bounded) until the pack rows satisfy `check`; returns them.
+    pub async fn wait_rows(&self, what: &str, check: impl Fn(&[PackRow]) -> bool) -> Vec<PackRow> {
+        let mut scans = self.packs().scans();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = self.packs().snapshot().rows.clone();
+            if check(&rows) {
+                return rows;
+            }
+            if tokio::time::timeout_at(deadline, scans.changed()).await.is_err() {
+                panic!("timed out waiting for {what}; rows: {rows:#?}");
+            }
+        }
+    }
+
+    pub async fn wait_active(&self, id: &str, version: &str) -> Vec<PackRow> {
+        self.wait_rows(&format!("{id} {version} active"), |rows| {
+            rows.iter().any(|r| r.id.as_deref() == Some(id) && r.version.as_deref() == Some(version) && r.state == PackState::Active)
+        })
+        .await
+    }
+
+    pub async fn sandbox(&self) -> SandboxBinding {
+        let sandboxes = &self.server.state.sandboxes;
+        let sandbox = sandboxes.create("tester", "local").await.unwrap();
+        sandboxes.bind(&sandbox).unwrap()
+    }
+
+    pub async fn invoke(
+        &self,
+        binding: &SandboxBinding,
+        op: &str,
+        input: serde_json::Value,
+    ) -> wharf::error::WharfResult<wharf::capabilities::InvokeOutcome> {
+        wharf::capabilities::invoke(self.packs(), binding.clone(), "test", op, input).await
+    }
+}

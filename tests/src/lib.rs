@@ -1,0 +1,193 @@
+//! Helpers for system tests: build packs and run the real `wharf` binary on a
+//! free loopback port, then talk to it over HTTP like any client.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_KEY: &str = "wharf_systemtestadminkey0123456789";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The `wharf` binary of this build (`target/<profile>/wharf`), built if missing.
+pub fn wharf_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("wharf");
+    if !bin.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "wharf", "--bin", "wharf"])
+            .current_dir(repo_root())
+            .status()
+            .expect("running cargo");
+        assert!(status.success(), "building the wharf binary failed");
+    }
+    bin
+}
+
+/// `wharf pack build <source> --out <out>`, with the shared wasm target dir.
+pub fn build_pack(source: &str, out: &Path) {
+    let output = Command::new(wharf_bin())
+        .args(["pack", "build"])
+        .arg(repo_root().join(source))
+        .arg("--out")
+        .arg(out)
+        .arg("--target-dir")
+        .arg(repo_root().join("target/wasm"))
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("running wharf pack build");
+    assert!(output.status.success(), "wharf pack build {source} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A running `wharf serve`; killed on drop. Its stdout and stderr go to files
+/// in the data dir so tests can inspect the logs.
+pub struct WharfProcess {
+    child: Child,
+    pub base_url: String,
+    pub data_dir: PathBuf,
+    pub packs_dir: PathBuf,
+}
+
+impl WharfProcess {
+    pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> WharfProcess {
+        let port = free_port();
+        let data_dir = root.join("data");
+        let packs_dir = root.join("packs");
+        std::fs::create_dir_all(&packs_dir).unwrap();
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let log = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join(name)).unwrap();
+        let mut command = Command::new(wharf_bin());
+        command
+            .arg("serve")
+            .current_dir(root)
+            .env("WHARF_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WHARF_DATA_DIR", &data_dir)
+            .env("WHARF_PACKS_DIR", &packs_dir)
+            .env("WHARF_ADMIN_KEY", ADMIN_KEY)
+            .env("WHARF_LOG", "debug")
+            .stdout(Stdio::from(log("stdout.log")))
+            .stderr(Stdio::from(log("stderr.log")));
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("starting wharf");
+        let process = WharfProcess { child, base_url: format!("http://127.0.0.1:{port}"), data_dir, packs_dir };
+        process.wait_healthy();
+        process
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(stream) = std::net::TcpStream::connect(self.base_url.trim_start_matches("http://")) {
+                drop(stream);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("wharf did not start listening; stderr:\n{}", self.logs());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Everything the server printed so far.
+    pub fn logs(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.data_dir.join(name)).unwrap_or_default();
+        format!("{}{}", read("stdout.log"), read("stderr.log"))
+    }
+
+    /// Kills the server hard, like `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WharfProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An HTTP client with a bearer key.
+pub struct Client {
+    http: reqwest::Client,
+    base_url: String,
+    key: Option<String>,
+}
+
+impl Client {
+    pub fn new(server: &WharfProcess, key: Option<&str>) -> Client {
+        Client { http: reqwest::Client::new(), base_url: server.base_url.clone(), key: key.map(str::to_string) }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base_url));
+        match &self.key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+
+    /// Sends and returns (status, JSON body or Null).
+    pub async fn send(&self, builder: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let response = builder.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(self.request(reqwest::Method::POST, path).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    /// Polls `path` until `check` accepts the body (bounded).
+    pub async fn wait_for(&self, path: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get(path).await;
+            if status == 200 && check(&body) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: last answer {status} {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Moves a built pack into the packs dir the way operators should: copy to a
+/// hidden staging name, then rename.
+pub fn install_pack(built: &Path, packs_dir: &Path, name: &str) {
+    let staging = packs_dir.join(format!(".{name}.staging"));
+    copy_dir(built, &staging);
+    std::fs::rename(&staging, packs_dir.join(name)).unwrap();
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! System tests: the real `wharf` binary on a free port, real built packs, HTTP.
+
+mod plugin_host;
