@@ -5,7 +5,6 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use common::Harness;
 use serde_json::json;
@@ -139,7 +138,7 @@ async fn identical_content_is_one_generation_and_higher_version_shadows() {
     let rows = h.wait_rows("both dirs listed", |rows| rows.len() == 2).await;
     assert!(rows.iter().all(|r| r.generation == Some(1)), "{rows:#?}");
     h.packs().rescan().await;
-    assert!(h.packs().snapshot().rows.iter().all(|r| r.generation == Some(1)));
+    assert!(h.packs().snapshot().rows().iter().all(|r| r.generation == Some(1)));
 
     h.drop_test_pack("c", "0.2.0", "");
     let rows = h.wait_active("test-pack", "0.2.0").await;
@@ -173,6 +172,6 @@ async fn removing_a_pack_unloads_it_after_in_flight_calls_drain() {
     let finished = slow.await.unwrap().expect("the in-flight call finishes on the old generation");
     assert_eq!(finished.generation, 1);
     h.packs().rescan().await;
-    assert!(h.packs().snapshot().rows.is_empty());
+    assert!(h.packs().snapshot().rows().is_empty());
     assert!(weak.upgrade().is_none(), "generation still loaded after draining");
 }

@@ -21,7 +21,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Every pack directory: active, shadowed, quarantined (with its reason) or draining.
 #[utoipa::path(get, path = "/v1/packs", responses((status = 200, body = Vec<PackRow>)))]
 async fn list_packs(State(state): State<AppState>) -> Json<Vec<PackRow>> {
-    Json(state.packs.snapshot().rows.clone())
+    Json(state.packs.snapshot().rows())
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -89,12 +89,7 @@ async fn get_pack(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
                 providers: c.provider_ids.clone(),
             })
             .collect(),
-        others: snapshot
-            .rows
-            .iter()
-            .filter(|row| row.id.as_deref() == Some(&id) && row.generation != Some(pack.generation))
-            .cloned()
-            .collect(),
+        others: snapshot.rows().into_iter().filter(|row| row.id.as_deref() == Some(&id) && row.generation != Some(pack.generation)).collect(),
         logs: state.packs.logs().for_pack(&id).recent(),
     }))
 }

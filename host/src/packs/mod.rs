@@ -68,10 +68,31 @@ impl CapabilityRoute {
 /// The serving state: swapped atomically as a whole.
 #[derive(Default)]
 pub struct PackSet {
-    pub rows: Vec<PackRow>,
+    /// Rows as of the scan, each with the pack that serves it (for live counts).
+    rows: Vec<(PackRow, Option<Weak<LoadedPack>>)>,
     pub active: BTreeMap<String, Arc<LoadedPack>>,
     pub capabilities: BTreeMap<String, CapabilityRoute>,
     pub providers: BTreeMap<String, CapabilityRoute>,
+}
+
+impl PackSet {
+    /// The `GET /v1/packs` rows with live in-flight counts; a draining
+    /// generation disappears as soon as its last call ends.
+    pub fn rows(&self) -> Vec<PackRow> {
+        self.rows
+            .iter()
+            .filter_map(|(row, source)| {
+                let mut row = row.clone();
+                if let Some(pack) = source {
+                    row.inflight = pack.upgrade().map_or(0, |p| p.inflight());
+                    if row.state == PackState::Draining && row.inflight == 0 {
+                        return None;
+                    }
+                }
+                Some(row)
+            })
+            .collect()
+    }
 }
 
 struct Rejected {
@@ -278,7 +299,7 @@ impl Packs {
         for (dir, dir_state) in &state.dirs {
             if let Some(pack) = &dir_state.serving {
                 let active = winners.get(&pack.id).is_some_and(|w| Arc::ptr_eq(w, pack));
-                rows.push(PackRow {
+                let row = PackRow {
                     id: Some(pack.id.clone()),
                     version: Some(pack.version.to_string()),
                     state: if active { PackState::Active } else { PackState::Shadowed },
@@ -288,10 +309,11 @@ impl Packs {
                     loaded_at: Some(pack.loaded_at.clone()),
                     error: None,
                     inflight: pack.inflight(),
-                });
+                };
+                rows.push((row, Some(Arc::downgrade(pack))));
             }
             if let Some(rejected) = &dir_state.rejected {
-                rows.push(PackRow {
+                let row = PackRow {
                     id: rejected.id.clone(),
                     version: rejected.version.clone(),
                     state: PackState::Quarantined,
@@ -301,12 +323,13 @@ impl Packs {
                     loaded_at: Some(rejected.at.clone()),
                     error: Some(rejected.reason.clone()),
                     inflight: 0,
-                });
+                };
+                rows.push((row, None));
             }
         }
         for pack in state.retired.iter().filter_map(Weak::upgrade) {
             if !winners.values().any(|w| Arc::ptr_eq(w, &pack)) && pack.inflight() > 0 {
-                rows.push(PackRow {
+                let row = PackRow {
                     id: Some(pack.id.clone()),
                     version: Some(pack.version.to_string()),
                     state: PackState::Draining,
@@ -316,7 +339,8 @@ impl Packs {
                     loaded_at: Some(pack.loaded_at.clone()),
                     error: None,
                     inflight: pack.inflight(),
-                });
+                };
+                rows.push((row, Some(Arc::downgrade(&pack))));
             }
         }
 

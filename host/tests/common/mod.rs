@@ -23,21 +23,22 @@ pub fn build_fixture(source: &str, out: &Path) {
     build_pack(&repo_root().join(source), out, &options).unwrap_or_else(|err| panic!("building {source}: {err:#}"));
 }
 
-/// Rewrites `version = ...` (and appends extra TOML) in a built pack's manifest.
+/// Sets `version` in a built pack's manifest and merges the tables of `extra`
+/// (TOML) into it, e.g. `[limits]\ntimeout_ms = 300`.
 pub fn patch_manifest(pack_dir: &Path, version: &str, extra: &str) {
     let path = pack_dir.join("pack.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut out = String::new();
-    for line in text.lines() {
-        if line.starts_with("version = ") {
-            out.push_str(&format!("version = \"{version}\"\n"));
-        } else {
-            out.push_str(line);
-            out.push('\n');
+    let mut manifest: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    manifest.insert("version".into(), toml::Value::String(version.into()));
+    let extra: toml::Table = extra.parse().unwrap();
+    for (key, value) in extra {
+        match (manifest.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(added)) => existing.extend(added),
+            (_, value) => {
+                manifest.insert(key, value);
+            }
         }
     }
-    out.push_str(extra);
-    std::fs::write(path, out).unwrap();
+    std::fs::write(path, toml::to_string(&manifest).unwrap()).unwrap();
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
@@ -93,18 +94,20 @@ impl Harness {
         target
     }
 
-    /// Waits (bounded) until the pack rows satisfy `check`; returns them.
+    /// Waits (bounded) until the pack rows satisfy `check`; returns them. Wakes
+    /// on every scan, and polls too since in-flight counts change between scans.
     pub async fn wait_rows(&self, what: &str, check: impl Fn(&[PackRow]) -> bool) -> Vec<PackRow> {
         let mut scans = self.packs().scans();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let rows = self.packs().snapshot().rows.clone();
+            let rows = self.packs().snapshot().rows();
             if check(&rows) {
                 return rows;
             }
-            if tokio::time::timeout_at(deadline, scans.changed()).await.is_err() {
+            if tokio::time::Instant::now() >= deadline {
                 panic!("timed out waiting for {what}; rows: {rows:#?}");
             }
+            let _ = tokio::time::timeout(Duration::from_millis(20), scans.changed()).await;
         }
     }
 
