@@ -10,6 +10,8 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::packs::{Packs, watcher};
+use crate::probes::ProbeService;
+use crate::probes::scheduler::{self, SchedulerHandle};
 use crate::runtime::Runtime;
 use crate::runtime::logs::PluginLogs;
 use crate::sandbox::process::{ProcessDriver, ProcessLimits};
@@ -20,6 +22,7 @@ use crate::store::{self, keys};
 pub struct Server {
     pub state: AppState,
     _watcher: notify::RecommendedWatcher,
+    _probe_scheduler: SchedulerHandle,
 }
 
 impl Server {
@@ -40,8 +43,12 @@ impl Server {
         packs.rescan().await;
         let process = Arc::new(ProcessDriver::new(config.data_dir.join("sandboxes"), ProcessLimits::default())?);
         let sandboxes = Arc::new(Sandboxes::new(db.clone(), vec![process], config.sandbox.clone()));
-        let state = AppState { config: Arc::new(config), db, packs, sandboxes, metrics };
-        Ok((Server { state, _watcher: watcher }, generated_admin))
+        let probes = Arc::new(
+            ProbeService::new(packs.clone(), db.clone(), config.probes.clone(), &config.data_dir, &metrics).context("starting probes")?,
+        );
+        let probe_scheduler = scheduler::spawn(probes.clone());
+        let state = AppState { config: Arc::new(config), db, packs, sandboxes, metrics, probes };
+        Ok((Server { state, _watcher: watcher, _probe_scheduler: probe_scheduler }, generated_admin))
     }
 
     pub fn router(&self) -> axum::Router {
