@@ -72,6 +72,54 @@ async fn main() {
         assert!(runner.run(&request).await.unwrap().ready());
     }
 
+    // (c) where the overhead goes: one plugin call each, on a fresh instance.
+    let component = h.packs().snapshot().providers["kimi"]
+        .component()
+        .runtime
+        .clone();
+    let samples = tokio::task::spawn_blocking(move || {
+        use wharf::runtime::bindings::provider::exports::wharf::plugin::provider::ProbeTarget;
+        let target = ProbeTarget {
+            base_url: "http://127.0.0.1:1".into(),
+            model: None,
+            stream: None,
+        };
+        let mut plan = Vec::new();
+        let mut resolve = Vec::new();
+        for _ in 0..500 {
+            let started = Instant::now();
+            component
+                .provider_call(|store, p| {
+                    p.wharf_plugin_provider()
+                        .call_probe_plan(store, "kimi", &target)
+                })
+                .unwrap()
+                .unwrap();
+            plan.push(started.elapsed());
+            let started = Instant::now();
+            component
+                .provider_call(|store, p| {
+                    p.wharf_plugin_provider()
+                        .call_resolve_model(store, "kimi", "kimi 2.6")
+                })
+                .unwrap()
+                .unwrap();
+            resolve.push(started.elapsed());
+        }
+        (plan, resolve)
+    })
+    .await
+    .unwrap();
+    let (mut plan, mut resolve) = samples;
+    println!(
+        "(c) plugin call probe-plan (fresh instance)         n=500  p50={:>9.1?}",
+        percentile(&mut plan, 0.5)
+    );
+    println!(
+        "(c) plugin call resolve-model (fresh instance)      n=500  p50={:>9.1?}",
+        percentile(&mut resolve, 0.5)
+    );
+
     // (b) overhead, sequential.
     let mut totals = Vec::new();
     let mut overheads = Vec::new();

@@ -25,9 +25,11 @@ use super::crypto::redact;
 use crate::config::ProbesConfig;
 use crate::error::{ErrorCode, WharfError, WharfResult};
 use crate::packs::{InflightGuard, Packs};
-use crate::runtime::LoadedComponent;
 use crate::runtime::bindings::adapter::wharf::plugin::types::PluginError;
+use crate::runtime::bindings::provider::LlmProvider;
 use crate::runtime::bindings::provider::exports::wharf::plugin::provider as wit;
+use crate::runtime::call::ProviderSession;
+use crate::runtime::{CallState, LoadedComponent};
 use crate::store::now_rfc3339;
 
 /// Longest response body the host reads per step; a judge needs the head, not megabytes.
@@ -326,7 +328,9 @@ impl ProbeRunner {
             model: request.model.clone(),
             stream: request.stream,
         };
-        let plan = self.plan(bound, target).await?;
+        // One instance serves the plan and every judgement of this target's run.
+        let mut session: Slot = None;
+        let plan = self.plan(bound, &mut session, target).await?;
         let model = plan
             .iter()
             .flat_map(|step| step.headers.iter())
@@ -338,7 +342,7 @@ impl ProbeRunner {
         loop {
             attempts += 1;
             let mut run = self
-                .run_plan(bound, &plan, base_url, &request.api_key, via)
+                .run_plan(bound, &mut session, &plan, base_url, &request.api_key, via)
                 .await?;
             let now = Instant::now();
             if run.class == WARMING_UP && now < window_ends {
@@ -359,18 +363,15 @@ impl ProbeRunner {
     async fn plan(
         &self,
         bound: &Bound,
+        session: &mut Slot,
         target: wit::ProbeTarget,
     ) -> WharfResult<Vec<wit::ProbeStep>> {
-        let component = bound.component.clone();
         let provider = bound.provider.clone();
-        let planned = tokio::task::spawn_blocking(move || {
-            component.provider_call(|store, p| {
-                p.wharf_plugin_provider()
-                    .call_probe_plan(store, &provider, &target)
-            })
+        let planned = session_call(session, &bound.component, move |store, p| {
+            p.wharf_plugin_provider()
+                .call_probe_plan(store, &provider, &target)
         })
-        .await
-        .map_err(|err| WharfError::internal(format!("probe-plan task failed: {err}")))??;
+        .await?;
         let plan = planned.map_err(|err| plan_error(&bound.provider, err))?;
         if plan.is_empty() {
             return Err(WharfError::new(
@@ -384,6 +385,7 @@ impl ProbeRunner {
     async fn run_plan(
         &self,
         bound: &Bound,
+        session: &mut Slot,
         plan: &[wit::ProbeStep],
         base_url: &str,
         api_key: &str,
@@ -394,7 +396,13 @@ impl ProbeRunner {
             let (observation, preview, latency) =
                 self.perform(bound, step, base_url, api_key).await;
             let status = observation.status;
-            let verdict = self.judge(bound, step.clone(), observation).await?;
+            let provider = bound.provider.clone();
+            let judged = step.clone();
+            let verdict = session_call(session, &bound.component, move |store, p| {
+                p.wharf_plugin_provider()
+                    .call_judge(store, &provider, &judged, &observation)
+            })
+            .await?;
             let detail = redact(&verdict.detail, api_key);
             steps.push(StepResult {
                 via: via.to_string(),
@@ -432,24 +440,6 @@ impl ProbeRunner {
             model: None,
             steps,
         })
-    }
-
-    async fn judge(
-        &self,
-        bound: &Bound,
-        step: wit::ProbeStep,
-        observation: wit::Observation,
-    ) -> WharfResult<wit::Verdict> {
-        let component = bound.component.clone();
-        let provider = bound.provider.clone();
-        tokio::task::spawn_blocking(move || {
-            component.provider_call(|store, p| {
-                p.wharf_plugin_provider()
-                    .call_judge(store, &provider, &step, &observation)
-            })
-        })
-        .await
-        .map_err(|err| WharfError::internal(format!("judge task failed: {err}")))?
     }
 
     /// Sends one step upstream. Never fails: a transport failure is an observation too.
@@ -531,6 +521,36 @@ impl ProbeRunner {
         let preview = preview(&observation, api_key);
         (observation, preview, latency)
     }
+}
+
+/// The provider instance of one run, created on first use and dropped after a fault.
+type Slot = Option<ProviderSession>;
+
+/// Runs `f` on the run's provider instance, on a blocking thread (plugin calls block).
+async fn session_call<R: Send + 'static>(
+    slot: &mut Slot,
+    component: &Arc<LoadedComponent>,
+    f: impl FnOnce(&mut wasmtime::Store<CallState>, &LlmProvider) -> wasmtime::Result<R>
+    + Send
+    + 'static,
+) -> WharfResult<R> {
+    let taken = slot.take();
+    let component = component.clone();
+    let (kept, result) = tokio::task::spawn_blocking(move || {
+        let mut session = match taken {
+            Some(session) => session,
+            None => match component.provider_session() {
+                Ok(session) => session,
+                Err(err) => return (None, Err(err)),
+            },
+        };
+        let result = session.call(f);
+        (result.is_ok().then_some(session), result)
+    })
+    .await
+    .map_err(|err| WharfError::internal(format!("plugin call task failed: {err}")))?;
+    *slot = kept;
+    result
 }
 
 fn transport_failure(kind: &str, latency_ms: u64) -> wit::Observation {
