@@ -694,17 +694,21 @@ fn plan_error(provider: &str, err: PluginError) -> WharfError {
 /// The `n` names closest to `wanted` by edit distance (case-insensitive), best first.
 pub fn nearest<'a>(wanted: &str, known: &[&'a str], n: usize) -> Vec<&'a str> {
     let wanted = wanted.to_lowercase();
-    let mut scored: Vec<(usize, &str)> = known
+    let mut scored: Vec<(usize, usize, &str)> = known
         .iter()
         .map(|name| {
             let lower = name.to_lowercase();
-            // A name containing the input (or the reverse) is a near miss whatever its length.
-            let bonus = usize::from(!(lower.contains(&wanted) || wanted.contains(&lower)));
-            (levenshtein(&wanted, &lower) * 2 + bonus, *name)
+            // A name containing the input (or the reverse) ranks first whatever its length.
+            let related = lower.contains(&wanted) || wanted.contains(&lower);
+            (usize::from(!related), levenshtein(&wanted, &lower), *name)
         })
         .collect();
     scored.sort();
-    scored.into_iter().take(n).map(|(_, name)| name).collect()
+    scored
+        .into_iter()
+        .take(n)
+        .map(|(_, _, name)| name)
+        .collect()
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
