@@ -515,6 +515,23 @@ async fn each_upstream_behaviour_is_exactly_its_class() {
         );
     }
 
+    let openapi: Value = reqwest::get(server.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/probes",
+        "/v1/probes/{id}",
+        "/v1/targets",
+        "/v1/targets/{id}",
+        "/v1/targets/{id}/status",
+        "/v1/providers",
+    ] {
+        assert!(openapi["paths"][path].is_object(), "openapi lacks {path}");
+    }
+
     let (status, _) = admin.delete(&format!("/v1/targets/{id}")).await;
     assert_eq!(status, 204);
     let (status, _) = admin.get(&status_path).await;
