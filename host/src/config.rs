@@ -105,7 +105,10 @@ impl std::fmt::Debug for ProbesConfig {
     // Hand-written so the encryption key can never reach a log line through `{:?}`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProbesConfig")
-            .field("encryption_key", &self.encryption_key.as_ref().map(|_| "<set>"))
+            .field(
+                "encryption_key",
+                &self.encryption_key.as_ref().map(|_| "<set>"),
+            )
             .field("max_concurrency", &self.max_concurrency)
             .field("max_step_timeout_ms", &self.max_step_timeout_ms)
             .field("warmup_retry_ms", &self.warmup_retry_ms)
@@ -164,7 +167,10 @@ impl Default for RuntimeConfig {
 
 impl Default for PacksConfig {
     fn default() -> Self {
-        Self { debounce_ms: 100, log_lines_per_pack: 200 }
+        Self {
+            debounce_ms: 100,
+            log_lines_per_pack: 200,
+        }
     }
 }
 
@@ -187,7 +193,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config {}", path.display()))?
             }
             None => Config::default(),
         };
@@ -197,7 +204,9 @@ impl Config {
 
     fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         if let Some(listen) = var("WHARF_LISTEN") {
-            self.listen = listen.parse().with_context(|| format!("WHARF_LISTEN={listen:?} is not an address"))?;
+            self.listen = listen
+                .parse()
+                .with_context(|| format!("WHARF_LISTEN={listen:?} is not an address"))?;
         }
         if let Some(dir) = var("WHARF_DATA_DIR") {
             self.data_dir = dir.into();
@@ -212,13 +221,24 @@ impl Config {
             self.probes.encryption_key = Some(key);
         }
         for (name, field) in [
-            ("WHARF_PROBE_MAX_STEP_TIMEOUT_MS", &mut self.probes.max_step_timeout_ms),
-            ("WHARF_PROBE_WARMUP_RETRY_MS", &mut self.probes.warmup_retry_ms),
-            ("WHARF_PROBE_WARMUP_BACKOFF_MS", &mut self.probes.warmup_backoff_ms),
+            (
+                "WHARF_PROBE_MAX_STEP_TIMEOUT_MS",
+                &mut self.probes.max_step_timeout_ms,
+            ),
+            (
+                "WHARF_PROBE_WARMUP_RETRY_MS",
+                &mut self.probes.warmup_retry_ms,
+            ),
+            (
+                "WHARF_PROBE_WARMUP_BACKOFF_MS",
+                &mut self.probes.warmup_backoff_ms,
+            ),
             ("WHARF_PROBE_TICK_MS", &mut self.probes.tick_ms),
         ] {
             if let Some(value) = var(name) {
-                *field = value.parse().with_context(|| format!("{name}={value:?} is not a number of milliseconds"))?;
+                *field = value
+                    .parse()
+                    .with_context(|| format!("{name}={value:?} is not a number of milliseconds"))?;
             }
         }
         if let Some(format) = var("WHARF_LOG_FORMAT") {
@@ -232,7 +252,9 @@ impl Config {
     }
 
     pub fn packs_dir(&self) -> PathBuf {
-        self.packs_dir.clone().unwrap_or_else(|| self.data_dir.join("packs"))
+        self.packs_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("packs"))
     }
 }
 
@@ -242,7 +264,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file_values() {
-        let mut config: Config = toml::from_str("listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/wharf\"").unwrap();
+        let mut config: Config =
+            toml::from_str("listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/wharf\"").unwrap();
         config
             .apply_env(|name| match name {
                 "WHARF_LISTEN" => Some("0.0.0.0:7000".into()),
@@ -257,13 +280,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = toml::from_str::<Config>("listne = \"x\"").unwrap_err().to_string();
+        let err = toml::from_str::<Config>("listne = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listne"), "{err}");
     }
 
     #[test]
     fn bad_env_value_is_a_clear_error() {
-        let err = Config::default().apply_env(|n| (n == "WHARF_LISTEN").then(|| "nope".into())).unwrap_err();
+        let err = Config::default()
+            .apply_env(|n| (n == "WHARF_LISTEN").then(|| "nope".into()))
+            .unwrap_err();
         assert!(err.to_string().contains("WHARF_LISTEN"));
     }
 }

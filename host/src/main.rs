@@ -11,7 +11,11 @@ use wharf::packs::manifest::{Form, Manifest};
 use wharf::server::Server;
 
 #[derive(Parser)]
-#[command(name = "wharf", version, about = "Plugin packs as sandboxed WebAssembly components")]
+#[command(
+    name = "wharf",
+    version,
+    about = "Plugin packs as sandboxed WebAssembly components"
+)]
 struct Cli {
     /// Path to wharf.toml (default: ./wharf.toml when present).
     #[arg(long, global = true, env = "WHARF_CONFIG")]
@@ -87,13 +91,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { build_packs } => serve(cli.config, build_packs),
-        Command::Pack { command: PackCommand::Build { source, out, target_dir } } => {
+        Command::Pack {
+            command:
+                PackCommand::Build {
+                    source,
+                    out,
+                    target_dir,
+                },
+        } => {
             init_tracing(LogFormat::Text);
             build_pack(&source, &out, &BuildOptions { target_dir }).map(|manifest| {
-                println!("built {} {} -> {}", manifest.id, manifest.version, out.display());
+                println!(
+                    "built {} {} -> {}",
+                    manifest.id,
+                    manifest.version,
+                    out.display()
+                );
             })
         }
-        Command::Pack { command: PackCommand::Validate { dir } } => validate(&dir),
+        Command::Pack {
+            command: PackCommand::Validate { dir },
+        } => validate(&dir),
         Command::Probe(args) => match probe(cli.config, args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),
@@ -126,10 +144,17 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
                     use sha2::Digest;
                     let actual = hex::encode(sha2::Sha256::digest(&bytes));
                     if &actual != sha256 {
-                        problems.push(format!("{}: components[{i}].sha256: manifest pins {sha256}, file has {actual}", dir.join("pack.toml").display()));
+                        problems.push(format!(
+                            "{}: components[{i}].sha256: manifest pins {sha256}, file has {actual}",
+                            dir.join("pack.toml").display()
+                        ));
                     }
                 }
-                Err(err) => problems.push(format!("{}: components[{i}].wasm: {}: {err}", dir.join("pack.toml").display(), path.display())),
+                Err(err) => problems.push(format!(
+                    "{}: components[{i}].wasm: {}: {err}",
+                    dir.join("pack.toml").display(),
+                    path.display()
+                )),
             }
         }
     }
@@ -139,7 +164,12 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
     if !problems.is_empty() {
         anyhow::bail!("{} problem(s) in {}", problems.len(), dir.display());
     }
-    println!("ok: {} {} ({} components, content sha256 {built})", manifest.id, manifest.version, manifest.components.len());
+    println!(
+        "ok: {} {} ({} components, content sha256 {built})",
+        manifest.id,
+        manifest.version,
+        manifest.components.len()
+    );
     Ok(())
 }
 
@@ -147,28 +177,55 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
 fn probe(config_path: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<bool> {
     let config = Config::load(config_path.as_deref())?;
     init_tracing(config.log_format);
-    let api_key = std::env::var(&args.api_key_env)
-        .map_err(|_| anyhow::anyhow!("environment variable {} is not set (it must hold the API key)", args.api_key_env))?;
+    let api_key = std::env::var(&args.api_key_env).map_err(|_| {
+        anyhow::anyhow!(
+            "environment variable {} is not set (it must hold the API key)",
+            args.api_key_env
+        )
+    })?;
     let packs_dir = args.packs_dir.clone().unwrap_or_else(|| config.packs_dir());
     // One built pack given directly: load it from a scratch packs dir holding a copy.
     let scratch = tempfile_dir()?;
     let packs_dir = if packs_dir.join("pack.toml").is_file() {
-        let name = packs_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "pack".into());
+        let name = packs_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "pack".into());
         copy_tree(&packs_dir, &scratch.join(name))?;
         scratch.clone()
     } else {
-        anyhow::ensure!(packs_dir.is_dir(), "packs dir {} does not exist", packs_dir.display());
+        anyhow::ensure!(
+            packs_dir.is_dir(),
+            "packs dir {} does not exist",
+            packs_dir.display()
+        );
         packs_dir
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(async move {
         let metrics = std::sync::Arc::new(wharf::metrics::Metrics::new());
-        let engine = wharf::runtime::Runtime::new(config.runtime.clone(), config.data_dir.join("cache/components"), metrics)?;
-        let logs = std::sync::Arc::new(wharf::runtime::logs::PluginLogs::new(config.packs.log_lines_per_pack));
-        let packs = std::sync::Arc::new(wharf::packs::Packs::new(packs_dir, std::sync::Arc::new(engine), logs)?);
+        let engine = wharf::runtime::Runtime::new(
+            config.runtime.clone(),
+            config.data_dir.join("cache/components"),
+            metrics,
+        )?;
+        let logs = std::sync::Arc::new(wharf::runtime::logs::PluginLogs::new(
+            config.packs.log_lines_per_pack,
+        ));
+        let packs = std::sync::Arc::new(wharf::packs::Packs::new(
+            packs_dir,
+            std::sync::Arc::new(engine),
+            logs,
+        )?);
         packs.rescan().await;
         for row in packs.snapshot().rows().iter().filter(|r| r.error.is_some()) {
-            eprintln!("pack {} quarantined: {}", row.dir, row.error.as_deref().unwrap_or_default());
+            eprintln!(
+                "pack {} quarantined: {}",
+                row.dir,
+                row.error.as_deref().unwrap_or_default()
+            );
         }
         let runner = wharf::probes::runner::ProbeRunner::new(packs, config.probes.clone())?;
         let request = wharf::probes::runner::ProbeRequest {
@@ -179,18 +236,31 @@ fn probe(config_path: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<bool> 
             stream: args.stream.then_some(true),
             direct_base_url: args.direct_base_url,
         };
-        runner.run(&request).await.map_err(|err| anyhow::anyhow!("{} ({})", err.message, err.code.as_str()))
+        runner
+            .run(&request)
+            .await
+            .map_err(|err| anyhow::anyhow!("{} ({})", err.message, err.code.as_str()))
     });
     let _ = std::fs::remove_dir_all(&scratch);
     let result = result?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        println!("verdict: {}{}", result.verdict, if result.retriable { " (retriable)" } else { "" });
+        println!(
+            "verdict: {}{}",
+            result.verdict,
+            if result.retriable { " (retriable)" } else { "" }
+        );
         println!("detail:  {}", result.detail);
         println!("model:   {}", result.model.as_deref().unwrap_or("-"));
-        println!("pack:    {} {} (generation {})", result.pack, result.pack_version, result.generation);
-        println!("attempts: {}, {:.1} ms", result.attempts, result.duration_ms);
+        println!(
+            "pack:    {} {} (generation {})",
+            result.pack, result.pack_version, result.generation
+        );
+        println!(
+            "attempts: {}, {:.1} ms",
+            result.attempts, result.duration_ms
+        );
         for step in &result.steps {
             let status = step.status.map_or("---".to_string(), |s| s.to_string());
             println!(
@@ -231,7 +301,9 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()>
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("WHARF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -244,7 +316,9 @@ fn serve(config_path: Option<PathBuf>, build_packs: Option<PathBuf>) -> anyhow::
     if let Some(sources) = build_packs {
         build_all(&sources, &config.packs_dir())?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let (server, generated_admin) = Server::start(config).await?;
@@ -258,7 +332,10 @@ fn serve(config_path: Option<PathBuf>, build_packs: Option<PathBuf>) -> anyhow::
 }
 
 fn build_all(sources: &std::path::Path, packs_dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(sources)?.flatten().filter(|e| e.path().join("pack.toml").is_file()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(sources)?
+        .flatten()
+        .filter(|e| e.path().join("pack.toml").is_file())
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let out = packs_dir.join(entry.file_name());
@@ -270,7 +347,8 @@ fn build_all(sources: &std::path::Path, packs_dir: &std::path::Path) -> anyhow::
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}

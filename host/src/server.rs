@@ -30,25 +30,62 @@ impl Server {
     /// A generated admin key is returned for the caller to print once.
     pub async fn start(config: Config) -> anyhow::Result<(Server, Option<String>)> {
         let db = store::open(&config.data_dir).await?;
-        let generated_admin = keys::bootstrap_admin(&db, config.admin_key.as_deref()).await.map_err(|err| anyhow::anyhow!(err.message))?;
+        let generated_admin = keys::bootstrap_admin(&db, config.admin_key.as_deref())
+            .await
+            .map_err(|err| anyhow::anyhow!(err.message))?;
         let metrics = Arc::new(Metrics::new());
         let runtime = Arc::new(
-            Runtime::new(config.runtime.clone(), config.data_dir.join("cache/components"), metrics.clone())
-                .context("starting the wasm runtime")?,
+            Runtime::new(
+                config.runtime.clone(),
+                config.data_dir.join("cache/components"),
+                metrics.clone(),
+            )
+            .context("starting the wasm runtime")?,
         );
         let logs = Arc::new(PluginLogs::new(config.packs.log_lines_per_pack));
         let packs = Arc::new(Packs::new(config.packs_dir(), runtime, logs)?);
         // Watch first, then scan: nothing dropped in between is missed.
-        let watcher = watcher::watch(packs.clone(), Duration::from_millis(config.packs.debounce_ms))?;
+        let watcher = watcher::watch(
+            packs.clone(),
+            Duration::from_millis(config.packs.debounce_ms),
+        )?;
         packs.rescan().await;
-        let process = Arc::new(ProcessDriver::new(config.data_dir.join("sandboxes"), ProcessLimits::default())?);
-        let sandboxes = Arc::new(Sandboxes::new(db.clone(), vec![process], config.sandbox.clone()));
+        let process = Arc::new(ProcessDriver::new(
+            config.data_dir.join("sandboxes"),
+            ProcessLimits::default(),
+        )?);
+        let sandboxes = Arc::new(Sandboxes::new(
+            db.clone(),
+            vec![process],
+            config.sandbox.clone(),
+        ));
         let probes = Arc::new(
-            ProbeService::new(packs.clone(), db.clone(), config.probes.clone(), &config.data_dir, &metrics).context("starting probes")?,
+            ProbeService::new(
+                packs.clone(),
+                db.clone(),
+                config.probes.clone(),
+                &config.data_dir,
+                &metrics,
+            )
+            .context("starting probes")?,
         );
         let probe_scheduler = scheduler::spawn(probes.clone());
-        let state = AppState { config: Arc::new(config), db, packs, sandboxes, metrics, probes };
-        Ok((Server { state, _watcher: watcher, _probe_scheduler: probe_scheduler }, generated_admin))
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            packs,
+            sandboxes,
+            metrics,
+            probes,
+        };
+        Ok((
+            Server {
+                state,
+                _watcher: watcher,
+                _probe_scheduler: probe_scheduler,
+            },
+            generated_admin,
+        ))
     }
 
     pub fn router(&self) -> axum::Router {
@@ -56,9 +93,15 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` resolves.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let router = self.router();
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
         Ok(())
     }
 }

@@ -45,7 +45,10 @@ async fn create_sandbox(
 
 /// The caller's sandboxes.
 #[utoipa::path(get, path = "/v1/sandboxes", responses((status = 200, body = Vec<Sandbox>)))]
-async fn list_sandboxes(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> ApiResult<Json<Vec<Sandbox>>> {
+async fn list_sandboxes(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<Json<Vec<Sandbox>>> {
     Ok(Json(state.sandboxes.list(&principal.owner).await?))
 }
 
@@ -96,5 +99,7 @@ async fn invoke_capability(
 ) -> ApiResult<Json<InvokeOutcome>> {
     let sandbox = state.sandboxes.get(&principal.owner, &id).await?;
     let binding = state.sandboxes.bind(&sandbox)?;
-    Ok(Json(capabilities::invoke(&state.packs, binding, &capability, &operation, input).await?))
+    Ok(Json(
+        capabilities::invoke(&state.packs, binding, &capability, &operation, input).await?,
+    ))
 }

@@ -68,7 +68,17 @@ pub trait SandboxDriver: Send + Sync + 'static {
     async fn destroy(&self, sandbox_id: &str) -> WharfResult<()>;
     async fn exec(&self, sandbox_id: &str, request: ExecRequest) -> WharfResult<ExecOutput>;
     async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<u8>>;
-    async fn write_file(&self, sandbox_id: &str, path: &SandboxPath, data: Vec<u8>) -> WharfResult<()>;
+    async fn write_file(
+        &self,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        data: Vec<u8>,
+    ) -> WharfResult<()>;
     async fn list_dir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<DirEntry>>;
-    async fn remove(&self, sandbox_id: &str, path: &SandboxPath, recursive: bool) -> WharfResult<()>;
+    async fn remove(
+        &self,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        recursive: bool,
+    ) -> WharfResult<()>;
 }

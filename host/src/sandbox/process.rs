@@ -31,7 +31,11 @@ pub struct ProcessLimits {
 
 impl Default for ProcessLimits {
     fn default() -> Self {
-        Self { address_space_bytes: 4 << 30, open_files: 1024, file_size_bytes: 1 << 30 }
+        Self {
+            address_space_bytes: 4 << 30,
+            open_files: 1024,
+            file_size_bytes: 1 << 30,
+        }
     }
 }
 
@@ -44,15 +48,21 @@ impl ProcessDriver {
     /// Sandboxes live in `<root>/<sandbox id>/`.
     pub fn new(root: impl Into<PathBuf>, limits: ProcessLimits) -> WharfResult<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root)
-            .map_err(|err| WharfError::internal(format!("cannot create sandbox root {}: {err}", root.display())))?;
+        std::fs::create_dir_all(&root).map_err(|err| {
+            WharfError::internal(format!(
+                "cannot create sandbox root {}: {err}",
+                root.display()
+            ))
+        })?;
         Ok(Self { root, limits })
     }
 
     fn workspace(&self, sandbox_id: &str) -> WharfResult<PathBuf> {
         let dir = self.root.join(sandbox_id);
         if !dir.is_dir() {
-            return Err(WharfError::not_found(format!("workspace of sandbox {sandbox_id}")));
+            return Err(WharfError::not_found(format!(
+                "workspace of sandbox {sandbox_id}"
+            )));
         }
         Ok(dir)
     }
@@ -64,12 +74,19 @@ impl ProcessDriver {
 
 fn io_error(path: &SandboxPath, err: std::io::Error) -> WharfError {
     match err.kind() {
-        std::io::ErrorKind::NotFound => WharfError::new(ErrorCode::FileNotFound, format!("{path}: no such file")),
-        std::io::ErrorKind::IsADirectory => WharfError::validation(format!("{path} is a directory")),
-        std::io::ErrorKind::NotADirectory => WharfError::validation(format!("{path} is not a directory")),
-        std::io::ErrorKind::DirectoryNotEmpty => {
-            WharfError::new(ErrorCode::Conflict, format!("{path} is a non-empty directory; remove it recursively"))
+        std::io::ErrorKind::NotFound => {
+            WharfError::new(ErrorCode::FileNotFound, format!("{path}: no such file"))
         }
+        std::io::ErrorKind::IsADirectory => {
+            WharfError::validation(format!("{path} is a directory"))
+        }
+        std::io::ErrorKind::NotADirectory => {
+            WharfError::validation(format!("{path} is not a directory"))
+        }
+        std::io::ErrorKind::DirectoryNotEmpty => WharfError::new(
+            ErrorCode::Conflict,
+            format!("{path} is a non-empty directory; remove it recursively"),
+        ),
         _ => WharfError::internal(format!("{path}: {err}")),
     }
 }
@@ -91,7 +108,9 @@ impl SandboxDriver for ProcessDriver {
         match tokio::fs::remove_dir_all(self.root.join(sandbox_id)).await {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(WharfError::internal(format!("cannot remove workspace: {err}"))),
+            Err(err) => Err(WharfError::internal(format!(
+                "cannot remove workspace: {err}"
+            ))),
         }
     }
 
@@ -106,17 +125,29 @@ impl SandboxDriver for ProcessDriver {
 
     async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<u8>> {
         let real = self.resolve(sandbox_id, path)?;
-        tokio::fs::read(&real).await.map_err(|err| io_error(path, err))
+        tokio::fs::read(&real)
+            .await
+            .map_err(|err| io_error(path, err))
     }
 
-    async fn write_file(&self, sandbox_id: &str, path: &SandboxPath, data: Vec<u8>) -> WharfResult<()> {
+    async fn write_file(
+        &self,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        data: Vec<u8>,
+    ) -> WharfResult<()> {
         if path.is_root() {
-            return Err(WharfError::new(ErrorCode::InvalidPath, "cannot write to the workspace root"));
+            return Err(WharfError::new(
+                ErrorCode::InvalidPath,
+                "cannot write to the workspace root",
+            ));
         }
         let real = self.resolve(sandbox_id, path)?;
         // Write beside the target, then rename: a reader never sees half a file.
         let tmp = real.with_file_name(format!(".wharf-tmp-{}", rand::random::<u64>()));
-        tokio::fs::write(&tmp, &data).await.map_err(|err| io_error(path, err))?;
+        tokio::fs::write(&tmp, &data)
+            .await
+            .map_err(|err| io_error(path, err))?;
         tokio::fs::rename(&tmp, &real).await.map_err(|err| {
             let _ = std::fs::remove_file(&tmp);
             io_error(path, err)
@@ -125,9 +156,15 @@ impl SandboxDriver for ProcessDriver {
 
     async fn list_dir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<DirEntry>> {
         let real = self.resolve(sandbox_id, path)?;
-        let mut reader = tokio::fs::read_dir(&real).await.map_err(|err| io_error(path, err))?;
+        let mut reader = tokio::fs::read_dir(&real)
+            .await
+            .map_err(|err| io_error(path, err))?;
         let mut entries = Vec::new();
-        while let Some(entry) = reader.next_entry().await.map_err(|err| io_error(path, err))? {
+        while let Some(entry) = reader
+            .next_entry()
+            .await
+            .map_err(|err| io_error(path, err))?
+        {
             let meta = entry.metadata().await.map_err(|err| io_error(path, err))?;
             let kind = if meta.is_symlink() {
                 EntryKind::Symlink
@@ -138,20 +175,38 @@ impl SandboxDriver for ProcessDriver {
             } else {
                 EntryKind::Other
             };
-            entries.push(DirEntry { name: entry.file_name().to_string_lossy().into_owned(), kind, size: meta.len() });
+            entries.push(DirEntry {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                kind,
+                size: meta.len(),
+            });
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
     }
 
-    async fn remove(&self, sandbox_id: &str, path: &SandboxPath, recursive: bool) -> WharfResult<()> {
+    async fn remove(
+        &self,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        recursive: bool,
+    ) -> WharfResult<()> {
         if path.is_root() {
-            return Err(WharfError::new(ErrorCode::InvalidPath, "cannot remove the workspace root"));
+            return Err(WharfError::new(
+                ErrorCode::InvalidPath,
+                "cannot remove the workspace root",
+            ));
         }
         let real = self.resolve(sandbox_id, path)?;
-        let meta = tokio::fs::symlink_metadata(&real).await.map_err(|err| io_error(path, err))?;
+        let meta = tokio::fs::symlink_metadata(&real)
+            .await
+            .map_err(|err| io_error(path, err))?;
         let result = if meta.is_dir() {
-            if recursive { tokio::fs::remove_dir_all(&real).await } else { tokio::fs::remove_dir(&real).await }
+            if recursive {
+                tokio::fs::remove_dir_all(&real).await
+            } else {
+                tokio::fs::remove_dir(&real).await
+            }
         } else {
             tokio::fs::remove_file(&real).await
         };
@@ -161,7 +216,12 @@ impl SandboxDriver for ProcessDriver {
 
 /// Runs one process group in `cwd` with a clean environment, capped output and
 /// a hard timeout that kills the whole group.
-async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits: ProcessLimits) -> WharfResult<ExecOutput> {
+async fn run_process(
+    workspace: &Path,
+    cwd: &Path,
+    request: ExecRequest,
+    limits: ProcessLimits,
+) -> WharfResult<ExecOutput> {
     let Some(program) = request.argv.first() else {
         return Err(WharfError::validation("argv must not be empty"));
     };
@@ -174,7 +234,11 @@ async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits:
         .env("HOME", workspace)
         .env("LANG", "C.UTF-8")
         .envs(request.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if request.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if request.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -189,13 +253,16 @@ async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits:
         });
     }
     let started = Instant::now();
-    let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn().map_err(|err| {
-        if err.kind() == std::io::ErrorKind::NotFound {
-            WharfError::validation(format!("program {program:?} not found in the sandbox"))
-        } else {
-            WharfError::internal(format!("cannot start {program:?}: {err}"))
-        }
-    })?;
+    let mut child = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| {
+            if err.kind() == std::io::ErrorKind::NotFound {
+                WharfError::validation(format!("program {program:?} not found in the sandbox"))
+            } else {
+                WharfError::internal(format!("cannot start {program:?}: {err}"))
+            }
+        })?;
     let pgid = child.id().map(|pid| pid as i32);
     let _group = GroupGuard(pgid);
 
@@ -204,12 +271,19 @@ async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits:
             let _ = stdin.write_all(&data).await;
         });
     }
-    let stdout = tokio::spawn(read_capped(child.stdout.take().expect("piped"), request.output_cap));
-    let stderr = tokio::spawn(read_capped(child.stderr.take().expect("piped"), request.output_cap));
+    let stdout = tokio::spawn(read_capped(
+        child.stdout.take().expect("piped"),
+        request.output_cap,
+    ));
+    let stderr = tokio::spawn(read_capped(
+        child.stderr.take().expect("piped"),
+        request.output_cap,
+    ));
 
     let (exit_code, timed_out) = match tokio::time::timeout(request.timeout, child.wait()).await {
         Ok(status) => {
-            let status = status.map_err(|err| WharfError::internal(format!("waiting for process: {err}")))?;
+            let status = status
+                .map_err(|err| WharfError::internal(format!("waiting for process: {err}")))?;
             (status.code(), false)
         }
         Err(_) => {
@@ -228,7 +302,15 @@ async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits:
     };
     let (stdout, stdout_truncated) = collect(stdout).await;
     let (stderr, stderr_truncated) = collect(stderr).await;
-    Ok(ExecOutput { exit_code, stdout, stderr, stdout_truncated, stderr_truncated, timed_out, duration })
+    Ok(ExecOutput {
+        exit_code,
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
+        timed_out,
+        duration,
+    })
 }
 
 /// Reads a stream to its end, keeping at most `cap` bytes.
@@ -250,7 +332,10 @@ async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>
 }
 
 fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
-    let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
     // SAFETY: plain syscall on a valid struct.
     if unsafe { libc::setrlimit(resource, &limit) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -294,9 +379,22 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
         driver.create("sbx_a").await.unwrap();
-        let out = driver.exec("sbx_a", exec(&["sh", "-c", "pwd; yes | head -c 5000 >&2"], Duration::from_secs(5))).await.unwrap();
+        let out = driver
+            .exec(
+                "sbx_a",
+                exec(
+                    &["sh", "-c", "pwd; yes | head -c 5000 >&2"],
+                    Duration::from_secs(5),
+                ),
+            )
+            .await
+            .unwrap();
         assert_eq!(out.exit_code, Some(0));
-        assert!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with("sbx_a"));
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .trim_end()
+                .ends_with("sbx_a")
+        );
         assert_eq!(out.stderr.len(), 1024);
         assert!(out.stderr_truncated && !out.stdout_truncated);
     }
@@ -308,14 +406,31 @@ mod tests {
         driver.create("sbx_t").await.unwrap();
         let marker = root.path().join("sbx_t/child.pid");
         let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
-        let out = driver.exec("sbx_t", exec(&["sh", "-c", &script], Duration::from_millis(300))).await.unwrap();
+        let out = driver
+            .exec(
+                "sbx_t",
+                exec(&["sh", "-c", &script], Duration::from_millis(300)),
+            )
+            .await
+            .unwrap();
         assert!(out.timed_out);
         assert_eq!(out.exit_code, None);
-        let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         // A killed child may linger as a zombie until reaped: count it as gone.
         let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .map(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
             .unwrap_or(false);
         assert!(!alive, "background child {pid} survived the timeout");
     }

@@ -82,7 +82,9 @@ impl SandboxBinding {
 
     /// Applies the configured default and cap to a requested timeout.
     pub fn exec_timeout(&self, requested_ms: Option<u64>) -> Duration {
-        let ms = requested_ms.unwrap_or(self.config.exec_default_timeout_ms).min(self.config.exec_max_timeout_ms);
+        let ms = requested_ms
+            .unwrap_or(self.config.exec_default_timeout_ms)
+            .min(self.config.exec_max_timeout_ms);
         Duration::from_millis(ms.max(1))
     }
 
@@ -97,18 +99,31 @@ impl SandboxBinding {
 
 impl Sandboxes {
     pub fn new(db: Db, drivers: Vec<Arc<dyn SandboxDriver>>, config: SandboxConfig) -> Self {
-        let drivers = drivers.into_iter().map(|driver| (driver.name(), driver)).collect();
-        Self { db, drivers, config }
+        let drivers = drivers
+            .into_iter()
+            .map(|driver| (driver.name(), driver))
+            .collect();
+        Self {
+            db,
+            drivers,
+            config,
+        }
     }
 
     fn driver_for_profile(&self, profile: &str) -> WharfResult<&Arc<dyn SandboxDriver>> {
         let driver = match profile {
             LOCAL_PROFILE => "process",
-            other => return Err(WharfError::validation(format!("unknown sandbox profile {other:?}; known: local"))),
+            other => {
+                return Err(WharfError::validation(format!(
+                    "unknown sandbox profile {other:?}; known: local"
+                )));
+            }
         };
-        self.drivers
-            .get(driver)
-            .ok_or_else(|| WharfError::validation(format!("profile {profile:?} needs the {driver} driver, which is not available")))
+        self.drivers.get(driver).ok_or_else(|| {
+            WharfError::validation(format!(
+                "profile {profile:?} needs the {driver} driver, which is not available"
+            ))
+        })
     }
 
     pub async fn create(&self, owner: &str, profile: &str) -> WharfResult<Sandbox> {
@@ -135,16 +150,25 @@ impl Sandboxes {
             .execute(&self.db)
             .await?;
         match driver.create(&sandbox.id).await {
-            Ok(()) => self.set_status(&mut sandbox, SandboxStatus::Running, None).await?,
+            Ok(()) => {
+                self.set_status(&mut sandbox, SandboxStatus::Running, None)
+                    .await?
+            }
             Err(err) => {
-                self.set_status(&mut sandbox, SandboxStatus::Failed, Some(err.code.as_str())).await?;
+                self.set_status(&mut sandbox, SandboxStatus::Failed, Some(err.code.as_str()))
+                    .await?;
                 return Err(err);
             }
         }
         Ok(sandbox)
     }
 
-    async fn set_status(&self, sandbox: &mut Sandbox, status: SandboxStatus, error_code: Option<&str>) -> WharfResult<()> {
+    async fn set_status(
+        &self,
+        sandbox: &mut Sandbox,
+        status: SandboxStatus,
+        error_code: Option<&str>,
+    ) -> WharfResult<()> {
         sandbox.status = status;
         sandbox.error_code = error_code.map(str::to_string);
         sandbox.updated_at = now_rfc3339();
@@ -160,12 +184,14 @@ impl Sandboxes {
 
     /// The caller's sandbox; another owner's is `not_found`, never `forbidden`.
     pub async fn get(&self, owner: &str, id: &str) -> WharfResult<Sandbox> {
-        let row = sqlx::query("SELECT * FROM sandboxes WHERE id = ? AND owner = ? AND status != 'deleted'")
-            .bind(id)
-            .bind(owner)
-            .fetch_optional(&self.db)
-            .await?
-            .ok_or_else(|| WharfError::not_found(format!("sandbox {id}")))?;
+        let row = sqlx::query(
+            "SELECT * FROM sandboxes WHERE id = ? AND owner = ? AND status != 'deleted'",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.db)
+        .await?
+        .ok_or_else(|| WharfError::not_found(format!("sandbox {id}")))?;
         Ok(sandbox_from_row(&row))
     }
 
@@ -179,12 +205,18 @@ impl Sandboxes {
 
     pub async fn delete(&self, owner: &str, id: &str) -> WharfResult<()> {
         let mut sandbox = self.get(owner, id).await?;
-        self.driver_named(&sandbox.driver)?.destroy(&sandbox.id).await?;
-        self.set_status(&mut sandbox, SandboxStatus::Deleted, None).await
+        self.driver_named(&sandbox.driver)?
+            .destroy(&sandbox.id)
+            .await?;
+        self.set_status(&mut sandbox, SandboxStatus::Deleted, None)
+            .await
     }
 
     fn driver_named(&self, name: &str) -> WharfResult<Arc<dyn SandboxDriver>> {
-        self.drivers.get(name).cloned().ok_or_else(|| WharfError::internal(format!("driver {name} is not available")))
+        self.drivers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| WharfError::internal(format!("driver {name} is not available")))
     }
 
     /// Binds a running sandbox for a plugin call.
@@ -192,7 +224,10 @@ impl Sandboxes {
         if sandbox.status != SandboxStatus::Running {
             return Err(WharfError::new(
                 crate::error::ErrorCode::Conflict,
-                format!("sandbox {} is {:?}, not running", sandbox.id, sandbox.status),
+                format!(
+                    "sandbox {} is {:?}, not running",
+                    sandbox.id, sandbox.status
+                ),
             ));
         }
         Ok(SandboxBinding {

@@ -57,7 +57,10 @@ fn provider(id: &str) -> Result<&'static ProviderManifest, PluginError> {
         let path = Path::new(PACK_ROOT).join(PROVIDERS_DIR).join(&name);
         if let Ok(text) = std::fs::read_to_string(&path) {
             let one = Catalog::from_files(vec![(name, text)]).map_err(|f| to_error(&f))?;
-            return SINGLE.get_or_init(|| one).provider(id).map_err(|f| to_error(&f));
+            return SINGLE
+                .get_or_init(|| one)
+                .provider(id)
+                .map_err(|f| to_error(&f));
         }
     }
     // Unknown ids (or a second provider on one instance) read the whole folder, which also
