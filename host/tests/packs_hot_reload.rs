@@ -153,31 +153,16 @@ async fn broken_new_versions_are_quarantined_and_the_old_keeps_answering() {
             .and_then(|r| r.error.clone())
             .unwrap()
     };
-    assert!(
-        reason("bad-wasm").contains("cannot load component"),
-        "{}",
-        reason("bad-wasm")
-    );
-    assert!(
-        reason("bad-digest").contains("digest mismatch"),
-        "{}",
-        reason("bad-digest")
-    );
-    assert!(
-        reason("bad-manifest").contains("invalid TOML"),
-        "{}",
-        reason("bad-manifest")
-    );
-    assert!(
-        reason("broken-describe").contains("describe()"),
-        "{}",
-        reason("broken-describe")
-    );
-    assert!(
-        reason("future-api").contains("requires.wharf"),
-        "{}",
-        reason("future-api")
-    );
+    for (dir, expected) in [
+        ("bad-wasm", "cannot load component"),
+        ("bad-digest", "digest mismatch"),
+        ("bad-manifest", "invalid TOML"),
+        ("broken-describe", "describe()"),
+        ("future-api", "requires.wharf"),
+    ] {
+        let reason = reason(dir);
+        assert!(reason.contains(expected), "{dir}: {reason}");
+    }
     let active: Vec<_> = rows
         .iter()
         .filter(|r| r.state == PackState::Active)

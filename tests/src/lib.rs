@@ -118,6 +118,14 @@ impl WharfProcess {
         format!("{}{path}", self.base_url)
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("GET /metrics");
+        response.text().await.expect("metrics body")
+    }
+
     /// Everything the server printed so far.
     pub fn logs(&self) -> String {
         let read =
@@ -220,6 +228,20 @@ impl Client {
 
 /// Moves a built pack into the packs dir the way operators should: copy to a
 /// hidden staging name, then rename.
+/// Builds nothing: copies a built pack into the packs dir (staging, then an
+/// atomic rename) and waits until `GET /v1/packs` shows `id` active.
+pub async fn install_pack_active(admin: &Client, built: &Path, packs_dir: &Path, id: &str) {
+    install_pack(built, packs_dir, id);
+    admin
+        .wait_for("/v1/packs", &format!("{id} active"), |rows| {
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == id && r["state"] == "active")
+        })
+        .await;
+}
+
 pub fn install_pack(built: &Path, packs_dir: &Path, name: &str) {
     let staging = packs_dir.join(format!(".{name}.staging"));
     copy_dir(built, &staging);

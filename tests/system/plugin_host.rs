@@ -1,6 +1,6 @@
 use reqwest::Method;
 use serde_json::{Value, json};
-use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, build_pack, install_pack};
+use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, build_pack, install_pack_active};
 
 async fn start_with_core_adapters() -> (tempfile::TempDir, WharfProcess, Client) {
     let root = tempfile::tempdir().unwrap();
@@ -14,15 +14,7 @@ async fn start_with_core_adapters() -> (tempfile::TempDir, WharfProcess, Client)
     );
     let built = root.path().join("built/core-adapters");
     build_pack("packs/core-adapters", &built);
-    install_pack(&built, &server.packs_dir, "core-adapters");
-    admin
-        .wait_for("/v1/packs", "core-adapters active", |rows| {
-            rows.as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["id"] == "core-adapters" && r["state"] == "active")
-        })
-        .await;
+    install_pack_active(&admin, &built, &server.packs_dir, "core-adapters").await;
     (root, server, admin)
 }
 
@@ -39,12 +31,7 @@ async fn dropped_core_adapters_pack_runs_shell_in_a_local_sandbox() {
     let id = sandbox["id"].as_str().unwrap();
 
     let shell_calls = || async {
-        let metrics = reqwest::get(server.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics().await;
         let line =
             "wharf_plugin_calls_total{component=\"shell\",outcome=\"ok\",pack=\"core-adapters\"} ";
         metrics
@@ -72,12 +59,7 @@ async fn dropped_core_adapters_pack_runs_shell_in_a_local_sandbox() {
     let (_, capabilities) = admin.get("/v1/capabilities").await;
     assert_eq!(capabilities[0]["capability"], "shell");
 
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert_eq!(
         shell_calls().await,
         calls_before + 1,
@@ -114,7 +96,9 @@ async fn bad_input_gets_stable_error_codes() {
         sandbox["id"].as_str().unwrap()
     );
 
-    let huge = json!({"command": "x".repeat(2 * 1024 * 1024)});
+    // Just over the 1 MiB default: small enough that the kernel buffers all of
+    // it, so the client reads the early 413 instead of a reset connection.
+    let huge = json!({"command": "x".repeat(1024 * 1024 + 1024)});
     let (status, body) = admin.post(&run, huge).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -226,5 +210,47 @@ async fn keys_are_owner_scoped_and_revocation_is_immediate() {
         (status, body["error"]["code"].as_str()),
         (401, Some("unauthorized")),
         "revoked key still accepted"
+    );
+}
+
+/// The example third-party pack (written only from the SDK rustdoc) builds
+/// with `wharf pack build` and serves next to the first-party pack.
+#[tokio::test]
+async fn example_greeter_pack_builds_and_serves() {
+    let (root, server, admin) = start_with_core_adapters().await;
+    let built = root.path().join("built/greeter-pack");
+    build_pack("examples/greeter-pack", &built);
+    let validate = std::process::Command::new(wharf_e2e::wharf_bin())
+        .args(["pack", "validate"])
+        .arg(&built)
+        .output()
+        .unwrap();
+    assert!(
+        validate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    install_pack_active(&admin, &built, &server.packs_dir, "greeter-pack").await;
+
+    let (_, sandbox) = admin
+        .post("/v1/sandboxes", json!({"profile": "local"}))
+        .await;
+    let greet = format!(
+        "/v1/sandboxes/{}/capabilities/greeter/greet",
+        sandbox["id"].as_str().unwrap()
+    );
+    let (status, answer) = admin.post(&greet, json!({"name": "Ada"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["output"]["greeting"], "Hello, Ada!");
+    let (status, body) = admin.post(&greet, json!({"name": ""})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("validation_error")),
+        "the plugin's invalid_input: {body}"
+    );
+    let (_, detail) = admin.get("/v1/packs/greeter-pack").await;
+    assert!(
+        detail["logs"].to_string().contains("greeting Ada"),
+        "plugin log missing: {detail}"
     );
 }

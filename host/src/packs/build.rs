@@ -21,6 +21,7 @@ pub struct BuildOptions {
 pub fn build_pack(source: &Path, out: &Path, options: &BuildOptions) -> anyhow::Result<Manifest> {
     let manifest = Manifest::load(source, Form::Source)
         .map_err(|problems| anyhow::anyhow!(describe_problems(&problems)))?;
+    ensure_wasm_target();
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -102,6 +103,32 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Adds the wasm target through rustup when it is missing, so that building
+/// the first-party packs on a fresh machine is one command. Without rustup
+/// the cargo build below fails with a message that names the fix.
+fn ensure_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    if libdir.is_some_and(|dir| dir.is_dir()) {
+        return;
+    }
+    tracing::info!(
+        target = WASM_TARGET,
+        "adding the missing wasm target with rustup"
+    );
+    let added = Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .status();
+    if !added.is_ok_and(|status| status.success()) {
+        tracing::warn!(target = WASM_TARGET, "rustup could not add the wasm target");
+    }
 }
 
 /// Runs cargo for one component crate and returns the `.wasm` it produced.

@@ -11,6 +11,7 @@ use wharf::packs::build::{BuildOptions, build_pack};
 use wharf::packs::{PackRow, PackState};
 use wharf::sandbox::service::SandboxBinding;
 use wharf::server::Server;
+pub use wharf_e2e::copy_dir;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -47,18 +48,6 @@ pub fn patch_manifest(pack_dir: &Path, version: &str, extra: &str) {
         }
     }
     std::fs::write(path, toml::to_string(&manifest).unwrap()).unwrap();
-}
-
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 pub struct Harness {
