@@ -26,6 +26,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub packs: PacksConfig,
     pub sandbox: SandboxConfig,
+    pub probes: ProbesConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -74,6 +75,65 @@ pub struct SandboxConfig {
     pub exec_max_timeout_ms: u64,
 }
 
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// Key that seals stored target API keys: 64 hex characters (`WHARF_PROBE_KEY`). Secret:
+    /// never logged. When absent, one is generated into `<data_dir>/probe.key` (mode 0600).
+    pub encryption_key: Option<String>,
+    /// Upstream HTTP requests in flight at once, over all probes.
+    pub max_concurrency: usize,
+    /// Cap on any one step's timeout; the plan's own timeout applies below it.
+    pub max_step_timeout_ms: u64,
+    /// How long a `warming_up` answer is retried before it counts as the verdict.
+    pub warmup_retry_ms: u64,
+    /// Pause between warm-up retries when the upstream gives no retry hint.
+    pub warmup_backoff_ms: u64,
+    /// How often the scheduler looks for due targets.
+    pub tick_ms: u64,
+    /// Scheduled target probes running at once.
+    pub max_scheduled_concurrency: usize,
+    /// Results kept per target (older ones are deleted).
+    pub history_per_target: u32,
+    /// Results of one-off `POST /v1/probes` kept per owner.
+    pub history_adhoc: u32,
+    /// Shortest schedule interval a target may ask for.
+    pub min_interval_secs: u64,
+}
+
+impl std::fmt::Debug for ProbesConfig {
+    // Hand-written so the encryption key can never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbesConfig")
+            .field(
+                "encryption_key",
+                &self.encryption_key.as_ref().map(|_| "<set>"),
+            )
+            .field("max_concurrency", &self.max_concurrency)
+            .field("max_step_timeout_ms", &self.max_step_timeout_ms)
+            .field("warmup_retry_ms", &self.warmup_retry_ms)
+            .field("tick_ms", &self.tick_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self {
+            encryption_key: None,
+            max_concurrency: 64,
+            max_step_timeout_ms: 30_000,
+            warmup_retry_ms: 15_000,
+            warmup_backoff_ms: 1_000,
+            tick_ms: 500,
+            max_scheduled_concurrency: 32,
+            history_per_target: 100,
+            history_adhoc: 1_000,
+            min_interval_secs: 1,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -86,6 +146,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             packs: PacksConfig::default(),
             sandbox: SandboxConfig::default(),
+            probes: ProbesConfig::default(),
         }
     }
 }
@@ -155,6 +216,30 @@ impl Config {
         }
         if let Some(key) = var("WHARF_ADMIN_KEY").filter(|k| !k.is_empty()) {
             self.admin_key = Some(key);
+        }
+        if let Some(key) = var("WHARF_PROBE_KEY").filter(|k| !k.is_empty()) {
+            self.probes.encryption_key = Some(key);
+        }
+        for (name, field) in [
+            (
+                "WHARF_PROBE_MAX_STEP_TIMEOUT_MS",
+                &mut self.probes.max_step_timeout_ms,
+            ),
+            (
+                "WHARF_PROBE_WARMUP_RETRY_MS",
+                &mut self.probes.warmup_retry_ms,
+            ),
+            (
+                "WHARF_PROBE_WARMUP_BACKOFF_MS",
+                &mut self.probes.warmup_backoff_ms,
+            ),
+            ("WHARF_PROBE_TICK_MS", &mut self.probes.tick_ms),
+        ] {
+            if let Some(value) = var(name) {
+                *field = value
+                    .parse()
+                    .with_context(|| format!("{name}={value:?} is not a number of milliseconds"))?;
+            }
         }
         if let Some(format) = var("WHARF_LOG_FORMAT") {
             self.log_format = match format.as_str() {

@@ -3,7 +3,8 @@
 //!
 //! The modules mirror the domain: [`packs`] (manifest, loader, watcher,
 //! generations), [`runtime`] (wasmtime engine, limits, bindings),
-//! [`sandbox`] (drivers), [`capabilities`] (routing), [`api`] (HTTP),
+//! [`sandbox`] (drivers), [`capabilities`] (routing), [`probes`] (access
+//! probes, targets, schedules), [`api`] (HTTP),
 //! [`store`] (SQLite).
 
 pub mod api;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod packs;
+pub mod probes;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

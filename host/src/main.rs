@@ -33,11 +33,43 @@ enum Command {
         #[arg(long)]
         build_packs: Option<PathBuf>,
     },
+    /// Probe an OpenAI-compatible endpoint once, without the server: loads the provider packs,
+    /// prints the verdict and each step. Exit code 0 only when the verdict is `ready`.
+    Probe(ProbeArgs),
     /// Build and check packs.
     Pack {
         #[command(subcommand)]
         command: PackCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// Provider id, e.g. `kimi`.
+    #[arg(long)]
+    provider: String,
+    /// The relay or upstream API root.
+    #[arg(long)]
+    base_url: String,
+    /// Name of the environment variable holding the API key (keys never go on a command line).
+    #[arg(long)]
+    api_key_env: String,
+    /// Model to probe (aliases resolve); default the provider's smoke-test model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Ask for a streamed chat completion.
+    #[arg(long)]
+    stream: bool,
+    /// The upstream itself: tells a relay's incompatibility from an upstream problem.
+    #[arg(long)]
+    direct_base_url: Option<String>,
+    /// A directory of built packs, or one built pack (default: the configured packs dir,
+    /// `WHARF_PACKS_DIR` or `<data_dir>/packs`).
+    #[arg(long)]
+    packs_dir: Option<PathBuf>,
+    /// Print the result as JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -80,6 +112,11 @@ fn main() -> ExitCode {
         Command::Pack {
             command: PackCommand::Validate { dir },
         } => validate(&dir),
+        Command::Probe(args) => match probe(cli.config, args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(err) => Err(err),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,6 +170,132 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
         manifest.version,
         manifest.components.len()
     );
+    Ok(())
+}
+
+/// Runs one probe with the packs loaded in-process. `Ok(true)` when ready.
+fn probe(config_path: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<bool> {
+    let config = Config::load(config_path.as_deref())?;
+    init_tracing(config.log_format);
+    let api_key = std::env::var(&args.api_key_env).map_err(|_| {
+        anyhow::anyhow!(
+            "environment variable {} is not set (it must hold the API key)",
+            args.api_key_env
+        )
+    })?;
+    let packs_dir = args.packs_dir.clone().unwrap_or_else(|| config.packs_dir());
+    // One built pack given directly: load it from a scratch packs dir holding a copy.
+    let scratch = tempfile_dir()?;
+    let packs_dir = if packs_dir.join("pack.toml").is_file() {
+        let name = packs_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "pack".into());
+        copy_tree(&packs_dir, &scratch.join(name))?;
+        scratch.clone()
+    } else {
+        anyhow::ensure!(
+            packs_dir.is_dir(),
+            "packs dir {} does not exist",
+            packs_dir.display()
+        );
+        packs_dir
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async move {
+        let metrics = std::sync::Arc::new(wharf::metrics::Metrics::new());
+        let engine = wharf::runtime::Runtime::new(
+            config.runtime.clone(),
+            config.data_dir.join("cache/components"),
+            metrics,
+        )?;
+        let logs = std::sync::Arc::new(wharf::runtime::logs::PluginLogs::new(
+            config.packs.log_lines_per_pack,
+        ));
+        let packs = std::sync::Arc::new(wharf::packs::Packs::new(
+            packs_dir,
+            std::sync::Arc::new(engine),
+            logs,
+        )?);
+        packs.rescan().await;
+        for row in packs.snapshot().rows().iter().filter(|r| r.error.is_some()) {
+            eprintln!(
+                "pack {} quarantined: {}",
+                row.dir,
+                row.error.as_deref().unwrap_or_default()
+            );
+        }
+        let runner = wharf::probes::runner::ProbeRunner::new(packs, config.probes.clone())?;
+        let request = wharf::probes::runner::ProbeRequest {
+            provider: args.provider,
+            base_url: args.base_url,
+            api_key,
+            model: args.model,
+            stream: args.stream.then_some(true),
+            direct_base_url: args.direct_base_url,
+        };
+        runner
+            .run(&request)
+            .await
+            .map_err(|err| anyhow::anyhow!("{} ({})", err.message, err.code.as_str()))
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!(
+            "verdict: {}{}",
+            result.verdict,
+            if result.retriable { " (retriable)" } else { "" }
+        );
+        println!("detail:  {}", result.detail);
+        println!("model:   {}", result.model.as_deref().unwrap_or("-"));
+        println!(
+            "pack:    {} {} (generation {})",
+            result.pack, result.pack_version, result.generation
+        );
+        println!(
+            "attempts: {}, {:.1} ms",
+            result.attempts, result.duration_ms
+        );
+        for step in &result.steps {
+            let status = step.status.map_or("---".to_string(), |s| s.to_string());
+            println!(
+                "  [{}] {:<6} {:<16} {} {:<4} {:>8.1} ms  {}: {}",
+                if step.passed { "ok" } else { "!!" },
+                step.via,
+                step.name,
+                step.method,
+                status,
+                step.latency_ms,
+                step.class,
+                step.detail
+            );
+        }
+    }
+    Ok(result.ready())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("wharf-probe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
     Ok(())
 }
 

@@ -10,6 +10,8 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::packs::{Packs, watcher};
+use crate::probes::ProbeService;
+use crate::probes::scheduler::{self, SchedulerHandle};
 use crate::runtime::Runtime;
 use crate::runtime::logs::PluginLogs;
 use crate::sandbox::process::{ProcessDriver, ProcessLimits};
@@ -20,6 +22,7 @@ use crate::store::{self, keys};
 pub struct Server {
     pub state: AppState,
     _watcher: notify::RecommendedWatcher,
+    _probe_scheduler: SchedulerHandle,
 }
 
 impl Server {
@@ -56,17 +59,30 @@ impl Server {
             vec![process],
             config.sandbox.clone(),
         ));
+        let probes = Arc::new(
+            ProbeService::new(
+                packs.clone(),
+                db.clone(),
+                config.probes.clone(),
+                &config.data_dir,
+                &metrics,
+            )
+            .context("starting probes")?,
+        );
+        let probe_scheduler = scheduler::spawn(probes.clone());
         let state = AppState {
             config: Arc::new(config),
             db,
             packs,
             sandboxes,
             metrics,
+            probes,
         };
         Ok((
             Server {
                 state,
                 _watcher: watcher,
+                _probe_scheduler: probe_scheduler,
             },
             generated_admin,
         ))

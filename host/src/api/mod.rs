@@ -4,6 +4,7 @@
 pub mod error;
 pub mod keys;
 pub mod packs;
+pub mod probes;
 pub mod sandboxes;
 pub mod system;
 
@@ -36,6 +37,7 @@ pub struct AppState {
     pub packs: Arc<Packs>,
     pub sandboxes: Arc<Sandboxes>,
     pub metrics: Arc<Metrics>,
+    pub probes: Arc<crate::probes::ProbeService>,
 }
 
 #[derive(OpenApi)]
@@ -65,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .merge(packs::routes())
         .merge(keys::routes())
         .merge(sandboxes::routes())
+        .merge(probes::routes())
         .merge(system::authenticated_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -45,6 +45,8 @@ pub struct PackComponent {
     pub adapter: Option<AdapterInfo>,
     /// Providers: the provider ids from `catalog()`.
     pub provider_ids: Vec<String>,
+    /// Providers: each provider's `auth-scheme` from `catalog()` (the host adds credentials).
+    pub provider_auth: std::collections::BTreeMap<String, String>,
 }
 
 /// One generation of a pack: immutable once loaded. Calls hold an `Arc` to
@@ -221,6 +223,7 @@ fn self_test(at: &str, component: Arc<LoadedComponent>) -> Result<PackComponent,
                 runtime: component,
                 adapter: Some(adapter),
                 provider_ids: Vec::new(),
+                provider_auth: Default::default(),
             })
         }
         ComponentKind::Provider => {
@@ -238,11 +241,16 @@ fn self_test(at: &str, component: Arc<LoadedComponent>) -> Result<PackComponent,
             if catalog.is_empty() {
                 return Err(format!("{at}: catalog() lists no provider"));
             }
+            let provider_auth = catalog
+                .iter()
+                .map(|p| (p.id.clone(), p.auth_scheme.clone()))
+                .collect();
             let provider_ids = catalog.into_iter().map(|p| p.id).collect();
             Ok(PackComponent {
                 runtime: component,
                 adapter: None,
                 provider_ids,
+                provider_auth,
             })
         }
     }

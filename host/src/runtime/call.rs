@@ -323,6 +323,90 @@ impl LoadedComponent {
     }
 }
 
+/// One provider instance kept for several calls (e.g. plan, then judge each step of one probe),
+/// so state the guest builds once per instance (its parsed catalog) is not rebuilt per call.
+/// Each call gets the full per-call deadline again. After a fault the instance is dropped:
+/// its state may be broken, so the next session starts fresh.
+pub struct ProviderSession {
+    component: Arc<LoadedComponent>,
+    store: Store<CallState>,
+    bindings: Provider,
+    stderr: MemoryOutputPipe,
+}
+
+impl LoadedComponent {
+    /// Instantiates a provider for a [`ProviderSession`]. Blocking, like every call.
+    pub fn provider_session(self: &Arc<Self>) -> WharfResult<ProviderSession> {
+        let Pre::Provider(pre) = &self.pre else {
+            return Err(WharfError::internal(
+                "component is an adapter, not a provider",
+            ));
+        };
+        if let Err(remaining) = self.circuit.check() {
+            return Err(WharfError::new(
+                ErrorCode::PluginUnavailable,
+                format!(
+                    "component {}/{} is cooling down after repeated faults; retry in {} ms",
+                    self.pack_id,
+                    self.name,
+                    remaining.as_millis()
+                ),
+            ));
+        }
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let mut store = self.new_store(None, &stderr)?;
+        let bindings = match pre.instantiate(&mut store) {
+            Ok(bindings) => bindings,
+            Err(err) => return Err(self.classify_fault(err, &store, &stderr)),
+        };
+        Ok(ProviderSession {
+            component: self.clone(),
+            store,
+            bindings,
+            stderr,
+        })
+    }
+}
+
+impl ProviderSession {
+    pub fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<CallState>, &Provider) -> wasmtime::Result<R>,
+    ) -> WharfResult<R> {
+        let component = &self.component;
+        let state = self.store.data_mut();
+        state.started = Instant::now();
+        state.host_time = Duration::ZERO;
+        self.store
+            .set_epoch_deadline(ticks(component.limits.timeout));
+        let started = Instant::now();
+        let result = f(&mut self.store, &self.bindings);
+        let labels = [&*component.pack_id, &*component.name];
+        component
+            .metrics
+            .plugin_call_seconds
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match result {
+            Ok(value) => {
+                component.circuit.record_success();
+                Ok(value)
+            }
+            Err(err) => Err(component.classify_fault(err, &self.store, &self.stderr)),
+        };
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(err) => err.code.as_str(),
+        };
+        component
+            .metrics
+            .plugin_calls
+            .with_label_values(&[&*component.pack_id, &*component.name, label])
+            .inc();
+        outcome
+    }
+}
+
 fn ticks(budget: Duration) -> u64 {
     (budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }

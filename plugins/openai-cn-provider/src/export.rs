@@ -38,7 +38,33 @@ fn catalog() -> Result<&'static Catalog, PluginError> {
     Ok(CATALOG.get_or_init(|| loaded))
 }
 
+/// One provider's file alone. `probe-plan`, `judge` and `resolve-model` need only the provider
+/// they name, and reading one file instead of the whole folder is most of what a call on a
+/// fresh instance costs (an access probe makes three calls). The whole folder is still checked
+/// by `catalog()`, which the host calls before a generation may serve.
+static SINGLE: OnceLock<Catalog> = OnceLock::new();
+
 fn provider(id: &str) -> Result<&'static ProviderManifest, PluginError> {
+    if let Some(c) = CATALOG.get() {
+        return c.provider(id).map_err(|f| to_error(&f));
+    }
+    if let Some(p) = SINGLE.get().and_then(|c| c.provider(id).ok()) {
+        return Ok(p);
+    }
+    // The id becomes a file name: only well-formed ids are looked up directly.
+    if SINGLE.get().is_none() && crate::manifest::valid_provider_id(id) {
+        let name = format!("{id}.json");
+        let path = Path::new(PACK_ROOT).join(PROVIDERS_DIR).join(&name);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let one = Catalog::from_files(vec![(name, text)]).map_err(|f| to_error(&f))?;
+            return SINGLE
+                .get_or_init(|| one)
+                .provider(id)
+                .map_err(|f| to_error(&f));
+        }
+    }
+    // Unknown ids (or a second provider on one instance) read the whole folder, which also
+    // gives the error its list of known ids.
     catalog()?.provider(id).map_err(|f| to_error(&f))
 }
 

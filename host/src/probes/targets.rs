@@ -1,0 +1,274 @@
+//! Probe targets and probe history in SQLite. Owner-scoped: another owner's target is
+//! `not_found`. The API key is only ever stored sealed (see [`super::crypto`]).
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::runner::ProbeResult;
+use crate::error::{WharfError, WharfResult};
+use crate::store::Db;
+
+/// `POST /v1/targets`.
+#[derive(Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTarget {
+    pub provider: String,
+    /// The relay or upstream API root, e.g. `http://relay:3000` or `https://api.moonshot.cn/v1`.
+    pub base_url: String,
+    /// Stored sealed; shown only as a fingerprint.
+    pub api_key: String,
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+    /// The upstream itself, to tell a relay's incompatibility from an upstream problem.
+    pub direct_base_url: Option<String>,
+    /// Seconds between probes; default 60.
+    pub interval_secs: Option<u64>,
+}
+
+/// A registered target, as shown to its owner.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Target {
+    pub id: String,
+    pub provider: String,
+    pub base_url: String,
+    pub direct_base_url: Option<String>,
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+    /// First 4 characters of the key and a sha256 prefix.
+    pub key_fingerprint: String,
+    pub interval_secs: u64,
+    pub created_at: String,
+    /// The latest verdict; null before the first probe.
+    pub verdict: Option<String>,
+    /// When the latest verdict started to hold (first probe that gave it).
+    pub verdict_since: Option<String>,
+    pub last_probed_at: Option<String>,
+}
+
+/// A target due for probing, with its sealed key.
+pub struct DueTarget {
+    pub id: String,
+    pub owner: String,
+    pub provider: String,
+    pub base_url: String,
+    pub direct_base_url: Option<String>,
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+    pub key_sealed: Vec<u8>,
+    pub interval_secs: u64,
+}
+
+const TARGET_COLUMNS: &str = "id, provider, base_url, direct_base_url, model, stream, key_fingerprint, interval_secs, created_at, verdict, verdict_since, last_probed_at";
+
+fn target_from_row(row: &sqlx::sqlite::SqliteRow) -> Target {
+    Target {
+        id: row.get("id"),
+        provider: row.get("provider"),
+        base_url: row.get("base_url"),
+        direct_base_url: row.get("direct_base_url"),
+        model: row.get("model"),
+        stream: row.get::<Option<i64>, _>("stream").map(|s| s != 0),
+        key_fingerprint: row.get("key_fingerprint"),
+        interval_secs: row.get::<i64, _>("interval_secs") as u64,
+        created_at: row.get("created_at"),
+        verdict: row.get("verdict"),
+        verdict_since: row.get("verdict_since"),
+        last_probed_at: row.get("last_probed_at"),
+    }
+}
+
+pub struct NewTarget<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    pub spec: &'a CreateTarget,
+    pub key_sealed: &'a [u8],
+    pub key_fingerprint: &'a str,
+    pub interval_secs: u64,
+    pub created_at: &'a str,
+    pub first_due_at: f64,
+}
+
+pub async fn insert(db: &Db, new: NewTarget<'_>) -> WharfResult<()> {
+    sqlx::query(
+        "INSERT INTO probe_targets (id, owner, provider, base_url, direct_base_url, model, stream, key_sealed, key_fingerprint, interval_secs, created_at, next_due_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(new.id)
+    .bind(new.owner)
+    .bind(&new.spec.provider)
+    .bind(&new.spec.base_url)
+    .bind(&new.spec.direct_base_url)
+    .bind(&new.spec.model)
+    .bind(new.spec.stream.map(i64::from))
+    .bind(new.key_sealed)
+    .bind(new.key_fingerprint)
+    .bind(new.interval_secs as i64)
+    .bind(new.created_at)
+    .bind(new.first_due_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn list(db: &Db, owner: &str) -> WharfResult<Vec<Target>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {TARGET_COLUMNS} FROM probe_targets WHERE owner = ? ORDER BY created_at, id"
+    ))
+    .bind(owner)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(target_from_row).collect())
+}
+
+pub async fn get(db: &Db, owner: &str, id: &str) -> WharfResult<Target> {
+    let row = sqlx::query(&format!(
+        "SELECT {TARGET_COLUMNS} FROM probe_targets WHERE owner = ? AND id = ?"
+    ))
+    .bind(owner)
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    row.as_ref()
+        .map(target_from_row)
+        .ok_or_else(|| WharfError::not_found(format!("target {id}")))
+}
+
+pub async fn delete(db: &Db, owner: &str, id: &str) -> WharfResult<()> {
+    let done = sqlx::query("DELETE FROM probe_targets WHERE owner = ? AND id = ?")
+        .bind(owner)
+        .bind(id)
+        .execute(db)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(WharfError::not_found(format!("target {id}")));
+    }
+    Ok(())
+}
+
+/// Targets whose time has come, soonest first.
+pub async fn due(db: &Db, now: f64, limit: usize) -> WharfResult<Vec<DueTarget>> {
+    let rows = sqlx::query(
+        "SELECT id, owner, provider, base_url, direct_base_url, model, stream, key_sealed, interval_secs
+         FROM probe_targets WHERE next_due_at <= ? ORDER BY next_due_at LIMIT ?",
+    )
+    .bind(now)
+    .bind(limit as i64)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| DueTarget {
+            id: row.get("id"),
+            owner: row.get("owner"),
+            provider: row.get("provider"),
+            base_url: row.get("base_url"),
+            direct_base_url: row.get("direct_base_url"),
+            model: row.get("model"),
+            stream: row.get::<Option<i64>, _>("stream").map(|s| s != 0),
+            key_sealed: row.get("key_sealed"),
+            interval_secs: row.get::<i64, _>("interval_secs") as u64,
+        })
+        .collect())
+}
+
+pub async fn set_next_due(db: &Db, id: &str, at: f64) -> WharfResult<()> {
+    sqlx::query("UPDATE probe_targets SET next_due_at = ? WHERE id = ?")
+        .bind(at)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Stores a result and trims the history to `keep` rows (per target, or per owner for
+/// one-off probes). For a target, also moves its current verdict; `verdict_since` only
+/// changes when the verdict does.
+pub async fn record(db: &Db, owner: &str, result: &ProbeResult, keep: u32) -> WharfResult<()> {
+    let json = serde_json::to_string(result)
+        .map_err(|err| WharfError::internal(format!("encoding a probe result: {err}")))?;
+    let mut tx = db.begin().await?;
+    let inserted = sqlx::query("INSERT INTO probe_results (id, owner, target_id, started_at, verdict, result) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(&result.id)
+        .bind(owner)
+        .bind(&result.target_id)
+        .bind(&result.started_at)
+        .bind(&result.verdict)
+        .bind(&json)
+        .execute(&mut *tx)
+        .await;
+    if let Err(err) = inserted {
+        // The target was deleted while its probe ran: nothing to keep.
+        if result.target_id.is_some()
+            && matches!(&err, sqlx::Error::Database(e) if e.is_foreign_key_violation())
+        {
+            return Ok(());
+        }
+        return Err(err.into());
+    }
+    match &result.target_id {
+        Some(target) => {
+            sqlx::query(
+                "DELETE FROM probe_results WHERE target_id = ?1 AND rowid NOT IN
+                 (SELECT rowid FROM probe_results WHERE target_id = ?1 ORDER BY rowid DESC LIMIT ?2)",
+            )
+            .bind(target)
+            .bind(i64::from(keep))
+            .execute(&mut *tx)
+            .await?;
+            let now = crate::store::now_rfc3339();
+            sqlx::query(
+                "UPDATE probe_targets SET
+                   verdict_since = CASE WHEN verdict IS ?1 THEN verdict_since ELSE ?2 END,
+                   verdict = ?1, last_probed_at = ?2
+                 WHERE id = ?3",
+            )
+            .bind(&result.verdict)
+            .bind(&now)
+            .bind(target)
+            .execute(&mut *tx)
+            .await?;
+        }
+        None => {
+            sqlx::query(
+                "DELETE FROM probe_results WHERE owner = ?1 AND target_id IS NULL AND rowid NOT IN
+                 (SELECT rowid FROM probe_results WHERE owner = ?1 AND target_id IS NULL ORDER BY rowid DESC LIMIT ?2)",
+            )
+            .bind(owner)
+            .bind(i64::from(keep))
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The last `limit` results of a target, newest first.
+pub async fn recent(db: &Db, target: &str, limit: u32) -> WharfResult<Vec<ProbeResult>> {
+    let rows = sqlx::query(
+        "SELECT result FROM probe_results WHERE target_id = ? ORDER BY rowid DESC LIMIT ?",
+    )
+    .bind(target)
+    .bind(i64::from(limit))
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(|row| decode(row.get("result"))).collect()
+}
+
+/// One stored result of the owner's (one-off or scheduled).
+pub async fn result(db: &Db, owner: &str, id: &str) -> WharfResult<ProbeResult> {
+    let row = sqlx::query("SELECT result FROM probe_results WHERE owner = ? AND id = ?")
+        .bind(owner)
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    decode(
+        row.ok_or_else(|| WharfError::not_found(format!("probe {id}")))?
+            .get("result"),
+    )
+}
+
+fn decode(text: String) -> WharfResult<ProbeResult> {
+    serde_json::from_str(&text)
+        .map_err(|err| WharfError::internal(format!("a stored probe result is unreadable: {err}")))
+}
