@@ -26,6 +26,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub packs: PacksConfig,
     pub sandbox: SandboxConfig,
+    /// Sandbox profiles beside (or overriding) the built-in `local` and `docker`.
+    pub profiles: std::collections::BTreeMap<String, crate::sandbox::Profile>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -72,6 +74,16 @@ pub struct SandboxConfig {
     pub exec_default_timeout_ms: u64,
     /// The longest exec timeout a caller may ask for.
     pub exec_max_timeout_ms: u64,
+    /// Largest file accepted by `PUT /v1/sandboxes/{id}/files/{path}`.
+    pub max_upload_bytes: usize,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_secs: u64,
+    /// How long a call on a sandbox that is still starting waits before `session_not_ready`.
+    pub not_ready_wait_ms: u64,
+    /// Period of the GC and health task (idle stop, expiry, orphans, dead runtimes).
+    pub gc_interval_ms: u64,
+    /// Whether the Docker driver is used when a daemon answers.
+    pub docker: bool,
 }
 
 impl Default for Config {
@@ -86,6 +98,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             packs: PacksConfig::default(),
             sandbox: SandboxConfig::default(),
+            profiles: Default::default(),
         }
     }
 }
@@ -106,7 +119,10 @@ impl Default for RuntimeConfig {
 
 impl Default for PacksConfig {
     fn default() -> Self {
-        Self { debounce_ms: 100, log_lines_per_pack: 200 }
+        Self {
+            debounce_ms: 100,
+            log_lines_per_pack: 200,
+        }
     }
 }
 
@@ -116,6 +132,11 @@ impl Default for SandboxConfig {
             exec_output_cap_bytes: 1024 * 1024,
             exec_default_timeout_ms: 30_000,
             exec_max_timeout_ms: 600_000,
+            max_upload_bytes: 256 * 1024 * 1024,
+            idempotency_ttl_secs: 3600,
+            not_ready_wait_ms: 10_000,
+            gc_interval_ms: 30_000,
+            docker: true,
         }
     }
 }
@@ -129,7 +150,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config {}", path.display()))?
             }
             None => Config::default(),
         };
@@ -139,7 +161,9 @@ impl Config {
 
     fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         if let Some(listen) = var("WHARF_LISTEN") {
-            self.listen = listen.parse().with_context(|| format!("WHARF_LISTEN={listen:?} is not an address"))?;
+            self.listen = listen
+                .parse()
+                .with_context(|| format!("WHARF_LISTEN={listen:?} is not an address"))?;
         }
         if let Some(dir) = var("WHARF_DATA_DIR") {
             self.data_dir = dir.into();
@@ -161,7 +185,9 @@ impl Config {
     }
 
     pub fn packs_dir(&self) -> PathBuf {
-        self.packs_dir.clone().unwrap_or_else(|| self.data_dir.join("packs"))
+        self.packs_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("packs"))
     }
 }
 
@@ -171,7 +197,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file_values() {
-        let mut config: Config = toml::from_str("listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/wharf\"").unwrap();
+        let mut config: Config =
+            toml::from_str("listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/wharf\"").unwrap();
         config
             .apply_env(|name| match name {
                 "WHARF_LISTEN" => Some("0.0.0.0:7000".into()),
@@ -186,13 +213,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = toml::from_str::<Config>("listne = \"x\"").unwrap_err().to_string();
+        let err = toml::from_str::<Config>("listne = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listne"), "{err}");
     }
 
     #[test]
     fn bad_env_value_is_a_clear_error() {
-        let err = Config::default().apply_env(|n| (n == "WHARF_LISTEN").then(|| "nope".into())).unwrap_err();
+        let err = Config::default()
+            .apply_env(|n| (n == "WHARF_LISTEN").then(|| "nope".into()))
+            .unwrap_err();
         assert!(err.to_string().contains("WHARF_LISTEN"));
     }
 }

@@ -12,7 +12,11 @@ use crate::metrics::Metrics;
 use crate::packs::{Packs, watcher};
 use crate::runtime::Runtime;
 use crate::runtime::logs::PluginLogs;
+use crate::sandbox::SandboxDriver;
+use crate::sandbox::docker::DockerDriver;
+use crate::sandbox::gc;
 use crate::sandbox::process::{ProcessDriver, ProcessLimits};
+use crate::sandbox::profiles::Profiles;
 use crate::sandbox::service::Sandboxes;
 use crate::store::{self, keys};
 
@@ -27,21 +31,71 @@ impl Server {
     /// A generated admin key is returned for the caller to print once.
     pub async fn start(config: Config) -> anyhow::Result<(Server, Option<String>)> {
         let db = store::open(&config.data_dir).await?;
-        let generated_admin = keys::bootstrap_admin(&db, config.admin_key.as_deref()).await.map_err(|err| anyhow::anyhow!(err.message))?;
+        let generated_admin = keys::bootstrap_admin(&db, config.admin_key.as_deref())
+            .await
+            .map_err(|err| anyhow::anyhow!(err.message))?;
         let metrics = Arc::new(Metrics::new());
         let runtime = Arc::new(
-            Runtime::new(config.runtime.clone(), config.data_dir.join("cache/components"), metrics.clone())
-                .context("starting the wasm runtime")?,
+            Runtime::new(
+                config.runtime.clone(),
+                config.data_dir.join("cache/components"),
+                metrics.clone(),
+            )
+            .context("starting the wasm runtime")?,
         );
         let logs = Arc::new(PluginLogs::new(config.packs.log_lines_per_pack));
         let packs = Arc::new(Packs::new(config.packs_dir(), runtime, logs)?);
         // Watch first, then scan: nothing dropped in between is missed.
-        let watcher = watcher::watch(packs.clone(), Duration::from_millis(config.packs.debounce_ms))?;
+        let watcher = watcher::watch(
+            packs.clone(),
+            Duration::from_millis(config.packs.debounce_ms),
+        )?;
         packs.rescan().await;
-        let process = Arc::new(ProcessDriver::new(config.data_dir.join("sandboxes"), ProcessLimits::default())?);
-        let sandboxes = Arc::new(Sandboxes::new(db.clone(), vec![process], config.sandbox.clone()));
-        let state = AppState { config: Arc::new(config), db, packs, sandboxes, metrics };
-        Ok((Server { state, _watcher: watcher }, generated_admin))
+        let process = Arc::new(ProcessDriver::new(
+            config.data_dir.join("sandboxes"),
+            ProcessLimits::default(),
+        )?);
+        let mut drivers: Vec<Arc<dyn SandboxDriver>> = vec![process];
+        if config.sandbox.docker {
+            match DockerDriver::connect(&instance_id(&config.data_dir)?).await {
+                Some(docker) => drivers.push(Arc::new(docker)),
+                None => tracing::info!(
+                    "no Docker daemon answers: the docker sandbox driver is unavailable"
+                ),
+            }
+        }
+        let profiles = Profiles::new(&config.profiles).context("sandbox profiles")?;
+        let sandboxes = Arc::new(Sandboxes::new(
+            db.clone(),
+            drivers,
+            config.sandbox.clone(),
+            profiles,
+        ));
+        for collector in sandboxes.metrics.collectors() {
+            metrics.register(collector);
+        }
+        sandboxes
+            .reconcile()
+            .await
+            .map_err(|err| anyhow::anyhow!("reconciling sandboxes: {}", err.message))?;
+        gc::spawn(
+            sandboxes.clone(),
+            Duration::from_millis(config.sandbox.gc_interval_ms.max(50)),
+        );
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            packs,
+            sandboxes,
+            metrics,
+        };
+        Ok((
+            Server {
+                state,
+                _watcher: watcher,
+            },
+            generated_admin,
+        ))
     }
 
     pub fn router(&self) -> axum::Router {
@@ -49,9 +103,30 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` resolves.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let router = self.router();
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
         Ok(())
     }
+}
+
+/// A stable id for this data dir, created on first start: it labels the
+/// runtimes this server owns on a shared container engine.
+fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = keys::new_id("wi");
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }

@@ -1,3 +1,4 @@
 //! System tests: the real `wharf` binary on a free port, real built packs, HTTP.
 
 mod plugin_host;
+mod sandboxes;

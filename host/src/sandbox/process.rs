@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::paths::resolve_local;
-use super::{DirEntry, EntryKind, ExecOutput, ExecRequest, SandboxDriver, SandboxPath};
+use super::{
+    DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, OutputSink, SandboxDriver,
+    SandboxPath, SandboxSpec, StreamKind,
+};
 use crate::error::{ErrorCode, WharfError, WharfResult};
 
 /// Resource limits applied to every process the driver starts.
@@ -31,7 +34,11 @@ pub struct ProcessLimits {
 
 impl Default for ProcessLimits {
     fn default() -> Self {
-        Self { address_space_bytes: 4 << 30, open_files: 1024, file_size_bytes: 1 << 30 }
+        Self {
+            address_space_bytes: 4 << 30,
+            open_files: 1024,
+            file_size_bytes: 1 << 30,
+        }
     }
 }
 
@@ -44,15 +51,21 @@ impl ProcessDriver {
     /// Sandboxes live in `<root>/<sandbox id>/`.
     pub fn new(root: impl Into<PathBuf>, limits: ProcessLimits) -> WharfResult<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root)
-            .map_err(|err| WharfError::internal(format!("cannot create sandbox root {}: {err}", root.display())))?;
+        std::fs::create_dir_all(&root).map_err(|err| {
+            WharfError::internal(format!(
+                "cannot create sandbox root {}: {err}",
+                root.display()
+            ))
+        })?;
         Ok(Self { root, limits })
     }
 
     fn workspace(&self, sandbox_id: &str) -> WharfResult<PathBuf> {
         let dir = self.root.join(sandbox_id);
         if !dir.is_dir() {
-            return Err(WharfError::not_found(format!("workspace of sandbox {sandbox_id}")));
+            return Err(WharfError::not_found(format!(
+                "workspace of sandbox {sandbox_id}"
+            )));
         }
         Ok(dir)
     }
@@ -64,12 +77,19 @@ impl ProcessDriver {
 
 fn io_error(path: &SandboxPath, err: std::io::Error) -> WharfError {
     match err.kind() {
-        std::io::ErrorKind::NotFound => WharfError::new(ErrorCode::FileNotFound, format!("{path}: no such file")),
-        std::io::ErrorKind::IsADirectory => WharfError::validation(format!("{path} is a directory")),
-        std::io::ErrorKind::NotADirectory => WharfError::validation(format!("{path} is not a directory")),
-        std::io::ErrorKind::DirectoryNotEmpty => {
-            WharfError::new(ErrorCode::Conflict, format!("{path} is a non-empty directory; remove it recursively"))
+        std::io::ErrorKind::NotFound => {
+            WharfError::new(ErrorCode::FileNotFound, format!("{path}: no such file"))
         }
+        std::io::ErrorKind::IsADirectory => {
+            WharfError::validation(format!("{path} is a directory"))
+        }
+        std::io::ErrorKind::NotADirectory => {
+            WharfError::validation(format!("{path} is not a directory"))
+        }
+        std::io::ErrorKind::DirectoryNotEmpty => WharfError::new(
+            ErrorCode::Conflict,
+            format!("{path} is a non-empty directory; remove it recursively"),
+        ),
         _ => WharfError::internal(format!("{path}: {err}")),
     }
 }
@@ -80,18 +100,74 @@ impl SandboxDriver for ProcessDriver {
         "process"
     }
 
-    async fn create(&self, sandbox_id: &str) -> WharfResult<()> {
+    async fn create(&self, sandbox_id: &str, _spec: &SandboxSpec) -> WharfResult<()> {
         let dir = self.root.join(sandbox_id);
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|err| WharfError::internal(format!("cannot create workspace: {err}")))
     }
 
+    async fn stop(&self, sandbox_id: &str) -> WharfResult<()> {
+        // Nothing runs between execs: each exec's process group dies with it.
+        self.workspace(sandbox_id).map(|_| ())
+    }
+
+    async fn start(&self, sandbox_id: &str) -> WharfResult<()> {
+        self.workspace(sandbox_id).map(|_| ())
+    }
+
+    async fn health(&self, sandbox_id: &str) -> WharfResult<DriverHealth> {
+        Ok(if self.root.join(sandbox_id).is_dir() {
+            DriverHealth::Running
+        } else {
+            DriverHealth::Missing
+        })
+    }
+
+    async fn sandbox_ids(&self) -> WharfResult<Vec<String>> {
+        let mut ids = Vec::new();
+        let mut reader = tokio::fs::read_dir(&self.root)
+            .await
+            .map_err(|err| WharfError::internal(format!("cannot list sandbox root: {err}")))?;
+        while let Ok(Some(entry)) = reader.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("sbx_") {
+                ids.push(name);
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn mkdir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<()> {
+        let workspace = self.workspace(sandbox_id)?;
+        // One component at a time, so each step is resolved (and checked) inside the root.
+        let mut prefix = std::path::PathBuf::new();
+        for part in path.as_path().components() {
+            prefix.push(part);
+            let step = SandboxPath::parse(&prefix.to_string_lossy())?;
+            let real = resolve_local(&workspace, &step)?;
+            match tokio::fs::create_dir(&real).await {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && real.is_dir() => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(WharfError::new(
+                        ErrorCode::Conflict,
+                        format!("{step} exists and is not a directory"),
+                    ));
+                }
+                Err(err) => return Err(io_error(&step, err)),
+            }
+        }
+        Ok(())
+    }
+
     async fn destroy(&self, sandbox_id: &str) -> WharfResult<()> {
         match tokio::fs::remove_dir_all(self.root.join(sandbox_id)).await {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(WharfError::internal(format!("cannot remove workspace: {err}"))),
+            Err(err) => Err(WharfError::internal(format!(
+                "cannot remove workspace: {err}"
+            ))),
         }
     }
 
@@ -106,17 +182,29 @@ impl SandboxDriver for ProcessDriver {
 
     async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<u8>> {
         let real = self.resolve(sandbox_id, path)?;
-        tokio::fs::read(&real).await.map_err(|err| io_error(path, err))
+        tokio::fs::read(&real)
+            .await
+            .map_err(|err| io_error(path, err))
     }
 
-    async fn write_file(&self, sandbox_id: &str, path: &SandboxPath, data: Vec<u8>) -> WharfResult<()> {
+    async fn write_file(
+        &self,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        data: Vec<u8>,
+    ) -> WharfResult<()> {
         if path.is_root() {
-            return Err(WharfError::new(ErrorCode::InvalidPath, "cannot write to the workspace root"));
+            return Err(WharfError::new(
+                ErrorCode::InvalidPath,
+                "cannot write to the workspace root",
+            ));
         }
         let real = self.resolve(sandbox_id, path)?;
         // Write beside the target, then rename: a reader never sees half a file.
         let tmp = real.with_file_name(format!(".wharf-tmp-{}", rand::random::<u64>()));
-        tokio::fs::write(&tmp, &data).await.map_err(|err| io_error(path, err))?;
+        tokio::fs::write(&tmp, &data)
+            .await
+            .map_err(|err| io_error(path, err))?;
         tokio::fs::rename(&tmp, &real).await.map_err(|err| {
             let _ = std::fs::remove_file(&tmp);
             io_error(path, err)
@@ -125,9 +213,15 @@ impl SandboxDriver for ProcessDriver {
 
     async fn list_dir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<DirEntry>> {
         let real = self.resolve(sandbox_id, path)?;
-        let mut reader = tokio::fs::read_dir(&real).await.map_err(|err| io_error(path, err))?;
+        let mut reader = tokio::fs::read_dir(&real)
+            .await
+            .map_err(|err| io_error(path, err))?;
         let mut entries = Vec::new();
-        while let Some(entry) = reader.next_entry().await.map_err(|err| io_error(path, err))? {
+        while let Some(entry) = reader
+            .next_entry()
+            .await
+            .map_err(|err| io_error(path, err))?
+        {
             let meta = entry.metadata().await.map_err(|err| io_error(path, err))?;
             let kind = if meta.is_symlink() {
                 EntryKind::Symlink
@@ -138,20 +232,38 @@ impl SandboxDriver for ProcessDriver {
             } else {
                 EntryKind::Other
             };
-            entries.push(DirEntry { name: entry.file_name().to_string_lossy().into_owned(), kind, size: meta.len() });
+            entries.push(DirEntry {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                kind,
+                size: meta.len(),
+            });
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
     }
 
-    async fn remove(&self, sandbox_id: &str, path: &SandboxPath, recursive: bool) -> WharfResult<()> {
+    async fn remove(
+        &self,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        recursive: bool,
+    ) -> WharfResult<()> {
         if path.is_root() {
-            return Err(WharfError::new(ErrorCode::InvalidPath, "cannot remove the workspace root"));
+            return Err(WharfError::new(
+                ErrorCode::InvalidPath,
+                "cannot remove the workspace root",
+            ));
         }
         let real = self.resolve(sandbox_id, path)?;
-        let meta = tokio::fs::symlink_metadata(&real).await.map_err(|err| io_error(path, err))?;
+        let meta = tokio::fs::symlink_metadata(&real)
+            .await
+            .map_err(|err| io_error(path, err))?;
         let result = if meta.is_dir() {
-            if recursive { tokio::fs::remove_dir_all(&real).await } else { tokio::fs::remove_dir(&real).await }
+            if recursive {
+                tokio::fs::remove_dir_all(&real).await
+            } else {
+                tokio::fs::remove_dir(&real).await
+            }
         } else {
             tokio::fs::remove_file(&real).await
         };
@@ -161,7 +273,12 @@ impl SandboxDriver for ProcessDriver {
 
 /// Runs one process group in `cwd` with a clean environment, capped output and
 /// a hard timeout that kills the whole group.
-async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits: ProcessLimits) -> WharfResult<ExecOutput> {
+async fn run_process(
+    workspace: &Path,
+    cwd: &Path,
+    request: ExecRequest,
+    limits: ProcessLimits,
+) -> WharfResult<ExecOutput> {
     let Some(program) = request.argv.first() else {
         return Err(WharfError::validation("argv must not be empty"));
     };
@@ -174,7 +291,11 @@ async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits:
         .env("HOME", workspace)
         .env("LANG", "C.UTF-8")
         .envs(request.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if request.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if request.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -189,13 +310,16 @@ async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits:
         });
     }
     let started = Instant::now();
-    let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn().map_err(|err| {
-        if err.kind() == std::io::ErrorKind::NotFound {
-            WharfError::validation(format!("program {program:?} not found in the sandbox"))
-        } else {
-            WharfError::internal(format!("cannot start {program:?}: {err}"))
-        }
-    })?;
+    let mut child = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| {
+            if err.kind() == std::io::ErrorKind::NotFound {
+                WharfError::validation(format!("program {program:?} not found in the sandbox"))
+            } else {
+                WharfError::internal(format!("cannot start {program:?}: {err}"))
+            }
+        })?;
     let pgid = child.id().map(|pid| pid as i32);
     let _group = GroupGuard(pgid);
 
@@ -204,12 +328,23 @@ async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits:
             let _ = stdin.write_all(&data).await;
         });
     }
-    let stdout = tokio::spawn(read_capped(child.stdout.take().expect("piped"), request.output_cap));
-    let stderr = tokio::spawn(read_capped(child.stderr.take().expect("piped"), request.output_cap));
+    let stdout = tokio::spawn(read_capped(
+        child.stdout.take().expect("piped"),
+        request.output_cap,
+        request.sink.clone(),
+        StreamKind::Stdout,
+    ));
+    let stderr = tokio::spawn(read_capped(
+        child.stderr.take().expect("piped"),
+        request.output_cap,
+        request.sink.clone(),
+        StreamKind::Stderr,
+    ));
 
     let (exit_code, timed_out) = match tokio::time::timeout(request.timeout, child.wait()).await {
         Ok(status) => {
-            let status = status.map_err(|err| WharfError::internal(format!("waiting for process: {err}")))?;
+            let status = status
+                .map_err(|err| WharfError::internal(format!("waiting for process: {err}")))?;
             (status.code(), false)
         }
         Err(_) => {
@@ -228,11 +363,27 @@ async fn run_process(workspace: &Path, cwd: &Path, request: ExecRequest, limits:
     };
     let (stdout, stdout_truncated) = collect(stdout).await;
     let (stderr, stderr_truncated) = collect(stderr).await;
-    Ok(ExecOutput { exit_code, stdout, stderr, stdout_truncated, stderr_truncated, timed_out, duration })
+    // Killed by SIGKILL without a timeout: the address-space rlimit makes
+    // allocations fail instead, so an OOM kill here comes from the host kernel.
+    Ok(ExecOutput {
+        exit_code,
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
+        timed_out,
+        oom_killed: false,
+        duration,
+    })
 }
 
 /// Reads a stream to its end, keeping at most `cap` bytes.
-async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+async fn read_capped(
+    mut stream: impl AsyncRead + Unpin,
+    cap: usize,
+    sink: Option<OutputSink>,
+    kind: StreamKind,
+) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
     let mut truncated = false;
     let mut buf = [0u8; 16 * 1024];
@@ -240,6 +391,9 @@ async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if let Some(sink) = &sink {
+                    let _ = sink.send((kind, buf[..n].to_vec()));
+                }
                 let room = cap.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
                 truncated |= n > room;
@@ -250,7 +404,10 @@ async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>
 }
 
 fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
-    let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
     // SAFETY: plain syscall on a valid struct.
     if unsafe { libc::setrlimit(resource, &limit) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -280,6 +437,13 @@ impl Drop for GroupGuard {
 mod tests {
     use super::*;
 
+    fn spec() -> SandboxSpec {
+        SandboxSpec {
+            owner: "o".into(),
+            profile: crate::sandbox::profiles::Profile::builtin_local(),
+        }
+    }
+
     fn exec(argv: &[&str], timeout: Duration) -> ExecRequest {
         ExecRequest {
             argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -293,10 +457,23 @@ mod tests {
     async fn runs_in_workspace_and_caps_output() {
         let root = tempfile::tempdir().unwrap();
         let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
-        driver.create("sbx_a").await.unwrap();
-        let out = driver.exec("sbx_a", exec(&["sh", "-c", "pwd; yes | head -c 5000 >&2"], Duration::from_secs(5))).await.unwrap();
+        driver.create("sbx_a", &spec()).await.unwrap();
+        let out = driver
+            .exec(
+                "sbx_a",
+                exec(
+                    &["sh", "-c", "pwd; yes | head -c 5000 >&2"],
+                    Duration::from_secs(5),
+                ),
+            )
+            .await
+            .unwrap();
         assert_eq!(out.exit_code, Some(0));
-        assert!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with("sbx_a"));
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .trim_end()
+                .ends_with("sbx_a")
+        );
         assert_eq!(out.stderr.len(), 1024);
         assert!(out.stderr_truncated && !out.stdout_truncated);
     }
@@ -305,17 +482,34 @@ mod tests {
     async fn timeout_kills_the_whole_group() {
         let root = tempfile::tempdir().unwrap();
         let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
-        driver.create("sbx_t").await.unwrap();
+        driver.create("sbx_t", &spec()).await.unwrap();
         let marker = root.path().join("sbx_t/child.pid");
         let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
-        let out = driver.exec("sbx_t", exec(&["sh", "-c", &script], Duration::from_millis(300))).await.unwrap();
+        let out = driver
+            .exec(
+                "sbx_t",
+                exec(&["sh", "-c", &script], Duration::from_millis(300)),
+            )
+            .await
+            .unwrap();
         assert!(out.timed_out);
         assert_eq!(out.exit_code, None);
-        let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         // A killed child may linger as a zombie until reaped: count it as gone.
         let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .map(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
             .unwrap_or(false);
         assert!(!alive, "background child {pid} survived the timeout");
     }
