@@ -310,10 +310,10 @@ impl DockerDriver {
 
     /// Reads the cgroup's OOM-kill counter; true when it grew since last read.
     async fn oom_happened(&self, sandbox_id: &str) -> bool {
-        let cmd = vec![
-            "cat".to_string(),
-            "/sys/fs/cgroup/memory.events".to_string(),
-        ];
+        // cgroup v2 `memory.events`, or v1 `memory.oom_control`: both have an `oom_kill N` line.
+        let script =
+            "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null";
+        let cmd = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
         let Ok(raw) = self.raw(sandbox_id, cmd, None).await else {
             return false;
         };

@@ -115,6 +115,16 @@ impl Sandboxes {
             let Ok(_guard) = lock.try_lock() else {
                 continue;
             };
+            // Re-read under the lock: a transition may have finished since the scan.
+            let Some(row) = sqlx::query(
+                "SELECT id, profile, driver, status, created_ms, last_active_ms, restarts FROM sandboxes WHERE id = ? AND status IN ('running', 'stopped')",
+            )
+            .bind(&id)
+            .fetch_optional(&self.db)
+            .await?
+            else {
+                continue;
+            };
             let status: String = row.get("status");
             let Ok(profile) = self.profiles().get(row.get::<&str, _>("profile")).cloned() else {
                 continue;
@@ -179,25 +189,24 @@ impl Sandboxes {
             };
             let missing = health == DriverHealth::Missing;
             self.event(&id, "died", serde_json::json!({"oom_killed": oom_killed, "exit_code": exit_code, "missing": missing})).await;
-            if profile.restart_once && restarts == 0 && !missing {
-                if driver.start(&id).await.is_ok() {
-                    sqlx::query("UPDATE sandboxes SET restarts = restarts + 1 WHERE id = ?")
-                        .bind(&id)
-                        .execute(&self.db)
-                        .await?;
-                    self.set_status(&id, SandboxStatus::Running, None).await?;
-                    self.event(
-                        &id,
-                        "recovered",
-                        serde_json::json!({"restarts": restarts + 1}),
-                    )
-                    .await;
-                    self.metrics
-                        .gc_actions
-                        .with_label_values(&["recovered"])
-                        .inc();
-                    continue;
-                }
+            if profile.restart_once && restarts == 0 && !missing && driver.start(&id).await.is_ok()
+            {
+                sqlx::query("UPDATE sandboxes SET restarts = restarts + 1 WHERE id = ?")
+                    .bind(&id)
+                    .execute(&self.db)
+                    .await?;
+                self.set_status(&id, SandboxStatus::Running, None).await?;
+                self.event(
+                    &id,
+                    "recovered",
+                    serde_json::json!({"restarts": restarts + 1}),
+                )
+                .await;
+                self.metrics
+                    .gc_actions
+                    .with_label_values(&["recovered"])
+                    .inc();
+                continue;
             }
             let code = if oom_killed {
                 "oom_killed"
