@@ -89,6 +89,18 @@ struct Raw {
     stderr: Vec<u8>,
 }
 
+/// Runs the command under `timeout` (which makes its own process group and
+/// kills the group at the deadline), then kills whatever is left of that group
+/// when the command ends: an exec leaves no process behind.
+const EXEC_WRAPPER: &str = r#"t="$1"; shift
+exec 3<&0
+timeout -s KILL "$t" "$@" <&3 3<&- &
+p=$!
+exec 3<&-
+wait "$p"; rc=$?
+kill -KILL -"$p" 2>/dev/null
+exit "$rc""#;
+
 /// File operations run as one `sh` script inside the container, as the
 /// sandbox user. Layer two of path safety: the target is resolved with
 /// `realpath -m` (every symlink followed) and must stay under the workdir.
@@ -415,15 +427,36 @@ impl SandboxDriver for DockerDriver {
 
     async fn destroy(&self, sandbox_id: &str) -> WharfResult<()> {
         let name = object_name(sandbox_id);
-        let options = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        match self.docker.remove_container(&name, Some(options)).await {
-            Ok(()) => {}
-            Err(err) if is_not_found(&err) => {}
-            Err(err) => return Err(engine_error("remove container", err)),
+        // By label, not only by name: whatever carries this sandbox's labels goes.
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_SANDBOX}={sandbox_id}"),
+                format!("{LABEL_INSTANCE}={}", self.instance),
+            ],
+        )]);
+        let listed = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|err| engine_error("list containers", err))?;
+        let mut targets: Vec<String> = listed.into_iter().filter_map(|c| c.id).collect();
+        targets.push(name.clone());
+        for target in targets {
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            match self.docker.remove_container(&target, Some(options)).await {
+                Ok(()) => {}
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(engine_error("remove container", err)),
+            }
         }
         match self
             .docker
@@ -541,12 +574,10 @@ impl SandboxDriver for DockerDriver {
             _ => self.workdir(sandbox_id).await?,
         };
         let secs = request.timeout.as_secs_f64().max(0.001);
-        let mut cmd = vec![
-            "timeout".to_string(),
-            "-s".to_string(),
-            "KILL".to_string(),
-            format!("{secs:.3}"),
-        ];
+        let mut cmd: Vec<String> = ["sh", "-c", EXEC_WRAPPER, "sh", &format!("{secs:.3}")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         cmd.extend(request.argv.iter().cloned());
         let env: Vec<String> = request
             .env
