@@ -78,6 +78,25 @@ impl Server {
             .reconcile()
             .await
             .map_err(|err| anyhow::anyhow!("reconciling sandboxes: {}", err.message))?;
+        // Profiles contributed by active packs (`profiles/*.toml`), kept in step with every scan.
+        let pack_dirs = |packs: &Packs| -> Vec<std::path::PathBuf> {
+            packs
+                .snapshot()
+                .active
+                .values()
+                .map(|pack| pack.dir.clone())
+                .collect()
+        };
+        sandboxes.profiles().set_pack_dirs(&pack_dirs(&packs));
+        tokio::spawn({
+            let (packs, sandboxes) = (packs.clone(), sandboxes.clone());
+            let mut scans = packs.scans();
+            async move {
+                while scans.changed().await.is_ok() {
+                    sandboxes.profiles().set_pack_dirs(&pack_dirs(&packs));
+                }
+            }
+        });
         gc::spawn(
             sandboxes.clone(),
             Duration::from_millis(config.sandbox.gc_interval_ms.max(50)),

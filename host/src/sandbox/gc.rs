@@ -126,7 +126,7 @@ impl Sandboxes {
                 continue;
             };
             let status: String = row.get("status");
-            let Ok(profile) = self.profiles().get(row.get::<&str, _>("profile")).cloned() else {
+            let Ok(profile) = self.profiles().get(row.get::<&str, _>("profile")) else {
                 continue;
             };
             let Ok(driver) = self.driver(row.get::<&str, _>("driver")) else {

@@ -154,14 +154,16 @@ impl Profile {
     }
 }
 
-/// All profiles known to the server, by name.
-#[derive(Debug, Clone)]
+/// All profiles known to the server, by name: built-ins, then `wharf.toml`
+/// (which may override them), then `profiles/*.toml` of active packs (which
+/// may add profiles, never override the operator's).
+#[derive(Debug)]
 pub struct Profiles {
     by_name: HashMap<String, Profile>,
+    from_packs: arc_swap::ArcSwap<HashMap<String, Profile>>,
 }
 
 impl Profiles {
-    /// The built-ins, then the configured ones (which may override them).
     pub fn new(configured: &BTreeMap<String, Profile>) -> anyhow::Result<Self> {
         let mut by_name = HashMap::new();
         for profile in [Profile::builtin_local(), Profile::builtin_docker()] {
@@ -173,18 +175,72 @@ impl Profiles {
             profile.validate().map_err(anyhow::Error::msg)?;
             by_name.insert(name.clone(), profile);
         }
-        Ok(Self { by_name })
+        Ok(Self {
+            by_name,
+            from_packs: Default::default(),
+        })
     }
 
-    pub fn get(&self, name: &str) -> WharfResult<&Profile> {
-        self.by_name.get(name).ok_or_else(|| {
-            let mut known: Vec<_> = self.by_name.keys().cloned().collect();
-            known.sort();
-            WharfError::validation(format!(
-                "unknown sandbox profile {name:?}; known: {}",
-                known.join(", ")
-            ))
-        })
+    pub fn get(&self, name: &str) -> WharfResult<Profile> {
+        if let Some(profile) = self.by_name.get(name) {
+            return Ok(profile.clone());
+        }
+        if let Some(profile) = self.from_packs.load().get(name) {
+            return Ok(profile.clone());
+        }
+        let mut known: Vec<_> = self
+            .by_name
+            .keys()
+            .cloned()
+            .chain(self.from_packs.load().keys().cloned())
+            .collect();
+        known.sort();
+        Err(WharfError::validation(format!(
+            "unknown sandbox profile {name:?}; known: {}",
+            known.join(", ")
+        )))
+    }
+
+    /// Replaces the pack-contributed profiles with those found in
+    /// `<pack dir>/profiles/*.toml` (the file stem is the profile name).
+    /// Invalid files are skipped with a warning.
+    pub fn set_pack_dirs(&self, dirs: &[std::path::PathBuf]) {
+        let mut found = HashMap::new();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(dir.join("profiles")) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|ext| ext != "toml") {
+                    continue;
+                }
+                let Some(name) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+                    continue;
+                };
+                let parsed = std::fs::read_to_string(&path)
+                    .map_err(|err| err.to_string())
+                    .and_then(|text| {
+                        toml::from_str::<Profile>(&text).map_err(|err| err.to_string())
+                    })
+                    .and_then(|mut profile| {
+                        profile.name = name.clone();
+                        profile.validate().map(|()| profile)
+                    });
+                match parsed {
+                    Ok(profile) if !self.by_name.contains_key(&name) => {
+                        found.insert(name, profile);
+                    }
+                    Ok(_) => {
+                        tracing::warn!(profile = %name, file = %path.display(), "a pack may not override a configured profile")
+                    }
+                    Err(err) => {
+                        tracing::warn!(file = %path.display(), error = %err, "invalid pack profile skipped")
+                    }
+                }
+            }
+        }
+        self.from_packs.store(std::sync::Arc::new(found));
     }
 }
 
@@ -212,6 +268,30 @@ mod tests {
             profiles.get("nope").unwrap_err().code,
             ErrorCode::ValidationError
         );
+    }
+
+    #[test]
+    fn packs_contribute_profiles_without_overriding() {
+        let pack = tempfile::tempdir().unwrap();
+        std::fs::create_dir(pack.path().join("profiles")).unwrap();
+        std::fs::write(
+            pack.path().join("profiles/gpu-ish.toml"),
+            "driver = \"docker\"\ncpus = 2.0",
+        )
+        .unwrap();
+        std::fs::write(
+            pack.path().join("profiles/local.toml"),
+            "driver = \"docker\"",
+        )
+        .unwrap();
+        std::fs::write(pack.path().join("profiles/broken.toml"), "driver = 3").unwrap();
+        let profiles = Profiles::new(&BTreeMap::new()).unwrap();
+        profiles.set_pack_dirs(&[pack.path().to_path_buf()]);
+        assert_eq!(profiles.get("gpu-ish").unwrap().cpus, Some(2.0));
+        assert_eq!(profiles.get("local").unwrap().driver, "process");
+        assert!(profiles.get("broken").is_err());
+        profiles.set_pack_dirs(&[]);
+        assert!(profiles.get("gpu-ish").is_err());
     }
 
     #[test]

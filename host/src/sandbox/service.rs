@@ -249,7 +249,7 @@ impl Sandboxes {
         profile_name: &str,
         idempotency: Option<(&str, &str)>,
     ) -> WharfResult<(Sandbox, bool)> {
-        let profile = self.profiles.get(profile_name)?.clone();
+        let profile = self.profiles.get(profile_name)?;
         let id = new_id("sbx");
         let lock = self.lock_for(&id);
         let guard = lock.lock_owned().await;
@@ -439,7 +439,7 @@ impl Sandboxes {
         capability: &str,
     ) -> WharfResult<(Sandbox, Profile, Arc<dyn SandboxDriver>)> {
         let sandbox = self.get(owner, id).await?;
-        let profile = self.profiles.get(&sandbox.profile)?.clone();
+        let profile = self.profiles.get(&sandbox.profile)?;
         profile.require(capability)?;
         let sandbox = self.ensure_running(owner, id).await?;
         let driver = self.driver(&sandbox.driver)?;
