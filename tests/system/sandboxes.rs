@@ -705,6 +705,11 @@ async fn docker_sandbox_is_confined_and_limited() {
         "false",
         "the refused call did not start the container"
     );
+    for sandbox in [&id, &restricted] {
+        let (status, _) = admin.delete(&format!("/v1/sandboxes/{sandbox}")).await;
+        assert_eq!(status, 204);
+    }
+    assert!(containers_with_label(&format!("wharf.instance={}", instance_id(&server))).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
