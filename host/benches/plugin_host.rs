@@ -22,7 +22,12 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 fn report(name: &str, samples: &mut [Duration]) {
     let p50 = percentile(samples, 0.50);
     let p99 = percentile(samples, 0.99);
-    println!("{name:<58} n={:<6} p50={:>10.1?} p99={:>10.1?}", samples.len(), p50, p99);
+    println!(
+        "{name:<58} n={:<6} p50={:>10.1?} p99={:>10.1?}",
+        samples.len(),
+        p50,
+        p99
+    );
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -31,18 +36,27 @@ async fn main() {
     h.drop_test_pack("test-pack", "0.1.0", "");
     h.wait_active("test-pack", "0.1.0").await;
     let sandbox = h.sandbox().await;
-    let wasm_size = std::fs::metadata(h.test_pack.join("components/test.wasm")).unwrap().len();
+    let wasm_size = std::fs::metadata(h.test_pack.join("components/test.wasm"))
+        .unwrap()
+        .len();
     println!("test-adapter component: {} KB", wasm_size / 1024);
 
     // (a) instantiate + invoke(noop), straight on the runtime.
-    let component = h.packs().snapshot().capabilities["test"].component().runtime.clone();
+    let component = h.packs().snapshot().capabilities["test"]
+        .component()
+        .runtime
+        .clone();
     let binding = sandbox.clone();
     let mut samples = tokio::task::spawn_blocking(move || {
         let mut samples = Vec::with_capacity(5000);
         for i in 0..5500 {
             let started = Instant::now();
             component
-                .adapter_call(Some(binding.clone()), |store, adapter| adapter.wharf_plugin_adapter().call_invoke(store, "noop", "{}"))
+                .adapter_call(Some(binding.clone()), |store, adapter| {
+                    adapter
+                        .wharf_plugin_adapter()
+                        .call_invoke(store, "noop", "{}")
+                })
                 .unwrap()
                 .unwrap();
             if i >= 500 {
@@ -75,20 +89,34 @@ async fn main() {
         std::fs::rename(&staging, h.packs_dir.join(format!("swap-{i}"))).unwrap();
         loop {
             let snapshot = h.packs().snapshot();
-            if snapshot.active.get("test-pack").is_some_and(|p| p.version.to_string() == version) {
+            if snapshot
+                .active
+                .get("test-pack")
+                .is_some_and(|p| p.version.to_string() == version)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         samples.push(started.elapsed());
     }
-    report(&format!("(b) hot swap, rename -> serving ({} KB, warm cache)", wasm_size / 1024), &mut samples);
+    report(
+        &format!(
+            "(b) hot swap, rename -> serving ({} KB, warm cache)",
+            wasm_size / 1024
+        ),
+        &mut samples,
+    );
 
     // (c) shell.run over HTTP against the real router on loopback.
     let built = h.data.path().join("built/core-adapters");
     common::build_fixture("packs/core-adapters", &built);
     common::copy_dir(&built, &h.packs_dir.join(".core.staging"));
-    std::fs::rename(h.packs_dir.join(".core.staging"), h.packs_dir.join("core-adapters")).unwrap();
+    std::fs::rename(
+        h.packs_dir.join(".core.staging"),
+        h.packs_dir.join("core-adapters"),
+    )
+    .unwrap();
     h.wait_active("core-adapters", "0.1.0").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -106,16 +134,28 @@ async fn main() {
         .json()
         .await
         .unwrap();
-    let url = format!("http://{address}/v1/sandboxes/{}/capabilities/shell/run", created["id"].as_str().unwrap());
+    let url = format!(
+        "http://{address}/v1/sandboxes/{}/capabilities/shell/run",
+        created["id"].as_str().unwrap()
+    );
     let mut samples = Vec::new();
     for i in 0..220 {
         let started = Instant::now();
-        let response = client.post(&url).bearer_auth(key).json(&json!({"command": "echo hi"})).send().await.unwrap();
+        let response = client
+            .post(&url)
+            .bearer_auth(key)
+            .json(&json!({"command": "echo hi"}))
+            .send()
+            .await
+            .unwrap();
         assert!(response.status().is_success());
         response.bytes().await.unwrap();
         if i >= 20 {
             samples.push(started.elapsed());
         }
     }
-    report("(c) POST shell.run `echo hi` over HTTP, end to end", &mut samples);
+    report(
+        "(c) POST shell.run `echo hi` over HTTP, end to end",
+        &mut samples,
+    );
 }

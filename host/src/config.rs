@@ -119,7 +119,10 @@ impl Default for RuntimeConfig {
 
 impl Default for PacksConfig {
     fn default() -> Self {
-        Self { debounce_ms: 100, log_lines_per_pack: 200 }
+        Self {
+            debounce_ms: 100,
+            log_lines_per_pack: 200,
+        }
     }
 }
 
@@ -147,7 +150,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config {}", path.display()))?
             }
             None => Config::default(),
         };
@@ -157,7 +161,9 @@ impl Config {
 
     fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         if let Some(listen) = var("WHARF_LISTEN") {
-            self.listen = listen.parse().with_context(|| format!("WHARF_LISTEN={listen:?} is not an address"))?;
+            self.listen = listen
+                .parse()
+                .with_context(|| format!("WHARF_LISTEN={listen:?} is not an address"))?;
         }
         if let Some(dir) = var("WHARF_DATA_DIR") {
             self.data_dir = dir.into();
@@ -179,7 +185,9 @@ impl Config {
     }
 
     pub fn packs_dir(&self) -> PathBuf {
-        self.packs_dir.clone().unwrap_or_else(|| self.data_dir.join("packs"))
+        self.packs_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("packs"))
     }
 }
 
@@ -189,7 +197,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file_values() {
-        let mut config: Config = toml::from_str("listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/wharf\"").unwrap();
+        let mut config: Config =
+            toml::from_str("listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/wharf\"").unwrap();
         config
             .apply_env(|name| match name {
                 "WHARF_LISTEN" => Some("0.0.0.0:7000".into()),
@@ -204,13 +213,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = toml::from_str::<Config>("listne = \"x\"").unwrap_err().to_string();
+        let err = toml::from_str::<Config>("listne = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listne"), "{err}");
     }
 
     #[test]
     fn bad_env_value_is_a_clear_error() {
-        let err = Config::default().apply_env(|n| (n == "WHARF_LISTEN").then(|| "nope".into())).unwrap_err();
+        let err = Config::default()
+            .apply_env(|n| (n == "WHARF_LISTEN").then(|| "nope".into()))
+            .unwrap_err();
         assert!(err.to_string().contains("WHARF_LISTEN"));
     }
 }

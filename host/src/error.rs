@@ -73,7 +73,12 @@ pub struct WharfError {
 
 impl WharfError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retriable: None, retry_after_ms: None }
+        Self {
+            code,
+            message: message.into(),
+            retriable: None,
+            retry_after_ms: None,
+        }
     }
 
     pub fn with_retriable(mut self, retriable: bool) -> Self {
@@ -135,7 +140,11 @@ mod tests {
     fn serde_name_matches_table_name() {
         for code in ErrorCode::ALL {
             let json = serde_json::to_value(code).unwrap();
-            assert_eq!(json, code.as_str(), "serde and as_str disagree for {code:?}");
+            assert_eq!(
+                json,
+                code.as_str(),
+                "serde and as_str disagree for {code:?}"
+            );
         }
     }
 
@@ -144,7 +153,10 @@ mod tests {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
             .expect("README.md at the repo root");
         for line in markdown_table().lines().skip(2) {
-            assert!(readme.contains(line), "README error table is missing or differs on:\n{line}");
+            assert!(
+                readme.contains(line),
+                "README error table is missing or differs on:\n{line}"
+            );
         }
     }
 }

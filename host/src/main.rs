@@ -11,7 +11,11 @@ use wharf::packs::manifest::{Form, Manifest};
 use wharf::server::Server;
 
 #[derive(Parser)]
-#[command(name = "wharf", version, about = "Plugin packs as sandboxed WebAssembly components")]
+#[command(
+    name = "wharf",
+    version,
+    about = "Plugin packs as sandboxed WebAssembly components"
+)]
 struct Cli {
     /// Path to wharf.toml (default: ./wharf.toml when present).
     #[arg(long, global = true, env = "WHARF_CONFIG")]
@@ -55,13 +59,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { build_packs } => serve(cli.config, build_packs),
-        Command::Pack { command: PackCommand::Build { source, out, target_dir } } => {
+        Command::Pack {
+            command:
+                PackCommand::Build {
+                    source,
+                    out,
+                    target_dir,
+                },
+        } => {
             init_tracing(LogFormat::Text);
             build_pack(&source, &out, &BuildOptions { target_dir }).map(|manifest| {
-                println!("built {} {} -> {}", manifest.id, manifest.version, out.display());
+                println!(
+                    "built {} {} -> {}",
+                    manifest.id,
+                    manifest.version,
+                    out.display()
+                );
             })
         }
-        Command::Pack { command: PackCommand::Validate { dir } } => validate(&dir),
+        Command::Pack {
+            command: PackCommand::Validate { dir },
+        } => validate(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,10 +107,17 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
                     use sha2::Digest;
                     let actual = hex::encode(sha2::Sha256::digest(&bytes));
                     if &actual != sha256 {
-                        problems.push(format!("{}: components[{i}].sha256: manifest pins {sha256}, file has {actual}", dir.join("pack.toml").display()));
+                        problems.push(format!(
+                            "{}: components[{i}].sha256: manifest pins {sha256}, file has {actual}",
+                            dir.join("pack.toml").display()
+                        ));
                     }
                 }
-                Err(err) => problems.push(format!("{}: components[{i}].wasm: {}: {err}", dir.join("pack.toml").display(), path.display())),
+                Err(err) => problems.push(format!(
+                    "{}: components[{i}].wasm: {}: {err}",
+                    dir.join("pack.toml").display(),
+                    path.display()
+                )),
             }
         }
     }
@@ -102,13 +127,20 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
     if !problems.is_empty() {
         anyhow::bail!("{} problem(s) in {}", problems.len(), dir.display());
     }
-    println!("ok: {} {} ({} components, content sha256 {built})", manifest.id, manifest.version, manifest.components.len());
+    println!(
+        "ok: {} {} ({} components, content sha256 {built})",
+        manifest.id,
+        manifest.version,
+        manifest.components.len()
+    );
     Ok(())
 }
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("WHARF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -121,7 +153,9 @@ fn serve(config_path: Option<PathBuf>, build_packs: Option<PathBuf>) -> anyhow::
     if let Some(sources) = build_packs {
         build_all(&sources, &config.packs_dir())?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let (server, generated_admin) = Server::start(config).await?;
@@ -135,7 +169,10 @@ fn serve(config_path: Option<PathBuf>, build_packs: Option<PathBuf>) -> anyhow::
 }
 
 fn build_all(sources: &std::path::Path, packs_dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(sources)?.flatten().filter(|e| e.path().join("pack.toml").is_file()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(sources)?
+        .flatten()
+        .filter(|e| e.path().join("pack.toml").is_file())
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let out = packs_dir.join(entry.file_name());
@@ -147,7 +184,8 @@ fn build_all(sources: &std::path::Path, packs_dir: &std::path::Path) -> anyhow::
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}

@@ -46,21 +46,34 @@ async fn hot_swap_twenty_times_under_load_fails_no_call() {
         h.wait_active("test-pack", &version).await;
         std::fs::remove_dir_all(h.packs_dir.join(format!("test-pack-v{}", i - 1))).unwrap();
     }
-    let rows = h.wait_rows("only the last version left", |rows| rows.iter().filter(|r| r.state != PackState::Draining).count() == 1).await;
+    let rows = h
+        .wait_rows("only the last version left", |rows| {
+            rows.iter()
+                .filter(|r| r.state != PackState::Draining)
+                .count()
+                == 1
+        })
+        .await;
     assert_eq!(rows[0].version.as_deref(), Some("0.1.20"));
     stop.store(true, Ordering::Relaxed);
 
     let mut all_generations = Vec::new();
     for client in clients {
         let (failures, generations) = client.await.unwrap();
-        assert!(failures.is_empty(), "calls failed during hot swap: {failures:?}");
+        assert!(
+            failures.is_empty(),
+            "calls failed during hot swap: {failures:?}"
+        );
         all_generations.extend(generations);
     }
     let total = calls.load(Ordering::Relaxed);
     assert!(total >= 100, "the client loop made only {total} calls");
     let newest = all_generations.iter().max().copied().unwrap();
     assert_eq!(newest, 21, "calls never reached the last generation");
-    assert!(all_generations.iter().min().copied().unwrap() <= 2, "calls never ran on the first generations");
+    assert!(
+        all_generations.iter().min().copied().unwrap() <= 2,
+        "calls never ran on the first generations"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,49 +92,115 @@ async fn broken_new_versions_are_quarantined_and_the_old_keeps_answering() {
         hex::encode(sha2::Sha256::digest(&garbage))
     };
     let manifest = std::fs::read_to_string(bad_wasm.join("pack.toml")).unwrap();
-    let pinned = manifest.lines().find(|l| l.starts_with("sha256")).unwrap().to_string();
-    std::fs::write(bad_wasm.join("pack.toml"), manifest.replace(&pinned, &format!("sha256 = \"{sha}\""))).unwrap();
+    let pinned = manifest
+        .lines()
+        .find(|l| l.starts_with("sha256"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        bad_wasm.join("pack.toml"),
+        manifest.replace(&pinned, &format!("sha256 = \"{sha}\"")),
+    )
+    .unwrap();
 
     // 2. Bad digest: the real component, pinned to another sha256.
     let bad_digest = h.drop_test_pack("bad-digest", "0.3.0", "");
     let manifest = std::fs::read_to_string(bad_digest.join("pack.toml")).unwrap();
-    std::fs::write(bad_digest.join("pack.toml"), manifest.replace(&pinned, &format!("sha256 = \"{}\"", "a".repeat(64)))).unwrap();
+    std::fs::write(
+        bad_digest.join("pack.toml"),
+        manifest.replace(&pinned, &format!("sha256 = \"{}\"", "a".repeat(64))),
+    )
+    .unwrap();
 
     // 3. Bad manifest.
     let bad_manifest = h.drop_test_pack("bad-manifest", "0.4.0", "");
-    std::fs::write(bad_manifest.join("pack.toml"), "id = \"test-pack\"\nversion = [oops").unwrap();
+    std::fs::write(
+        bad_manifest.join("pack.toml"),
+        "id = \"test-pack\"\nversion = [oops",
+    )
+    .unwrap();
 
     // 4. A describe() that traps.
     let broken = h.data.path().join("built/broken-describe");
     common::build_fixture("tests/fixtures/packs/broken-describe-pack", &broken);
     common::copy_dir(&broken, &h.packs_dir.join(".broken.staging"));
-    std::fs::rename(h.packs_dir.join(".broken.staging"), h.packs_dir.join("broken-describe")).unwrap();
+    std::fs::rename(
+        h.packs_dir.join(".broken.staging"),
+        h.packs_dir.join("broken-describe"),
+    )
+    .unwrap();
 
     // 5. A host API the pack needs but this host does not serve.
     h.drop_test_pack("future-api", "0.6.0", "");
     let manifest = std::fs::read_to_string(h.packs_dir.join("future-api/pack.toml")).unwrap();
-    std::fs::write(h.packs_dir.join("future-api/pack.toml"), manifest.replace("wharf = \"^0.1\"", "wharf = \"^0.2\"")).unwrap();
+    std::fs::write(
+        h.packs_dir.join("future-api/pack.toml"),
+        manifest.replace("wharf = \"^0.1\"", "wharf = \"^0.2\""),
+    )
+    .unwrap();
 
     let rows = h
-        .wait_rows("five quarantined packs", |rows| rows.iter().filter(|r| r.state == PackState::Quarantined).count() == 5)
+        .wait_rows("five quarantined packs", |rows| {
+            rows.iter()
+                .filter(|r| r.state == PackState::Quarantined)
+                .count()
+                == 5
+        })
         .await;
-    let reason = |dir: &str| rows.iter().find(|r| r.dir == dir && r.state == PackState::Quarantined).and_then(|r| r.error.clone()).unwrap();
-    assert!(reason("bad-wasm").contains("cannot load component"), "{}", reason("bad-wasm"));
-    assert!(reason("bad-digest").contains("digest mismatch"), "{}", reason("bad-digest"));
-    assert!(reason("bad-manifest").contains("invalid TOML"), "{}", reason("bad-manifest"));
-    assert!(reason("broken-describe").contains("describe()"), "{}", reason("broken-describe"));
-    assert!(reason("future-api").contains("requires.wharf"), "{}", reason("future-api"));
-    let active: Vec<_> = rows.iter().filter(|r| r.state == PackState::Active).collect();
+    let reason = |dir: &str| {
+        rows.iter()
+            .find(|r| r.dir == dir && r.state == PackState::Quarantined)
+            .and_then(|r| r.error.clone())
+            .unwrap()
+    };
+    assert!(
+        reason("bad-wasm").contains("cannot load component"),
+        "{}",
+        reason("bad-wasm")
+    );
+    assert!(
+        reason("bad-digest").contains("digest mismatch"),
+        "{}",
+        reason("bad-digest")
+    );
+    assert!(
+        reason("bad-manifest").contains("invalid TOML"),
+        "{}",
+        reason("bad-manifest")
+    );
+    assert!(
+        reason("broken-describe").contains("describe()"),
+        "{}",
+        reason("broken-describe")
+    );
+    assert!(
+        reason("future-api").contains("requires.wharf"),
+        "{}",
+        reason("future-api")
+    );
+    let active: Vec<_> = rows
+        .iter()
+        .filter(|r| r.state == PackState::Active)
+        .collect();
     assert_eq!(active.len(), 1);
     assert_eq!(active[0].version.as_deref(), Some("0.1.0"));
-    assert_eq!(h.invoke(&sandbox, "echo", json!({"still": "here"})).await.unwrap().output, json!({"still": "here"}));
+    assert_eq!(
+        h.invoke(&sandbox, "echo", json!({"still": "here"}))
+            .await
+            .unwrap()
+            .output,
+        json!({"still": "here"})
+    );
 
     // 6. The active directory itself rewritten with a broken manifest: the old
     //    generation keeps serving, and the new content shows as quarantined.
     std::fs::write(good.join("pack.toml"), "not toml at all = = =").unwrap();
     h.wait_rows("in-place breakage quarantined", |rows| {
-        rows.iter().any(|r| r.dir == "test-pack" && r.state == PackState::Quarantined)
-            && rows.iter().any(|r| r.dir == "test-pack" && r.state == PackState::Active)
+        rows.iter()
+            .any(|r| r.dir == "test-pack" && r.state == PackState::Quarantined)
+            && rows
+                .iter()
+                .any(|r| r.dir == "test-pack" && r.state == PackState::Active)
     })
     .await;
     let out = h.invoke(&sandbox, "echo", json!(1)).await.unwrap();
@@ -135,10 +214,18 @@ async fn identical_content_is_one_generation_and_higher_version_shadows() {
     h.wait_active("test-pack", "0.1.0").await;
     // Same bytes under another name: no reload, same generation.
     h.drop_test_pack("b", "0.1.0", "");
-    let rows = h.wait_rows("both dirs listed", |rows| rows.len() == 2).await;
+    let rows = h
+        .wait_rows("both dirs listed", |rows| rows.len() == 2)
+        .await;
     assert!(rows.iter().all(|r| r.generation == Some(1)), "{rows:#?}");
     h.packs().rescan().await;
-    assert!(h.packs().snapshot().rows().iter().all(|r| r.generation == Some(1)));
+    assert!(
+        h.packs()
+            .snapshot()
+            .rows()
+            .iter()
+            .all(|r| r.generation == Some(1))
+    );
 
     h.drop_test_pack("c", "0.2.0", "");
     let rows = h.wait_active("test-pack", "0.2.0").await;
@@ -146,7 +233,10 @@ async fn identical_content_is_one_generation_and_higher_version_shadows() {
     assert_eq!(state_of("c"), PackState::Active);
     assert_eq!(state_of("a"), PackState::Shadowed);
     assert_eq!(state_of("b"), PackState::Shadowed);
-    assert_eq!(rows.iter().find(|r| r.dir == "c").unwrap().generation, Some(2));
+    assert_eq!(
+        rows.iter().find(|r| r.dir == "c").unwrap().generation,
+        Some(2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -161,17 +251,37 @@ async fn removing_a_pack_unloads_it_after_in_flight_calls_drain() {
         let (h, sandbox) = (h.clone(), sandbox.clone());
         tokio::spawn(async move { h.invoke(&sandbox, "sleep", json!({"ms": 1500})).await })
     };
-    h.wait_rows("call in flight", |rows| rows.iter().any(|r| r.inflight == 1)).await;
+    h.wait_rows("call in flight", |rows| {
+        rows.iter().any(|r| r.inflight == 1)
+    })
+    .await;
     std::fs::remove_dir_all(&dir).unwrap();
-    let rows = h.wait_rows("pack draining", |rows| rows.iter().all(|r| r.state == PackState::Draining) && !rows.is_empty()).await;
+    let rows = h
+        .wait_rows("pack draining", |rows| {
+            rows.iter().all(|r| r.state == PackState::Draining) && !rows.is_empty()
+        })
+        .await;
     assert_eq!(rows[0].inflight, 1);
     let err = h.invoke(&sandbox, "noop", json!({})).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::CapabilityNotSupported, "new calls must not reach a removed pack");
-    assert!(weak.upgrade().is_some(), "unloaded while a call was in flight");
+    assert_eq!(
+        err.code,
+        ErrorCode::CapabilityNotSupported,
+        "new calls must not reach a removed pack"
+    );
+    assert!(
+        weak.upgrade().is_some(),
+        "unloaded while a call was in flight"
+    );
 
-    let finished = slow.await.unwrap().expect("the in-flight call finishes on the old generation");
+    let finished = slow
+        .await
+        .unwrap()
+        .expect("the in-flight call finishes on the old generation");
     assert_eq!(finished.generation, 1);
     h.packs().rescan().await;
     assert!(h.packs().snapshot().rows().is_empty());
-    assert!(weak.upgrade().is_none(), "generation still loaded after draining");
+    assert!(
+        weak.upgrade().is_none(),
+        "generation still loaded after draining"
+    );
 }

@@ -21,8 +21,17 @@ async fn infinite_loop_ends_at_its_deadline_and_the_host_keeps_serving() {
     let took = started.elapsed();
     assert_eq!(err.code, ErrorCode::PluginTimeout, "{err:?}");
     assert!(err.message.contains("300 ms"), "{}", err.message);
-    assert!(took < Duration::from_secs(10), "the loop was not stopped: {took:?}");
-    assert_eq!(h.invoke(&sandbox, "echo", json!("alive")).await.unwrap().output, json!("alive"));
+    assert!(
+        took < Duration::from_secs(10),
+        "the loop was not stopped: {took:?}"
+    );
+    assert_eq!(
+        h.invoke(&sandbox, "echo", json!("alive"))
+            .await
+            .unwrap()
+            .output,
+        json!("alive")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,7 +41,9 @@ async fn host_time_in_sandbox_calls_does_not_count_against_the_deadline() {
     h.wait_active("test-pack", "0.1.0").await;
     let sandbox = h.sandbox().await;
     // 600 ms of `sleep` inside the sandbox is the host's time, not the plugin's.
-    h.invoke(&sandbox, "sleep", json!({"ms": 600})).await.expect("host time is not plugin time");
+    h.invoke(&sandbox, "sleep", json!({"ms": 600}))
+        .await
+        .expect("host time is not plugin time");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -43,8 +54,15 @@ async fn unbounded_allocation_is_stopped_by_the_memory_cap() {
     let sandbox = h.sandbox().await;
     let err = h.invoke(&sandbox, "hog", json!({})).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::PluginTrap, "{err:?}");
-    assert!(err.message.contains("memory cap of 16 MiB"), "{}", err.message);
-    assert_eq!(h.invoke(&sandbox, "echo", json!(2)).await.unwrap().output, json!(2));
+    assert!(
+        err.message.contains("memory cap of 16 MiB"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        h.invoke(&sandbox, "echo", json!(2)).await.unwrap().output,
+        json!(2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,13 +78,19 @@ async fn repeated_traps_open_the_circuit_for_a_cool_down() {
     for _ in 0..3 {
         let err = h.invoke(&sandbox, "trap", json!({})).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::PluginTrap);
-        assert!(err.message.contains("panicked"), "the panic message should reach the caller: {}", err.message);
+        assert!(
+            err.message.contains("panicked"),
+            "the panic message should reach the caller: {}",
+            err.message
+        );
     }
     let err = h.invoke(&sandbox, "noop", json!({})).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::PluginUnavailable, "{err:?}");
     assert!(err.retriable());
     tokio::time::sleep(Duration::from_millis(450)).await;
-    h.invoke(&sandbox, "noop", json!({})).await.expect("half-open after the cool-down");
+    h.invoke(&sandbox, "noop", json!({}))
+        .await
+        .expect("half-open after the cool-down");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -75,11 +99,21 @@ async fn plugin_logs_are_kept_per_pack_and_bad_input_is_a_validation_error() {
     h.drop_test_pack("test-pack", "0.1.0", "");
     h.wait_active("test-pack", "0.1.0").await;
     let sandbox = h.sandbox().await;
-    h.invoke(&sandbox, "log", json!({"message": "hello from the plugin"})).await.unwrap();
+    h.invoke(&sandbox, "log", json!({"message": "hello from the plugin"}))
+        .await
+        .unwrap();
     let lines = h.packs().logs().for_pack("test-pack").recent();
-    assert!(lines.iter().any(|l| l.message == "hello from the plugin" && l.level == "info" && l.generation == 1), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.message == "hello from the plugin"
+            && l.level == "info"
+            && l.generation == 1),
+        "{lines:?}"
+    );
 
-    let err = h.invoke(&sandbox, "log", json!({"message": 42})).await.unwrap_err();
+    let err = h
+        .invoke(&sandbox, "log", json!({"message": 42}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::ValidationError, "{err:?}");
     let err = h.invoke(&sandbox, "nope", json!({})).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::CapabilityNotSupported);

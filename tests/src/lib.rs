@@ -8,13 +8,19 @@ use std::time::{Duration, Instant};
 pub const ADMIN_KEY: &str = "wharf_systemtestadminkey0123456789";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// The `wharf` binary of this build (`target/<profile>/wharf`), built if missing.
 pub fn wharf_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
     let bin = profile_dir.join("wharf");
     if !bin.exists() {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -39,7 +45,11 @@ pub fn build_pack(source: &str, out: &Path) {
         .env_remove("CARGO_TARGET_DIR")
         .output()
         .expect("running wharf pack build");
-    assert!(output.status.success(), "wharf pack build {source} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "wharf pack build {source} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A running `wharf serve`; killed on drop. Its stdout and stderr go to files
@@ -58,7 +68,13 @@ impl WharfProcess {
         let packs_dir = root.join("packs");
         std::fs::create_dir_all(&packs_dir).unwrap();
         std::fs::create_dir_all(&data_dir).unwrap();
-        let log = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join(name)).unwrap();
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(data_dir.join(name))
+                .unwrap()
+        };
         let mut command = Command::new(wharf_bin());
         command
             .arg("serve")
@@ -74,7 +90,12 @@ impl WharfProcess {
             command.env(key, value);
         }
         let child = command.spawn().expect("starting wharf");
-        let process = WharfProcess { child, base_url: format!("http://127.0.0.1:{port}"), data_dir, packs_dir };
+        let process = WharfProcess {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            packs_dir,
+        };
         process.wait_healthy();
         process
     }
@@ -82,7 +103,9 @@ impl WharfProcess {
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(stream) = std::net::TcpStream::connect(self.base_url.trim_start_matches("http://")) {
+            if let Ok(stream) =
+                std::net::TcpStream::connect(self.base_url.trim_start_matches("http://"))
+            {
                 drop(stream);
                 return;
             }
@@ -97,7 +120,8 @@ impl WharfProcess {
 
     /// Everything the server printed so far.
     pub fn logs(&self) -> String {
-        let read = |name: &str| std::fs::read_to_string(self.data_dir.join(name)).unwrap_or_default();
+        let read =
+            |name: &str| std::fs::read_to_string(self.data_dir.join(name)).unwrap_or_default();
         format!("{}{}", read("stdout.log"), read("stderr.log"))
     }
 
@@ -115,7 +139,11 @@ impl Drop for WharfProcess {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// An HTTP client with a bearer key.
@@ -127,11 +155,17 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &WharfProcess, key: Option<&str>) -> Client {
-        Client { http: reqwest::Client::new(), base_url: server.base_url.clone(), key: key.map(str::to_string) }
+        Client {
+            http: reqwest::Client::new(),
+            base_url: server.base_url.clone(),
+            key: key.map(str::to_string),
+        }
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let builder = self.http.request(method, format!("{}{path}", self.base_url));
+        let builder = self
+            .http
+            .request(method, format!("{}{path}", self.base_url));
         match &self.key {
             Some(key) => builder.bearer_auth(key),
             None => builder,
@@ -143,7 +177,10 @@ impl Client {
         let response = builder.send().await.expect("request sent");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
@@ -151,7 +188,8 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        self.send(self.request(reqwest::Method::POST, path).json(&body)).await
+        self.send(self.request(reqwest::Method::POST, path).json(&body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
@@ -159,14 +197,22 @@ impl Client {
     }
 
     /// Polls `path` until `check` accepts the body (bounded).
-    pub async fn wait_for(&self, path: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let (status, body) = self.get(path).await;
             if status == 200 && check(&body) {
                 return body;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: last answer {status} {body}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: last answer {status} {body}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

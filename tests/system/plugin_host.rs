@@ -7,13 +7,20 @@ async fn start_with_core_adapters() -> (tempfile::TempDir, WharfProcess, Client)
     let server = WharfProcess::start(root.path(), &[]);
     let admin = Client::new(&server, Some(ADMIN_KEY));
     let (status, packs) = admin.get("/v1/packs").await;
-    assert_eq!((status, packs), (200, json!([])), "the packs dir starts empty");
+    assert_eq!(
+        (status, packs),
+        (200, json!([])),
+        "the packs dir starts empty"
+    );
     let built = root.path().join("built/core-adapters");
     build_pack("packs/core-adapters", &built);
     install_pack(&built, &server.packs_dir, "core-adapters");
     admin
         .wait_for("/v1/packs", "core-adapters active", |rows| {
-            rows.as_array().unwrap().iter().any(|r| r["id"] == "core-adapters" && r["state"] == "active")
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == "core-adapters" && r["state"] == "active")
         })
         .await;
     (root, server, admin)
@@ -23,19 +30,35 @@ async fn start_with_core_adapters() -> (tempfile::TempDir, WharfProcess, Client)
 async fn dropped_core_adapters_pack_runs_shell_in_a_local_sandbox() {
     let (_root, server, admin) = start_with_core_adapters().await;
 
-    let (status, sandbox) = admin.post("/v1/sandboxes", json!({"profile": "local"})).await;
+    let (status, sandbox) = admin
+        .post("/v1/sandboxes", json!({"profile": "local"}))
+        .await;
     assert_eq!(status, 201, "{sandbox}");
     assert!(sandbox["id"].as_str().unwrap().starts_with("sbx_"));
     assert_eq!(sandbox["status"], "running");
     let id = sandbox["id"].as_str().unwrap();
 
     let shell_calls = || async {
-        let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
-        let line = "wharf_plugin_calls_total{component=\"shell\",outcome=\"ok\",pack=\"core-adapters\"} ";
-        metrics.lines().find_map(|l| l.strip_prefix(line)).map_or(0, |n| n.parse::<u64>().unwrap())
+        let metrics = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line =
+            "wharf_plugin_calls_total{component=\"shell\",outcome=\"ok\",pack=\"core-adapters\"} ";
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
     };
     let calls_before = shell_calls().await;
-    let (status, answer) = admin.post(&format!("/v1/sandboxes/{id}/capabilities/shell/run"), json!({"command": "echo hi"})).await;
+    let (status, answer) = admin
+        .post(
+            &format!("/v1/sandboxes/{id}/capabilities/shell/run"),
+            json!({"command": "echo hi"}),
+        )
+        .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["output"]["stdout"], "hi\n");
     assert_eq!(answer["output"]["exit_code"], 0);
@@ -49,44 +72,104 @@ async fn dropped_core_adapters_pack_runs_shell_in_a_local_sandbox() {
     let (_, capabilities) = admin.get("/v1/capabilities").await;
     assert_eq!(capabilities[0]["capability"], "shell");
 
-    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
-    assert_eq!(shell_calls().await, calls_before + 1, "one more ok call of the shell component");
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        shell_calls().await,
+        calls_before + 1,
+        "one more ok call of the shell component"
+    );
     assert!(metrics.contains("wharf_pack_generation{pack=\"core-adapters\"} 1"));
-    let openapi: Value = reqwest::get(server.url("/openapi.json")).await.unwrap().json().await.unwrap();
-    for path in ["/v1/packs", "/v1/packs/{id}", "/v1/capabilities", "/v1/keys", "/v1/sandboxes/{id}/capabilities/{capability}/{operation}"] {
+    let openapi: Value = reqwest::get(server.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/packs",
+        "/v1/packs/{id}",
+        "/v1/capabilities",
+        "/v1/keys",
+        "/v1/sandboxes/{id}/capabilities/{capability}/{operation}",
+    ] {
         assert!(openapi["paths"][path].is_object(), "openapi lacks {path}");
     }
-    assert!(!server.logs().contains(ADMIN_KEY), "the admin key reached the logs");
+    assert!(
+        !server.logs().contains(ADMIN_KEY),
+        "the admin key reached the logs"
+    );
 }
 
 #[tokio::test]
 async fn bad_input_gets_stable_error_codes() {
     let (_root, server, admin) = start_with_core_adapters().await;
     let (_, sandbox) = admin.post("/v1/sandboxes", json!({})).await;
-    let run = format!("/v1/sandboxes/{}/capabilities/shell/run", sandbox["id"].as_str().unwrap());
+    let run = format!(
+        "/v1/sandboxes/{}/capabilities/shell/run",
+        sandbox["id"].as_str().unwrap()
+    );
 
     let huge = json!({"command": "x".repeat(2 * 1024 * 1024)});
     let (status, body) = admin.post(&run, huge).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
 
-    let malformed = admin.request(Method::POST, &run).header("content-type", "application/json").body("{\"command\": ");
+    let malformed = admin
+        .request(Method::POST, &run)
+        .header("content-type", "application/json")
+        .body("{\"command\": ");
     let (status, body) = admin.send(malformed).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("validation_error")), "{body}");
-    assert!(body["error"]["request_id"].as_str().unwrap().starts_with("req_"));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("validation_error")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("req_")
+    );
     assert_eq!(body["error"]["retriable"], false);
 
-    let (status, body) = admin.post(&run.replace("/shell/", "/cobol/"), json!({})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("capability_not_supported")), "{body}");
+    let (status, body) = admin
+        .post(&run.replace("/shell/", "/cobol/"), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("capability_not_supported")),
+        "{body}"
+    );
     let (status, body) = admin.post(&run, json!({"command": ""})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("validation_error")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("validation_error")),
+        "{body}"
+    );
 
     let anonymous = Client::new(&server, None);
     let (status, body) = anonymous.get("/v1/packs").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
-    let (status, _) = Client::new(&server, Some("wharf_notarealkey")).get("/v1/packs").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, _) = Client::new(&server, Some("wharf_notarealkey"))
+        .get("/v1/packs")
+        .await;
     assert_eq!(status, 401);
     let (status, body) = admin.get("/v1/nowhere").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 }
 
 #[tokio::test]
@@ -99,21 +182,49 @@ async fn keys_are_owner_scoped_and_revocation_is_immediate() {
     let alice_client = Client::new(&_server, Some(&alice_key));
     let bob_client = Client::new(&_server, Some(bob["key"].as_str().unwrap()));
 
-    let (status, sandbox) = alice_client.post("/v1/sandboxes", json!({"profile": "local"})).await;
+    let (status, sandbox) = alice_client
+        .post("/v1/sandboxes", json!({"profile": "local"}))
+        .await;
     assert_eq!(status, 201);
     let path = format!("/v1/sandboxes/{}", sandbox["id"].as_str().unwrap());
     assert_eq!(alice_client.get(&path).await.0, 200);
     let (status, body) = bob_client.get(&path).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "another owner must not see it");
-    let (status, body) = bob_client.post(&format!("{path}/capabilities/shell/run"), json!({"command": "id"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    let (status, body) = alice_client.post("/v1/keys", json!({"owner": "mallory"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "another owner must not see it"
+    );
+    let (status, body) = bob_client
+        .post(
+            &format!("{path}/capabilities/shell/run"),
+            json!({"command": "id"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = alice_client
+        .post("/v1/keys", json!({"owner": "mallory"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
 
     let (_, keys) = admin.get("/v1/keys").await;
-    assert!(!keys.to_string().contains(&alice_key), "a key listing leaked a secret");
-    let (status, _) = admin.delete(&format!("/v1/keys/{}", alice["id"].as_str().unwrap())).await;
+    assert!(
+        !keys.to_string().contains(&alice_key),
+        "a key listing leaked a secret"
+    );
+    let (status, _) = admin
+        .delete(&format!("/v1/keys/{}", alice["id"].as_str().unwrap()))
+        .await;
     assert_eq!(status, 204);
     let (status, body) = alice_client.get(&path).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "revoked key still accepted");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "revoked key still accepted"
+    );
 }

@@ -64,7 +64,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(ms) = err.retry_after_ms {
             let secs = ms.div_ceil(1000).max(1);
-            response.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
         }
         response
     }
@@ -95,7 +97,10 @@ impl<T: Serialize> IntoResponse for Json<T> {
 fn json_rejection(rejection: JsonRejection) -> WharfError {
     match rejection {
         JsonRejection::BytesRejection(inner) if inner.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            WharfError::new(ErrorCode::PayloadTooLarge, "request body is larger than the configured limit")
+            WharfError::new(
+                ErrorCode::PayloadTooLarge,
+                "request body is larger than the configured limit",
+            )
         }
         JsonRejection::MissingJsonContentType(_) => {
             WharfError::validation("expected a JSON body with `Content-Type: application/json`")
@@ -114,7 +119,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| Path(value))
-            .map_err(|rejection: PathRejection| WharfError::validation(rejection.body_text()).into())
+            .map_err(|rejection: PathRejection| {
+                WharfError::validation(rejection.body_text()).into()
+            })
     }
 }
 
@@ -128,6 +135,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| Query(value))
-            .map_err(|rejection: QueryRejection| WharfError::validation(rejection.body_text()).into())
+            .map_err(|rejection: QueryRejection| {
+                WharfError::validation(rejection.body_text()).into()
+            })
     }
 }

@@ -13,7 +13,9 @@ use crate::error::WharfError;
 use crate::store::keys::{self as key_store, ApiKey, Principal};
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_key, list_keys)).routes(routes!(revoke_key))
+    OpenApiRouter::new()
+        .routes(routes!(create_key, list_keys))
+        .routes(routes!(revoke_key))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -55,7 +57,10 @@ async fn create_key(
 
 /// Lists API keys (never their secrets).
 #[utoipa::path(get, path = "/v1/keys", responses((status = 200, body = Vec<ApiKey>), (status = 403, body = ErrorBody)))]
-async fn list_keys(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> ApiResult<Json<Vec<ApiKey>>> {
+async fn list_keys(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<Json<Vec<ApiKey>>> {
     require_admin(&principal)?;
     Ok(Json(key_store::list(&state.db).await?))
 }

@@ -52,7 +52,10 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -70,13 +73,22 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     let openapi = Arc::new(openapi);
     router
-        .route("/openapi.json", axum::routing::get(move || async move { axum::Json(openapi.as_ref().clone()) }))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { axum::Json(openapi.as_ref().clone()) }),
+        )
         .fallback(|| async { ApiError(WharfError::new(ErrorCode::NotFound, "no such route")) })
         .method_not_allowed_fallback(|| async {
-            ApiError(WharfError::new(ErrorCode::MethodNotAllowed, "this route does not accept that method"))
+            ApiError(WharfError::new(
+                ErrorCode::MethodNotAllowed,
+                "this route does not accept that method",
+            ))
         })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .with_state(state)
 }
 
@@ -85,17 +97,38 @@ pub fn router(state: AppState) -> Router {
 async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let id = crate::store::keys::new_id("req");
     let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
     let started = Instant::now();
     let mut response = REQUEST_ID
-        .scope(id.clone(), tracing::Instrument::instrument(next.run(request), span.clone()))
+        .scope(
+            id.clone(),
+            tracing::Instrument::instrument(next.run(request), span.clone()),
+        )
         .await;
     let elapsed = started.elapsed();
     let status = response.status();
-    state.metrics.http_requests.with_label_values(&[method.as_str(), &route, status.as_str()]).inc();
-    state.metrics.http_request_seconds.with_label_values(&[method.as_str(), &route]).observe(elapsed.as_secs_f64());
-    span.in_scope(|| tracing::debug!(status = status.as_u16(), elapsed_ms = elapsed.as_secs_f64() * 1000.0, "served"));
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[method.as_str(), &route, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .http_request_seconds
+        .with_label_values(&[method.as_str(), &route])
+        .observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::debug!(
+            status = status.as_u16(),
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            "served"
+        )
+    });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -112,14 +145,22 @@ async fn require_key(State(state): State<AppState>, mut request: Request, next: 
         .map(str::trim)
         .filter(|key| !key.is_empty());
     let Some(secret) = presented else {
-        return ApiError(WharfError::new(ErrorCode::Unauthorized, "missing `Authorization: Bearer <api key>`")).into_response();
+        return ApiError(WharfError::new(
+            ErrorCode::Unauthorized,
+            "missing `Authorization: Bearer <api key>`",
+        ))
+        .into_response();
     };
     match key_store::authenticate(&state.db, secret).await {
         Ok(Some(principal)) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Ok(None) => ApiError(WharfError::new(ErrorCode::Unauthorized, "unknown or revoked API key")).into_response(),
+        Ok(None) => ApiError(WharfError::new(
+            ErrorCode::Unauthorized,
+            "unknown or revoked API key",
+        ))
+        .into_response(),
         Err(err) => ApiError(err).into_response(),
     }
 }

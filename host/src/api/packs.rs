@@ -15,7 +15,10 @@ use crate::runtime::EffectiveLimits;
 use crate::runtime::logs::LogLine;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_packs)).routes(routes!(get_pack)).routes(routes!(list_capabilities))
+    OpenApiRouter::new()
+        .routes(routes!(list_packs))
+        .routes(routes!(get_pack))
+        .routes(routes!(list_capabilities))
 }
 
 /// Every pack directory: active, shadowed, quarantined (with its reason) or draining.
@@ -61,9 +64,15 @@ pub struct PackDetail {
     (status = 200, body = PackDetail),
     (status = 404, body = ErrorBody),
 ))]
-async fn get_pack(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<PackDetail>> {
+async fn get_pack(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PackDetail>> {
     let snapshot = state.packs.snapshot();
-    let pack = snapshot.active.get(&id).ok_or_else(|| WharfError::not_found(format!("active pack {id:?}")))?;
+    let pack = snapshot
+        .active
+        .get(&id)
+        .ok_or_else(|| WharfError::not_found(format!("active pack {id:?}")))?;
     let manifest = &pack.manifest;
     Ok(Json(PackDetail {
         id: pack.id.clone(),
@@ -89,7 +98,11 @@ async fn get_pack(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
                 providers: c.provider_ids.clone(),
             })
             .collect(),
-        others: snapshot.rows().into_iter().filter(|row| row.id.as_deref() == Some(&id) && row.generation != Some(pack.generation)).collect(),
+        others: snapshot
+            .rows()
+            .into_iter()
+            .filter(|row| row.id.as_deref() == Some(&id) && row.generation != Some(pack.generation))
+            .collect(),
         logs: state.packs.logs().for_pack(&id).recent(),
     }))
 }

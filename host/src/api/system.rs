@@ -11,7 +11,9 @@ use super::AppState;
 use super::error::Json;
 
 pub fn public_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(metrics))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
 }
 
 pub fn authenticated_routes() -> OpenApiRouter<AppState> {
@@ -32,7 +34,10 @@ async fn healthz() -> Json<Health> {
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -43,7 +43,10 @@ pub fn list(packs: &Packs) -> Vec<CapabilitySummary> {
         .iter()
         .map(|(name, route)| {
             let component = route.component();
-            let adapter = component.adapter.as_ref().expect("capability routes point at adapters");
+            let adapter = component
+                .adapter
+                .as_ref()
+                .expect("capability routes point at adapters");
             CapabilitySummary {
                 capability: name.clone(),
                 pack: route.pack.id.clone(),
@@ -51,7 +54,11 @@ pub fn list(packs: &Packs) -> Vec<CapabilitySummary> {
                 generation: route.pack.generation,
                 component: component.runtime.name.to_string(),
                 description: adapter.description.clone(),
-                operations: adapter.operations.iter().map(|op| op.name.clone()).collect(),
+                operations: adapter
+                    .operations
+                    .iter()
+                    .map(|op| op.name.clone())
+                    .collect(),
                 circuit_open: component.runtime.circuit_open(),
             }
         })
@@ -67,20 +74,38 @@ pub async fn invoke(
     input: serde_json::Value,
 ) -> WharfResult<InvokeOutcome> {
     let snapshot = packs.snapshot();
-    let route = snapshot.capabilities.get(capability).cloned().ok_or_else(|| {
-        let known: Vec<_> = snapshot.capabilities.keys().cloned().collect();
-        WharfError::new(
-            ErrorCode::CapabilityNotSupported,
-            format!("no active pack provides capability {capability:?}; available: {}", known.join(", ")),
-        )
-    })?;
+    let route = snapshot
+        .capabilities
+        .get(capability)
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<_> = snapshot.capabilities.keys().cloned().collect();
+            WharfError::new(
+                ErrorCode::CapabilityNotSupported,
+                format!(
+                    "no active pack provides capability {capability:?}; available: {}",
+                    known.join(", ")
+                ),
+            )
+        })?;
     drop(snapshot);
-    let adapter = route.component().adapter.as_ref().expect("capability routes point at adapters");
+    let adapter = route
+        .component()
+        .adapter
+        .as_ref()
+        .expect("capability routes point at adapters");
     if !adapter.operations.iter().any(|op| op.name == operation) {
-        let known: Vec<_> = adapter.operations.iter().map(|op| op.name.as_str()).collect();
+        let known: Vec<_> = adapter
+            .operations
+            .iter()
+            .map(|op| op.name.as_str())
+            .collect();
         return Err(WharfError::new(
             ErrorCode::CapabilityNotSupported,
-            format!("capability {capability:?} has no operation {operation:?}; operations: {}", known.join(", ")),
+            format!(
+                "capability {capability:?} has no operation {operation:?}; operations: {}",
+                known.join(", ")
+            ),
         ));
     }
     let guard = InflightGuard::new(route.pack.clone());
@@ -90,14 +115,21 @@ pub async fn invoke(
     let started = Instant::now();
     let result = tokio::task::spawn_blocking(move || {
         let _guard = guard;
-        component.adapter_call(Some(sandbox), |store, adapter| adapter.wharf_plugin_adapter().call_invoke(store, &op, &input_text))
+        component.adapter_call(Some(sandbox), |store, adapter| {
+            adapter
+                .wharf_plugin_adapter()
+                .call_invoke(store, &op, &input_text)
+        })
     })
     .await
     .map_err(|err| WharfError::internal(format!("plugin call task failed: {err}")))??;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let text = result.map_err(|err| plugin_error(capability, err))?;
     let output = serde_json::from_str(&text).map_err(|err| {
-        WharfError::new(ErrorCode::PluginError, format!("{capability}.{operation} returned invalid JSON: {err}"))
+        WharfError::new(
+            ErrorCode::PluginError,
+            format!("{capability}.{operation} returned invalid JSON: {err}"),
+        )
     })?;
     Ok(InvokeOutcome {
         capability: capability.to_string(),
@@ -120,5 +152,9 @@ fn plugin_error(capability: &str, err: PluginError) -> WharfError {
         "timeout" => ErrorCode::Timeout,
         _ => ErrorCode::PluginError,
     };
-    WharfError::new(code, format!("{capability}: {} ({})", err.message, err.code)).with_retriable(err.retriable)
+    WharfError::new(
+        code,
+        format!("{capability}: {} ({})", err.message, err.code),
+    )
+    .with_retriable(err.retriable)
 }

@@ -73,7 +73,8 @@ pub struct InflightGuard(Arc<LoadedPack>);
 
 impl InflightGuard {
     pub fn new(pack: Arc<LoadedPack>) -> Self {
-        pack.inflight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        pack.inflight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Self(pack)
     }
 
@@ -84,7 +85,9 @@ impl InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -99,7 +102,10 @@ pub fn content_digest(dir: &Path) -> std::io::Result<String> {
         let bytes = std::fs::read(dir.join(&rel))?;
         total += bytes.len() as u64;
         if total > MAX_PACK_BYTES {
-            return Err(std::io::Error::other(format!("pack is larger than {} MiB", MAX_PACK_BYTES >> 20)));
+            return Err(std::io::Error::other(format!(
+                "pack is larger than {} MiB",
+                MAX_PACK_BYTES >> 20
+            )));
         }
         hasher.update(rel.to_string_lossy().as_bytes());
         hasher.update([0]);
@@ -115,7 +121,13 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Re
         if kind.is_dir() {
             collect_files(root, &entry.path(), out)?;
         } else if kind.is_file() {
-            out.push(entry.path().strip_prefix(root).expect("under root").to_path_buf());
+            out.push(
+                entry
+                    .path()
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .to_path_buf(),
+            );
         }
     }
     Ok(())
@@ -136,10 +148,13 @@ pub fn load_pack(
     runtime: &Runtime,
     logs: &PluginLogs,
 ) -> Result<LoadedPack, String> {
-    let manifest = Manifest::load(dir, Form::Built).map_err(|problems| describe_problems(&problems))?;
+    let manifest =
+        Manifest::load(dir, Form::Built).map_err(|problems| describe_problems(&problems))?;
     let limits = runtime.effective_limits(manifest.limits);
     let log = logs.for_pack(&manifest.id);
-    let root = dir.canonicalize().map_err(|err| format!("{}: {err}", dir.display()))?;
+    let root = dir
+        .canonicalize()
+        .map_err(|err| format!("{}: {err}", dir.display()))?;
     let mut components = Vec::new();
     for (i, spec) in manifest.components.iter().enumerate() {
         let at = format!("components[{i}] ({})", spec.name);
@@ -147,14 +162,22 @@ pub fn load_pack(
             return Err(format!("{at}: not a built component"));
         };
         let file = root.join(path);
-        let real = file.canonicalize().map_err(|err| format!("{at}.wasm: {}: {err}", path.display()))?;
+        let real = file
+            .canonicalize()
+            .map_err(|err| format!("{at}.wasm: {}: {err}", path.display()))?;
         if !real.starts_with(&root) {
-            return Err(format!("{at}.wasm: {} leads outside the pack", path.display()));
+            return Err(format!(
+                "{at}.wasm: {} leads outside the pack",
+                path.display()
+            ));
         }
-        let wasm = std::fs::read(&real).map_err(|err| format!("{at}.wasm: {}: {err}", path.display()))?;
+        let wasm =
+            std::fs::read(&real).map_err(|err| format!("{at}.wasm: {}: {err}", path.display()))?;
         let actual = hex::encode(Sha256::digest(&wasm));
         if &actual != sha256 {
-            return Err(format!("{at}.sha256: digest mismatch: manifest pins {sha256}, file has {actual}"));
+            return Err(format!(
+                "{at}.sha256: digest mismatch: manifest pins {sha256}, file has {actual}"
+            ));
         }
         let loaded = runtime
             .load(ComponentLoad {
@@ -189,34 +212,62 @@ fn self_test(at: &str, component: Arc<LoadedComponent>) -> Result<PackComponent,
     match component.kind {
         ComponentKind::Adapter => {
             let info = component
-                .adapter_call(None, |store, adapter| adapter.wharf_plugin_adapter().call_describe(store))
+                .adapter_call(None, |store, adapter| {
+                    adapter.wharf_plugin_adapter().call_describe(store)
+                })
                 .map_err(|err| format!("{at}: self-test describe() failed: {}", err.message))?;
             let adapter = adapter_info(info).map_err(|why| format!("{at}: describe(): {why}"))?;
-            Ok(PackComponent { runtime: component, adapter: Some(adapter), provider_ids: Vec::new() })
+            Ok(PackComponent {
+                runtime: component,
+                adapter: Some(adapter),
+                provider_ids: Vec::new(),
+            })
         }
         ComponentKind::Provider => {
             let catalog = component
-                .provider_call(|store, provider| provider.wharf_plugin_provider().call_catalog(store))
+                .provider_call(|store, provider| {
+                    provider.wharf_plugin_provider().call_catalog(store)
+                })
                 .map_err(|err| format!("{at}: self-test catalog() failed: {}", err.message))?
-                .map_err(|err| format!("{at}: self-test catalog() returned {}: {}", err.code, err.message))?;
+                .map_err(|err| {
+                    format!(
+                        "{at}: self-test catalog() returned {}: {}",
+                        err.code, err.message
+                    )
+                })?;
             if catalog.is_empty() {
                 return Err(format!("{at}: catalog() lists no provider"));
             }
             let provider_ids = catalog.into_iter().map(|p| p.id).collect();
-            Ok(PackComponent { runtime: component, adapter: None, provider_ids })
+            Ok(PackComponent {
+                runtime: component,
+                adapter: None,
+                provider_ids,
+            })
         }
     }
 }
 
-fn adapter_info(info: crate::runtime::bindings::adapter::exports::wharf::plugin::adapter::AdapterInfo) -> Result<AdapterInfo, String> {
-    if info.capability.is_empty() || !info.capability.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
-        return Err(format!("capability {:?} must be non-empty lowercase [a-z0-9_-]", info.capability));
+fn adapter_info(
+    info: crate::runtime::bindings::adapter::exports::wharf::plugin::adapter::AdapterInfo,
+) -> Result<AdapterInfo, String> {
+    if info.capability.is_empty()
+        || !info
+            .capability
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "capability {:?} must be non-empty lowercase [a-z0-9_-]",
+            info.capability
+        ));
     }
     if info.operations.is_empty() {
         return Err("lists no operation".into());
     }
     let parse = |op: &str, which: &str, text: &str| {
-        serde_json::from_str::<serde_json::Value>(text).map_err(|err| format!("operation {op:?}: {which} schema is not JSON: {err}"))
+        serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|err| format!("operation {op:?}: {which} schema is not JSON: {err}"))
     };
     let mut operations = Vec::new();
     for op in info.operations {
@@ -227,5 +278,10 @@ fn adapter_info(info: crate::runtime::bindings::adapter::exports::wharf::plugin:
             description: op.description,
         });
     }
-    Ok(AdapterInfo { capability: info.capability, version: info.version, description: info.description, operations })
+    Ok(AdapterInfo {
+        capability: info.capability,
+        version: info.version,
+        description: info.description,
+        operations,
+    })
 }

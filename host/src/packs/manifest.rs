@@ -92,8 +92,14 @@ pub enum ComponentKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ComponentSource {
-    Crate { path: PathBuf, features: Vec<String> },
-    Wasm { path: PathBuf, sha256: String },
+    Crate {
+        path: PathBuf,
+        features: Vec<String>,
+    },
+    Wasm {
+        path: PathBuf,
+        sha256: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -139,7 +145,11 @@ impl fmt::Display for Problem {
 
 /// Joins problems into one line, for quarantine reasons and errors.
 pub fn describe_problems(problems: &[Problem]) -> String {
-    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Which form a manifest must be in.
@@ -156,7 +166,11 @@ impl Manifest {
     pub fn load(dir: &Path, form: Form) -> Result<Manifest, Vec<Problem>> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|err| {
-            vec![Problem { file: path.display().to_string(), field: String::new(), message: format!("cannot read: {err}") }]
+            vec![Problem {
+                file: path.display().to_string(),
+                field: String::new(),
+                message: format!("cannot read: {err}"),
+            }]
         })?;
         Self::parse(&text, &path.display().to_string(), form)
     }
@@ -165,18 +179,34 @@ impl Manifest {
     pub fn parse(text: &str, file: &str, form: Form) -> Result<Manifest, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut problem = |field: &str, message: String| {
-            problems.push(Problem { file: file.to_string(), field: field.to_string(), message })
+            problems.push(Problem {
+                file: file.to_string(),
+                field: field.to_string(),
+                message,
+            })
         };
         let raw: RawManifest = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(err) => {
-                problem("", format!("invalid TOML: {}", err.to_string().trim().replace('\n', " ")));
+                problem(
+                    "",
+                    format!(
+                        "invalid TOML: {}",
+                        err.to_string().trim().replace('\n', " ")
+                    ),
+                );
                 return Err(problems);
             }
         };
 
         if !valid_id(&raw.id) {
-            problem("id", format!("{:?} must be 2-64 chars of a-z, 0-9 and '-', starting with a letter", raw.id));
+            problem(
+                "id",
+                format!(
+                    "{:?} must be 2-64 chars of a-z, 0-9 and '-', starting with a letter",
+                    raw.id
+                ),
+            );
         }
         let version = Version::parse(&raw.version)
             .map_err(|err| problem("version", format!("{:?} is not semver: {err}", raw.version)))
@@ -185,13 +215,22 @@ impl Manifest {
             Ok(req) if !req.matches(&PLUGIN_API_VERSION) => {
                 problem(
                     "requires.wharf",
-                    format!("{:?} is not satisfied by this host's plugin API {PLUGIN_API_VERSION}", raw.requires.wharf),
+                    format!(
+                        "{:?} is not satisfied by this host's plugin API {PLUGIN_API_VERSION}",
+                        raw.requires.wharf
+                    ),
                 );
                 None
             }
             Ok(req) => Some(req),
             Err(err) => {
-                problem("requires.wharf", format!("{:?} is not a semver requirement: {err}", raw.requires.wharf));
+                problem(
+                    "requires.wharf",
+                    format!(
+                        "{:?} is not a semver requirement: {err}",
+                        raw.requires.wharf
+                    ),
+                );
                 None
             }
         };
@@ -214,63 +253,105 @@ impl Manifest {
         for (i, c) in raw.components.iter().enumerate() {
             let at = |field: &str| format!("components[{i}].{field}");
             if !valid_id(&c.name) {
-                problem(&at("name"), format!("{:?} must be 2-64 chars of a-z, 0-9 and '-'", c.name));
+                problem(
+                    &at("name"),
+                    format!("{:?} must be 2-64 chars of a-z, 0-9 and '-'", c.name),
+                );
             } else if raw.components[..i].iter().any(|other| other.name == c.name) {
-                problem(&at("name"), format!("{:?} is used by another component", c.name));
+                problem(
+                    &at("name"),
+                    format!("{:?} is used by another component", c.name),
+                );
             }
             let kind = match c.kind.as_str() {
                 "adapter" => Some(ComponentKind::Adapter),
                 "provider" => Some(ComponentKind::Provider),
                 other => {
-                    problem(&at("kind"), format!("{other:?} is not one of adapter, provider"));
+                    problem(
+                        &at("kind"),
+                        format!("{other:?} is not one of adapter, provider"),
+                    );
                     None
                 }
             };
             if kind == Some(ComponentKind::Adapter) && !raw.permissions.sandbox {
-                problem("permissions.sandbox", format!("adapter component {:?} needs `sandbox = true`", c.name));
+                problem(
+                    "permissions.sandbox",
+                    format!("adapter component {:?} needs `sandbox = true`", c.name),
+                );
             }
             let source = match (&c.crate_path, &c.wasm) {
                 (Some(_), Some(_)) => {
-                    problem(&at("crate"), "give either `crate` (source pack) or `wasm` (built pack), not both".into());
+                    problem(
+                        &at("crate"),
+                        "give either `crate` (source pack) or `wasm` (built pack), not both".into(),
+                    );
                     None
                 }
                 (None, None) => {
-                    let field = if form == Form::Source { "crate" } else { "wasm" };
+                    let field = if form == Form::Source {
+                        "crate"
+                    } else {
+                        "wasm"
+                    };
                     problem(&at(field), "missing".into());
                     None
                 }
                 (Some(_), None) if form == Form::Built => {
-                    problem(&at("wasm"), "missing: this is a source pack; build it with `wharf pack build`".into());
+                    problem(
+                        &at("wasm"),
+                        "missing: this is a source pack; build it with `wharf pack build`".into(),
+                    );
                     None
                 }
                 (None, Some(_)) if form == Form::Source => {
-                    problem(&at("crate"), "missing: a source pack names the crate of each component".into());
+                    problem(
+                        &at("crate"),
+                        "missing: a source pack names the crate of each component".into(),
+                    );
                     None
                 }
-                (Some(path), None) => {
-                    Some(ComponentSource::Crate { path: PathBuf::from(path), features: c.features.clone() })
-                }
+                (Some(path), None) => Some(ComponentSource::Crate {
+                    path: PathBuf::from(path),
+                    features: c.features.clone(),
+                }),
                 (None, Some(wasm)) => {
                     if let Err(why) = check_relative(wasm) {
                         problem(&at("wasm"), why);
                     }
                     match &c.sha256 {
-                        Some(sha) if sha.len() == 64 && sha.chars().all(|ch| matches!(ch, '0'..='9' | 'a'..='f')) => {
-                            Some(ComponentSource::Wasm { path: PathBuf::from(wasm), sha256: sha.clone() })
+                        Some(sha)
+                            if sha.len() == 64
+                                && sha.chars().all(|ch| matches!(ch, '0'..='9' | 'a'..='f')) =>
+                        {
+                            Some(ComponentSource::Wasm {
+                                path: PathBuf::from(wasm),
+                                sha256: sha.clone(),
+                            })
                         }
                         Some(sha) => {
-                            problem(&at("sha256"), format!("{sha:?} is not 64 lowercase hex digits"));
+                            problem(
+                                &at("sha256"),
+                                format!("{sha:?} is not 64 lowercase hex digits"),
+                            );
                             None
                         }
                         None => {
-                            problem(&at("sha256"), "missing: a built pack pins each wasm file".into());
+                            problem(
+                                &at("sha256"),
+                                "missing: a built pack pins each wasm file".into(),
+                            );
                             None
                         }
                     }
                 }
             };
             if let (Some(kind), Some(source)) = (kind, source) {
-                components.push(ComponentSpec { name: c.name.clone(), kind, source });
+                components.push(ComponentSpec {
+                    name: c.name.clone(),
+                    kind,
+                    source,
+                });
             }
         }
 
@@ -295,7 +376,9 @@ impl Manifest {
 fn valid_id(id: &str) -> bool {
     (2..=64).contains(&id.len())
         && id.starts_with(|c: char| c.is_ascii_lowercase())
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// A path inside the pack: relative, no `..`, no NUL.
@@ -304,8 +387,12 @@ pub fn check_relative(path: &str) -> Result<(), String> {
         return Err(format!("{path:?} is not a valid path"));
     }
     let p = Path::new(path);
-    if p.components().any(|c| !matches!(c, PathComponent::Normal(_) | PathComponent::CurDir)) {
-        return Err(format!("{path:?} must be relative to the pack and must not contain `..`"));
+    if p.components()
+        .any(|c| !matches!(c, PathComponent::Normal(_) | PathComponent::CurDir))
+    {
+        return Err(format!(
+            "{path:?} must be relative to the pack and must not contain `..`"
+        ));
     }
     Ok(())
 }
@@ -346,19 +433,41 @@ kind = "gadget"
 "#;
         let problems = Manifest::parse(text, "p/pack.toml", Form::Built).unwrap_err();
         let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
-        for expected in ["id", "version", "requires.wharf", "data[0]", "components[0].name", "components[0].kind", "components[0].wasm"] {
-            assert!(fields.contains(&expected), "missing {expected} in {problems:?}");
+        for expected in [
+            "id",
+            "version",
+            "requires.wharf",
+            "data[0]",
+            "components[0].name",
+            "components[0].kind",
+            "components[0].wasm",
+        ] {
+            assert!(
+                fields.contains(&expected),
+                "missing {expected} in {problems:?}"
+            );
         }
         assert!(problems.iter().all(|p| p.file == "p/pack.toml"));
-        let requires = problems.iter().find(|p| p.field == "requires.wharf").unwrap();
+        let requires = problems
+            .iter()
+            .find(|p| p.field == "requires.wharf")
+            .unwrap();
         assert!(requires.message.contains("0.1.0"), "{}", requires.message);
     }
 
     #[test]
     fn source_form_rejected_where_built_expected() {
-        let text = BUILT.replace("wasm = \"components/shell.wasm\"", "crate = \"../x\"").replace("sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"", "");
+        let text = BUILT
+            .replace("wasm = \"components/shell.wasm\"", "crate = \"../x\"")
+            .replace(
+                "sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"",
+                "",
+            );
         let problems = Manifest::parse(&text, "pack.toml", Form::Built).unwrap_err();
-        assert!(problems[0].message.contains("wharf pack build"), "{problems:?}");
+        assert!(
+            problems[0].message.contains("wharf pack build"),
+            "{problems:?}"
+        );
         assert!(Manifest::parse(&text, "pack.toml", Form::Source).is_ok());
     }
 

@@ -166,7 +166,8 @@ impl Packs {
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let staging = name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".partial");
+                let staging =
+                    name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".partial");
                 if !staging && entry.file_type().is_ok_and(|t| t.is_dir()) {
                     seen.push(entry.path());
                 }
@@ -185,7 +186,9 @@ impl Packs {
             let mut dir_state = state.dirs.remove(&dir).unwrap_or_default();
             let digest = {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || loader::content_digest(&dir)).await.expect("digest task")
+                tokio::task::spawn_blocking(move || loader::content_digest(&dir))
+                    .await
+                    .expect("digest task")
             };
             let digest = match digest {
                 Ok(digest) => digest,
@@ -196,27 +199,48 @@ impl Packs {
                 }
                 Err(err) => format!("unreadable: {err}"),
             };
-            let unchanged = dir_state.serving.as_ref().is_some_and(|p| p.digest == digest)
-                || dir_state.rejected.as_ref().is_some_and(|r| r.digest == digest);
+            let unchanged = dir_state
+                .serving
+                .as_ref()
+                .is_some_and(|p| p.digest == digest)
+                || dir_state
+                    .rejected
+                    .as_ref()
+                    .is_some_and(|r| r.digest == digest);
             if unchanged {
-                if dir_state.serving.as_ref().is_some_and(|p| p.digest == digest) {
+                if dir_state
+                    .serving
+                    .as_ref()
+                    .is_some_and(|p| p.digest == digest)
+                {
                     dir_state.rejected = None;
                 }
             } else if let Some(pack) = by_digest.get(&digest) {
                 // Same content under another name (a rename): same generation, no reload.
-                Self::retire(&mut state.retired, dir_state.serving.replace(pack.clone()), pack);
+                Self::retire(
+                    &mut state.retired,
+                    dir_state.serving.replace(pack.clone()),
+                    pack,
+                );
                 dir_state.rejected = None;
             } else {
                 match self.load_generation(&mut state, &dir, digest.clone()).await {
                     Ok(pack) => {
                         tracing::info!(pack = %pack.id, version = %pack.version, generation = pack.generation, dir = %dir.display(), "pack loaded");
                         self.metrics.pack_loads.with_label_values(&["loaded"]).inc();
-                        Self::retire(&mut state.retired, dir_state.serving.replace(pack.clone()), &pack);
+                        Self::retire(
+                            &mut state.retired,
+                            dir_state.serving.replace(pack.clone()),
+                            &pack,
+                        );
                         dir_state.rejected = None;
                     }
                     Err(rejected) => {
                         tracing::warn!(dir = %dir.display(), reason = %rejected.reason, "pack quarantined");
-                        self.metrics.pack_loads.with_label_values(&["quarantined"]).inc();
+                        self.metrics
+                            .pack_loads
+                            .with_label_values(&["quarantined"])
+                            .inc();
                         dir_state.rejected = Some(rejected);
                     }
                 }
@@ -246,26 +270,42 @@ impl Packs {
         self.scans.send_modify(|n| *n += 1);
     }
 
-    fn retire(retired: &mut Vec<Weak<LoadedPack>>, old: Option<Arc<LoadedPack>>, new: &Arc<LoadedPack>) {
+    fn retire(
+        retired: &mut Vec<Weak<LoadedPack>>,
+        old: Option<Arc<LoadedPack>>,
+        new: &Arc<LoadedPack>,
+    ) {
         if let Some(old) = old.filter(|old| !Arc::ptr_eq(old, new)) {
             retired.push(Arc::downgrade(&old));
         }
     }
 
-    async fn load_generation(&self, state: &mut LoaderState, dir: &Path, digest: String) -> Result<Arc<LoadedPack>, Rejected> {
+    async fn load_generation(
+        &self,
+        state: &mut LoaderState,
+        dir: &Path,
+        digest: String,
+    ) -> Result<Arc<LoadedPack>, Rejected> {
         let peek = {
             let dir = dir.to_path_buf();
-            tokio::task::spawn_blocking(move || loader::peek_id(&dir)).await.expect("peek task")
+            tokio::task::spawn_blocking(move || loader::peek_id(&dir))
+                .await
+                .expect("peek task")
         };
-        let generation = peek.as_ref().map(|(id, _)| state.generations.get(id).copied().unwrap_or(0) + 1).unwrap_or(0);
+        let generation = peek
+            .as_ref()
+            .map(|(id, _)| state.generations.get(id).copied().unwrap_or(0) + 1)
+            .unwrap_or(0);
         let result = {
             let dir = dir.to_path_buf();
             let runtime = self.runtime.clone();
             let logs = self.logs.clone();
             let digest = digest.clone();
-            tokio::task::spawn_blocking(move || loader::load_pack(&dir, digest, generation, &runtime, &logs))
-                .await
-                .unwrap_or_else(|panic| Err(format!("loader panicked: {panic}")))
+            tokio::task::spawn_blocking(move || {
+                loader::load_pack(&dir, digest, generation, &runtime, &logs)
+            })
+            .await
+            .unwrap_or_else(|panic| Err(format!("loader panicked: {panic}")))
         };
         match result {
             Ok(pack) => {
@@ -287,14 +327,20 @@ impl Packs {
         let mut winners: BTreeMap<String, Arc<LoadedPack>> = BTreeMap::new();
         for pack in state.dirs.values().filter_map(|d| d.serving.as_ref()) {
             let better = match winners.get(&pack.id) {
-                Some(current) => (&pack.version, pack.generation) > (&current.version, current.generation),
+                Some(current) => {
+                    (&pack.version, pack.generation) > (&current.version, current.generation)
+                }
                 None => true,
             };
             if better {
                 winners.insert(pack.id.clone(), pack.clone());
             }
         }
-        let dir_name = |dir: &Path| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir_name = |dir: &Path| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
         let mut rows = Vec::new();
         for (dir, dir_state) in &state.dirs {
             if let Some(pack) = &dir_state.serving {
@@ -302,7 +348,11 @@ impl Packs {
                 let row = PackRow {
                     id: Some(pack.id.clone()),
                     version: Some(pack.version.to_string()),
-                    state: if active { PackState::Active } else { PackState::Shadowed },
+                    state: if active {
+                        PackState::Active
+                    } else {
+                        PackState::Shadowed
+                    },
                     generation: Some(pack.generation),
                     sha256: pack.digest.clone(),
                     dir: dir_name(dir),
@@ -348,7 +398,10 @@ impl Packs {
         let mut providers = BTreeMap::new();
         for pack in winners.values() {
             for (index, component) in pack.components.iter().enumerate() {
-                let route = CapabilityRoute { pack: pack.clone(), component: index };
+                let route = CapabilityRoute {
+                    pack: pack.clone(),
+                    component: index,
+                };
                 if let Some(adapter) = &component.adapter {
                     if let Some(existing) = capabilities.get(&adapter.capability) {
                         let existing: &CapabilityRoute = existing;
@@ -358,17 +411,27 @@ impl Packs {
                     }
                 }
                 for provider in &component.provider_ids {
-                    providers.entry(provider.clone()).or_insert_with(|| route.clone());
+                    providers
+                        .entry(provider.clone())
+                        .or_insert_with(|| route.clone());
                 }
             }
         }
-        PackSet { rows, active: winners, capabilities, providers }
+        PackSet {
+            rows,
+            active: winners,
+            capabilities,
+            providers,
+        }
     }
 
     fn publish_metrics(&self, set: &PackSet) {
         self.metrics.pack_generation.reset();
         for pack in set.active.values() {
-            self.metrics.pack_generation.with_label_values(&[&pack.id]).set(pack.generation as i64);
+            self.metrics
+                .pack_generation
+                .with_label_values(&[&pack.id])
+                .set(pack.generation as i64);
         }
     }
 }

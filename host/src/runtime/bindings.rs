@@ -42,20 +42,29 @@ impl adapter::wharf::plugin::log::Host for CallState {
 
 fn to_plugin_error(err: crate::error::WharfError) -> PluginError {
     let retriable = err.retriable();
-    PluginError { code: err.code.as_str().to_string(), message: err.message, retriable }
+    PluginError {
+        code: err.code.as_str().to_string(),
+        message: err.message,
+        retriable,
+    }
 }
 
 impl CallState {
     /// Runs one sandbox primitive on the bound sandbox, blocking this wasm
     /// thread, and keeps the time out of the plugin's own deadline.
-    fn on_sandbox<T, F>(&mut self, op: impl FnOnce(crate::sandbox::service::SandboxBinding) -> F) -> Result<T, PluginError>
+    fn on_sandbox<T, F>(
+        &mut self,
+        op: impl FnOnce(crate::sandbox::service::SandboxBinding) -> F,
+    ) -> Result<T, PluginError>
     where
         F: std::future::Future<Output = crate::error::WharfResult<T>>,
     {
         let Some(binding) = self.sandbox.clone() else {
             return Err(PluginError {
                 code: "no_sandbox".into(),
-                message: "this call is not bound to a sandbox (describe and self-test calls never are)".into(),
+                message:
+                    "this call is not bound to a sandbox (describe and self-test calls never are)"
+                        .into(),
                 retriable: false,
             });
         };
@@ -71,7 +80,10 @@ fn parse_path(path: &str) -> Result<SandboxPath, PluginError> {
 }
 
 impl wit_sandbox::Host for CallState {
-    fn exec(&mut self, request: wit_sandbox::ExecRequest) -> Result<wit_sandbox::ExecOutput, PluginError> {
+    fn exec(
+        &mut self,
+        request: wit_sandbox::ExecRequest,
+    ) -> Result<wit_sandbox::ExecOutput, PluginError> {
         let cwd = request.cwd.as_deref().map(parse_path).transpose()?;
         let output = self.on_sandbox(|binding| async move {
             let exec = ExecRequest {
@@ -108,7 +120,8 @@ impl wit_sandbox::Host for CallState {
 
     fn list_dir(&mut self, path: String) -> Result<Vec<wit_sandbox::DirEntry>, PluginError> {
         let path = parse_path(&path)?;
-        let entries = self.on_sandbox(|b| async move { b.driver().list_dir(&b.sandbox_id, &path).await })?;
+        let entries =
+            self.on_sandbox(|b| async move { b.driver().list_dir(&b.sandbox_id, &path).await })?;
         Ok(entries
             .into_iter()
             .map(|entry| wit_sandbox::DirEntry {

@@ -55,7 +55,13 @@ pub struct CallState {
 
 impl CallState {
     pub(super) fn log(&self, level: &str, message: &str) {
-        self.log.push(&self.pack_id, &self.component, self.generation, level, message);
+        self.log.push(
+            &self.pack_id,
+            &self.component,
+            self.generation,
+            level,
+            message,
+        );
     }
 
     fn guest_elapsed(&self) -> Duration {
@@ -65,7 +71,10 @@ impl CallState {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -77,7 +86,12 @@ struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.denied = true;
             return Ok(false);
@@ -85,7 +99,12 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -128,7 +147,11 @@ impl LoadedComponent {
         self.circuit.is_open()
     }
 
-    fn new_store(&self, sandbox: Option<SandboxBinding>, stderr: &MemoryOutputPipe) -> WharfResult<Store<CallState>> {
+    fn new_store(
+        &self,
+        sandbox: Option<SandboxBinding>,
+        stderr: &MemoryOutputPipe,
+    ) -> WharfResult<Store<CallState>> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr.clone());
         if let Some(dir) = &self.pack_dir {
@@ -138,7 +161,10 @@ impl LoadedComponent {
         let state = CallState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            memory: MemoryCap { limit: self.limits.memory_bytes, denied: false },
+            memory: MemoryCap {
+                limit: self.limits.memory_bytes,
+                denied: false,
+            },
             log: self.log.clone(),
             pack_id: self.pack_id.clone(),
             component: self.name.clone(),
@@ -186,7 +212,10 @@ impl LoadedComponent {
         let mut store = self.new_store(sandbox, &stderr)?;
         let result = f(&mut store, &self.pre);
         let labels = [&*self.pack_id, &*self.name];
-        self.metrics.plugin_call_seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .plugin_call_seconds
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
         let outcome = match result {
             Ok(value) => {
                 self.circuit.record_success();
@@ -198,13 +227,23 @@ impl LoadedComponent {
             Ok(_) => "ok",
             Err(err) => err.code.as_str(),
         };
-        self.metrics.plugin_calls.with_label_values(&[&*self.pack_id, &*self.name, label]).inc();
+        self.metrics
+            .plugin_calls
+            .with_label_values(&[&*self.pack_id, &*self.name, label])
+            .inc();
         outcome
     }
 
-    fn classify_fault(&self, err: wasmtime::Error, store: &Store<CallState>, stderr: &MemoryOutputPipe) -> WharfError {
+    fn classify_fault(
+        &self,
+        err: wasmtime::Error,
+        store: &Store<CallState>,
+        stderr: &MemoryOutputPipe,
+    ) -> WharfError {
         let who = format!("{}/{}", self.pack_id, self.name);
-        let panic_text = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+        let panic_text = String::from_utf8_lossy(&stderr.contents())
+            .trim()
+            .to_string();
         if !panic_text.is_empty() {
             store.data().log("error", &panic_text);
         }
@@ -213,7 +252,10 @@ impl LoadedComponent {
                 "timeout",
                 WharfError::new(
                     ErrorCode::PluginTimeout,
-                    format!("{who} exceeded its deadline of {} ms and was stopped", self.limits.timeout.as_millis()),
+                    format!(
+                        "{who} exceeded its deadline of {} ms and was stopped",
+                        self.limits.timeout.as_millis()
+                    ),
                 ),
             )
         } else if store.data().memory.denied {
@@ -221,15 +263,28 @@ impl LoadedComponent {
                 "memory",
                 WharfError::new(
                     ErrorCode::PluginTrap,
-                    format!("{who} exceeded its memory cap of {} MiB and was stopped", self.limits.memory_bytes >> 20),
+                    format!(
+                        "{who} exceeded its memory cap of {} MiB and was stopped",
+                        self.limits.memory_bytes >> 20
+                    ),
                 ),
             )
         } else {
-            let detail = if panic_text.is_empty() { format!("{err:#}") } else { panic_text };
+            let detail = if panic_text.is_empty() {
+                format!("{err:#}")
+            } else {
+                panic_text
+            };
             let detail: String = detail.lines().take(6).collect::<Vec<_>>().join(" | ");
-            ("trap", WharfError::new(ErrorCode::PluginTrap, format!("{who} trapped: {detail}")))
+            (
+                "trap",
+                WharfError::new(ErrorCode::PluginTrap, format!("{who} trapped: {detail}")),
+            )
         };
-        self.metrics.plugin_traps.with_label_values(&[&*self.pack_id, &*self.name, kind]).inc();
+        self.metrics
+            .plugin_traps
+            .with_label_values(&[&*self.pack_id, &*self.name, kind])
+            .inc();
         if self.circuit.record_fault() {
             tracing::warn!(pack = %self.pack_id, component = %self.name, "circuit opened after repeated faults");
         }
@@ -246,17 +301,24 @@ impl LoadedComponent {
                 let bindings = pre.instantiate(&mut *store)?;
                 f(store, &bindings)
             }
-            Pre::Provider(_) => Err(wasmtime::format_err!("component is a provider, not an adapter")),
+            Pre::Provider(_) => Err(wasmtime::format_err!(
+                "component is a provider, not an adapter"
+            )),
         })
     }
 
-    pub fn provider_call<R>(&self, f: impl FnOnce(&mut Store<CallState>, &Provider) -> wasmtime::Result<R>) -> WharfResult<R> {
+    pub fn provider_call<R>(
+        &self,
+        f: impl FnOnce(&mut Store<CallState>, &Provider) -> wasmtime::Result<R>,
+    ) -> WharfResult<R> {
         self.call(None, |store, pre| match pre {
             Pre::Provider(pre) => {
                 let bindings = pre.instantiate(&mut *store)?;
                 f(store, &bindings)
             }
-            Pre::Adapter(_) => Err(wasmtime::format_err!("component is an adapter, not a provider")),
+            Pre::Adapter(_) => Err(wasmtime::format_err!(
+                "component is an adapter, not a provider"
+            )),
         })
     }
 }
@@ -269,8 +331,17 @@ impl Runtime {
     /// The host's defaults and maxima applied to what a pack asks for.
     pub fn effective_limits(&self, asked: crate::packs::manifest::Limits) -> EffectiveLimits {
         let cfg = &self.config;
-        let timeout_ms = asked.timeout_ms.unwrap_or(cfg.default_timeout_ms).min(cfg.max_timeout_ms);
-        let memory_mib = asked.memory_mib.unwrap_or(cfg.default_memory_mib).min(cfg.max_memory_mib);
-        EffectiveLimits { timeout: Duration::from_millis(timeout_ms), memory_bytes: (memory_mib as usize) << 20 }
+        let timeout_ms = asked
+            .timeout_ms
+            .unwrap_or(cfg.default_timeout_ms)
+            .min(cfg.max_timeout_ms);
+        let memory_mib = asked
+            .memory_mib
+            .unwrap_or(cfg.default_memory_mib)
+            .min(cfg.max_memory_mib);
+        EffectiveLimits {
+            timeout: Duration::from_millis(timeout_ms),
+            memory_bytes: (memory_mib as usize) << 20,
+        }
     }
 }

@@ -19,7 +19,11 @@ struct State {
 
 impl Circuit {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Self { threshold: threshold.max(1), cooldown, state: Mutex::new(State::default()) }
+        Self {
+            threshold: threshold.max(1),
+            cooldown,
+            state: Mutex::new(State::default()),
+        }
     }
 
     /// `Err(remaining)` while the circuit is open.
@@ -53,7 +57,10 @@ impl Circuit {
     }
 
     pub fn is_open(&self) -> bool {
-        self.state.lock().open_until.is_some_and(|until| Instant::now() < until)
+        self.state
+            .lock()
+            .open_until
+            .is_some_and(|until| Instant::now() < until)
     }
 }
 

@@ -43,7 +43,13 @@ impl PackLog {
             "info" => tracing::info!(target: "plugin", pack, component, generation, "{message}"),
             _ => tracing::debug!(target: "plugin", pack, component, generation, level, "{message}"),
         }
-        let line = LogLine { ts: now_rfc3339(), level: level.to_string(), component: component.to_string(), generation, message };
+        let line = LogLine {
+            ts: now_rfc3339(),
+            level: level.to_string(),
+            component: component.to_string(),
+            generation,
+            message,
+        };
         let mut lines = self.lines.lock();
         if lines.len() == self.capacity {
             lines.pop_front();
@@ -64,14 +70,22 @@ pub struct PluginLogs {
 
 impl PluginLogs {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), packs: Mutex::new(HashMap::new()) }
+        Self {
+            capacity: capacity.max(1),
+            packs: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn for_pack(&self, pack_id: &str) -> Arc<PackLog> {
         self.packs
             .lock()
             .entry(pack_id.to_string())
-            .or_insert_with(|| Arc::new(PackLog { capacity: self.capacity, lines: Mutex::new(VecDeque::new()) }))
+            .or_insert_with(|| {
+                Arc::new(PackLog {
+                    capacity: self.capacity,
+                    lines: Mutex::new(VecDeque::new()),
+                })
+            })
             .clone()
     }
 }

@@ -19,8 +19,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use self::bindings::adapter::{CapabilityAdapter, CapabilityAdapterPre};
 use self::bindings::provider::{LlmProvider as Provider, LlmProviderPre as ProviderPre};
-pub use self::call::{CallState, EffectiveLimits, LoadedComponent};
 use self::call::Pre;
+pub use self::call::{CallState, EffectiveLimits, LoadedComponent};
 use self::circuit::Circuit;
 use self::logs::PackLog;
 use crate::config::RuntimeConfig;
@@ -63,7 +63,11 @@ pub struct ComponentLoad<'a> {
 }
 
 impl Runtime {
-    pub fn new(config: RuntimeConfig, cache_dir: PathBuf, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: RuntimeConfig,
+        cache_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
         let instances = config.max_instances.max(1);
         // A Rust wasm32-wasip2 component holds a few core instances (the program,
@@ -93,15 +97,17 @@ impl Runtime {
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
         let stop = stop_ticker.clone();
-        std::thread::Builder::new().name("wharf-epoch".into()).spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                match ticker_engine.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
+        std::thread::Builder::new()
+            .name("wharf-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
                 }
-            }
-        })?;
+            })?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -127,8 +133,12 @@ impl Runtime {
     pub fn load(&self, load: ComponentLoad<'_>) -> anyhow::Result<LoadedComponent> {
         let component = self.compile(load.wasm, load.sha256)?;
         let pre = match load.kind {
-            ComponentKind::Adapter => Pre::Adapter(CapabilityAdapterPre::new(self.adapter_linker.instantiate_pre(&component)?)?),
-            ComponentKind::Provider => Pre::Provider(ProviderPre::new(self.provider_linker.instantiate_pre(&component)?)?),
+            ComponentKind::Adapter => Pre::Adapter(CapabilityAdapterPre::new(
+                self.adapter_linker.instantiate_pre(&component)?,
+            )?),
+            ComponentKind::Provider => Pre::Provider(ProviderPre::new(
+                self.provider_linker.instantiate_pre(&component)?,
+            )?),
         };
         Ok(LoadedComponent {
             pack_id: load.pack_id.into(),
@@ -138,7 +148,10 @@ impl Runtime {
             generation: load.generation,
             limits: load.limits,
             pre,
-            circuit: Circuit::new(self.config.circuit_trap_threshold, Duration::from_millis(self.config.circuit_cooldown_ms)),
+            circuit: Circuit::new(
+                self.config.circuit_trap_threshold,
+                Duration::from_millis(self.config.circuit_cooldown_ms),
+            ),
             log: load.log,
             pack_dir: (load.kind == ComponentKind::Provider).then(|| load.pack_dir.to_path_buf()),
             metrics: self.metrics.clone(),
@@ -166,12 +179,16 @@ impl Runtime {
                 component
             }
         };
-        self.compiled.lock().insert(sha256.to_string(), component.clone());
+        self.compiled
+            .lock()
+            .insert(sha256.to_string(), component.clone());
         Ok(component)
     }
 
     /// Drops compiled components no loaded pack uses any more.
     pub fn retain_compiled(&self, live: &std::collections::HashSet<String>) {
-        self.compiled.lock().retain(|digest, _| live.contains(digest));
+        self.compiled
+            .lock()
+            .retain(|digest, _| live.contains(digest));
     }
 }

@@ -13,13 +13,16 @@ pub struct SandboxPath(PathBuf);
 
 impl SandboxPath {
     pub fn parse(raw: &str) -> WharfResult<Self> {
-        let invalid = |why: &str| WharfError::new(ErrorCode::InvalidPath, format!("path {raw:?} {why}"));
+        let invalid =
+            |why: &str| WharfError::new(ErrorCode::InvalidPath, format!("path {raw:?} {why}"));
         if raw.contains('\0') {
             return Err(invalid("contains NUL"));
         }
         let path = Path::new(raw);
         if path.is_absolute() {
-            return Err(invalid("is absolute; paths are relative to the sandbox workspace"));
+            return Err(invalid(
+                "is absolute; paths are relative to the sandbox workspace",
+            ));
         }
         let mut clean = PathBuf::new();
         for component in path.components() {
@@ -71,7 +74,10 @@ pub fn resolve_local(root: &Path, path: &SandboxPath) -> WharfResult<PathBuf> {
                 if !real.starts_with(&root) {
                     return Err(WharfError::new(
                         ErrorCode::InvalidPath,
-                        format!("path {:?} escapes the sandbox through a symlink", path.to_string()),
+                        format!(
+                            "path {:?} escapes the sandbox through a symlink",
+                            path.to_string()
+                        ),
                     ));
                 }
                 resolved = real;
@@ -81,14 +87,20 @@ pub fn resolve_local(root: &Path, path: &SandboxPath) -> WharfResult<PathBuf> {
                 if resolved.symlink_metadata().is_ok() {
                     return Err(WharfError::new(
                         ErrorCode::InvalidPath,
-                        format!("path {:?} is a symlink to nowhere inside the sandbox", path.to_string()),
+                        format!(
+                            "path {:?} is a symlink to nowhere inside the sandbox",
+                            path.to_string()
+                        ),
                     ));
                 }
             }
             Err(_) => {
                 return Err(WharfError::new(
                     ErrorCode::FileNotFound,
-                    format!("directory {:?} does not exist", parts[..=i].iter().collect::<PathBuf>().display()),
+                    format!(
+                        "directory {:?} does not exist",
+                        parts[..=i].iter().collect::<PathBuf>().display()
+                    ),
                 ));
             }
         }
@@ -114,7 +126,8 @@ mod tests {
     fn refuses_symlink_escape() {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/etc", dir.path().join("etc")).unwrap();
-        let err = resolve_local(dir.path(), &SandboxPath::parse("etc/passwd").unwrap()).unwrap_err();
+        let err =
+            resolve_local(dir.path(), &SandboxPath::parse("etc/passwd").unwrap()).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidPath);
         std::fs::create_dir(dir.path().join("inside")).unwrap();
         std::os::unix::fs::symlink("inside", dir.path().join("alias")).unwrap();

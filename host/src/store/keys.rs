@@ -36,31 +36,45 @@ pub fn hash_secret(secret: &str) -> String {
 
 /// First 4 characters after the prefix plus a sha256 prefix: safe to show.
 pub fn fingerprint(secret: &str) -> String {
-    let visible: String = secret.trim_start_matches(SECRET_PREFIX).chars().take(4).collect();
+    let visible: String = secret
+        .trim_start_matches(SECRET_PREFIX)
+        .chars()
+        .take(4)
+        .collect();
     format!("{visible}…{}", &hash_secret(secret)[..8])
 }
 
 pub fn generate_secret() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    let body: String = (0..40).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    let body: String = (0..40)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
     format!("{SECRET_PREFIX}{body}")
 }
 
 pub fn new_id(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
-    let body: String = (0..16).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    let body: String = (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
     format!("{prefix}_{body}")
 }
 
 /// Resolves a presented secret to its principal; revoked and unknown keys give None.
 pub async fn authenticate(db: &Db, secret: &str) -> WharfResult<Option<Principal>> {
-    let row = sqlx::query("SELECT id, owner, admin FROM api_keys WHERE secret_hash = ? AND revoked_at IS NULL")
-        .bind(hash_secret(secret))
-        .fetch_optional(db)
-        .await?;
-    Ok(row.map(|row| Principal { key_id: row.get("id"), owner: row.get("owner"), admin: row.get::<i64, _>("admin") != 0 }))
+    let row = sqlx::query(
+        "SELECT id, owner, admin FROM api_keys WHERE secret_hash = ? AND revoked_at IS NULL",
+    )
+    .bind(hash_secret(secret))
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|row| Principal {
+        key_id: row.get("id"),
+        owner: row.get("owner"),
+        admin: row.get::<i64, _>("admin") != 0,
+    }))
 }
 
 /// Creates a key and returns it with its secret (the only time the secret exists in clear).
@@ -71,15 +85,23 @@ pub async fn create(db: &Db, owner: &str, admin: bool) -> WharfResult<(ApiKey, S
 }
 
 async fn insert(db: &Db, owner: &str, admin: bool, secret: &str) -> WharfResult<ApiKey> {
-    let key = ApiKey { id: new_id("key"), owner: owner.to_string(), admin, created_at: now_rfc3339(), revoked_at: None };
-    sqlx::query("INSERT INTO api_keys (id, owner, secret_hash, admin, created_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(&key.id)
-        .bind(&key.owner)
-        .bind(hash_secret(secret))
-        .bind(admin as i64)
-        .bind(&key.created_at)
-        .execute(db)
-        .await?;
+    let key = ApiKey {
+        id: new_id("key"),
+        owner: owner.to_string(),
+        admin,
+        created_at: now_rfc3339(),
+        revoked_at: None,
+    };
+    sqlx::query(
+        "INSERT INTO api_keys (id, owner, secret_hash, admin, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&key.id)
+    .bind(&key.owner)
+    .bind(hash_secret(secret))
+    .bind(admin as i64)
+    .bind(&key.created_at)
+    .execute(db)
+    .await?;
     Ok(key)
 }
 
@@ -103,7 +125,9 @@ pub async fn bootstrap_admin(db: &Db, configured: Option<&str>) -> WharfResult<O
         }
         return Ok(None);
     }
-    let any_admin = sqlx::query("SELECT 1 FROM api_keys WHERE admin = 1 AND revoked_at IS NULL").fetch_optional(db).await?;
+    let any_admin = sqlx::query("SELECT 1 FROM api_keys WHERE admin = 1 AND revoked_at IS NULL")
+        .fetch_optional(db)
+        .await?;
     if any_admin.is_some() {
         return Ok(None);
     }
@@ -112,9 +136,11 @@ pub async fn bootstrap_admin(db: &Db, configured: Option<&str>) -> WharfResult<O
 }
 
 pub async fn list(db: &Db) -> WharfResult<Vec<ApiKey>> {
-    let rows = sqlx::query("SELECT id, owner, admin, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
-        .fetch_all(db)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT id, owner, admin, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+    )
+    .fetch_all(db)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|row| ApiKey {
@@ -129,11 +155,12 @@ pub async fn list(db: &Db) -> WharfResult<Vec<ApiKey>> {
 
 /// Revokes a key; it is rejected from the next request on.
 pub async fn revoke(db: &Db, id: &str) -> WharfResult<()> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-        .bind(now_rfc3339())
-        .bind(id)
-        .execute(db)
-        .await?;
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(now_rfc3339())
+            .bind(id)
+            .execute(db)
+            .await?;
     if done.rows_affected() == 0 {
         return Err(WharfError::not_found(format!("key {id}")));
     }
@@ -149,13 +176,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::open(dir.path()).await.unwrap();
         let (key, secret) = create(&db, "alice", false).await.unwrap();
-        let who = authenticate(&db, &secret).await.unwrap().expect("effective");
+        let who = authenticate(&db, &secret)
+            .await
+            .unwrap()
+            .expect("effective");
         assert_eq!((who.owner.as_str(), who.admin), ("alice", false));
         revoke(&db, &key.id).await.unwrap();
-        assert!(authenticate(&db, &secret).await.unwrap().is_none(), "revoked key still accepted");
-        assert_eq!(revoke(&db, &key.id).await.unwrap_err().code, crate::error::ErrorCode::NotFound);
+        assert!(
+            authenticate(&db, &secret).await.unwrap().is_none(),
+            "revoked key still accepted"
+        );
+        assert_eq!(
+            revoke(&db, &key.id).await.unwrap_err().code,
+            crate::error::ErrorCode::NotFound
+        );
         let raw = std::fs::read(dir.path().join("wharf.db")).unwrap();
-        assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret stored in clear");
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "secret stored in clear"
+        );
     }
 
     #[tokio::test]

@@ -6,14 +6,15 @@ use std::path::Path;
 use std::str::FromStr;
 
 use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub type Db = SqlitePool;
 
 /// Opens (creating if needed) `<data_dir>/wharf.db` and migrates it.
 pub async fn open(data_dir: &Path) -> anyhow::Result<Db> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let path = data_dir.join("wharf.db");
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
         .create_if_missing(true)
@@ -26,11 +27,16 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Db> {
         .connect_with(options)
         .await
         .with_context(|| format!("opening {}", path.display()))?;
-    sqlx::migrate!("./migrations").run(&pool).await.context("running migrations")?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .context("running migrations")?;
     Ok(pool)
 }
 
 /// RFC 3339 UTC, the one timestamp format in stored rows and JSON.
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).expect("formattable")
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("formattable")
 }

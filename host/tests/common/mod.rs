@@ -13,14 +13,20 @@ use wharf::sandbox::service::SandboxBinding;
 use wharf::server::Server;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// Builds a source pack of the repo into `out` with `wharf pack build`'s code,
 /// sharing one wasm target dir so only the first test pays for compilation.
 pub fn build_fixture(source: &str, out: &Path) {
-    let options = BuildOptions { target_dir: Some(repo_root().join("target/wasm")) };
-    build_pack(&repo_root().join(source), out, &options).unwrap_or_else(|err| panic!("building {source}: {err:#}"));
+    let options = BuildOptions {
+        target_dir: Some(repo_root().join("target/wasm")),
+    };
+    build_pack(&repo_root().join(source), out, &options)
+        .unwrap_or_else(|err| panic!("building {source}: {err:#}"));
 }
 
 /// Sets `version` in a built pack's manifest and merges the tables of `extra`
@@ -32,7 +38,9 @@ pub fn patch_manifest(pack_dir: &Path, version: &str, extra: &str) {
     let extra: toml::Table = extra.parse().unwrap();
     for (key, value) in extra {
         match (manifest.get_mut(&key), value) {
-            (Some(toml::Value::Table(existing)), toml::Value::Table(added)) => existing.extend(added),
+            (Some(toml::Value::Table(existing)), toml::Value::Table(added)) => {
+                existing.extend(added)
+            }
             (_, value) => {
                 manifest.insert(key, value);
             }
@@ -76,7 +84,12 @@ impl Harness {
         config.packs.debounce_ms = 50;
         adjust(&mut config);
         let (server, _) = Server::start(config).await.unwrap();
-        Harness { server, data, packs_dir, test_pack }
+        Harness {
+            server,
+            data,
+            packs_dir,
+            test_pack,
+        }
     }
 
     pub fn packs(&self) -> &Arc<wharf::packs::Packs> {
@@ -113,7 +126,11 @@ impl Harness {
 
     pub async fn wait_active(&self, id: &str, version: &str) -> Vec<PackRow> {
         self.wait_rows(&format!("{id} {version} active"), |rows| {
-            rows.iter().any(|r| r.id.as_deref() == Some(id) && r.version.as_deref() == Some(version) && r.state == PackState::Active)
+            rows.iter().any(|r| {
+                r.id.as_deref() == Some(id)
+                    && r.version.as_deref() == Some(version)
+                    && r.state == PackState::Active
+            })
         })
         .await
     }
