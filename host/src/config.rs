@@ -27,6 +27,8 @@ pub struct Config {
     pub packs: PacksConfig,
     pub sandbox: SandboxConfig,
     pub probes: ProbesConfig,
+    /// Sandbox profiles beside (or overriding) the built-in `local` and `docker`.
+    pub profiles: std::collections::BTreeMap<String, crate::sandbox::Profile>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -73,6 +75,16 @@ pub struct SandboxConfig {
     pub exec_default_timeout_ms: u64,
     /// The longest exec timeout a caller may ask for.
     pub exec_max_timeout_ms: u64,
+    /// Largest file accepted by `PUT /v1/sandboxes/{id}/files/{path}`.
+    pub max_upload_bytes: usize,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_secs: u64,
+    /// How long a call on a sandbox that is still starting waits before `session_not_ready`.
+    pub not_ready_wait_ms: u64,
+    /// Period of the GC and health task (idle stop, expiry, orphans, dead runtimes).
+    pub gc_interval_ms: u64,
+    /// Whether the Docker driver is used when a daemon answers.
+    pub docker: bool,
 }
 
 #[derive(Clone, Deserialize)]
@@ -147,6 +159,7 @@ impl Default for Config {
             packs: PacksConfig::default(),
             sandbox: SandboxConfig::default(),
             probes: ProbesConfig::default(),
+            profiles: Default::default(),
         }
     }
 }
@@ -180,6 +193,11 @@ impl Default for SandboxConfig {
             exec_output_cap_bytes: 1024 * 1024,
             exec_default_timeout_ms: 30_000,
             exec_max_timeout_ms: 600_000,
+            max_upload_bytes: 256 * 1024 * 1024,
+            idempotency_ttl_secs: 3600,
+            not_ready_wait_ms: 10_000,
+            gc_interval_ms: 30_000,
+            docker: true,
         }
     }
 }

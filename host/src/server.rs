@@ -14,7 +14,11 @@ use crate::probes::ProbeService;
 use crate::probes::scheduler::{self, SchedulerHandle};
 use crate::runtime::Runtime;
 use crate::runtime::logs::PluginLogs;
+use crate::sandbox::SandboxDriver;
+use crate::sandbox::docker::DockerDriver;
+use crate::sandbox::gc;
 use crate::sandbox::process::{ProcessDriver, ProcessLimits};
+use crate::sandbox::profiles::Profiles;
 use crate::sandbox::service::Sandboxes;
 use crate::store::{self, keys};
 
@@ -54,11 +58,52 @@ impl Server {
             config.data_dir.join("sandboxes"),
             ProcessLimits::default(),
         )?);
+        let mut drivers: Vec<Arc<dyn SandboxDriver>> = vec![process];
+        if config.sandbox.docker {
+            match DockerDriver::connect(&instance_id(&config.data_dir)?).await {
+                Some(docker) => drivers.push(Arc::new(docker)),
+                None => tracing::info!(
+                    "no Docker daemon answers: the docker sandbox driver is unavailable"
+                ),
+            }
+        }
+        let profiles = Profiles::new(&config.profiles).context("sandbox profiles")?;
         let sandboxes = Arc::new(Sandboxes::new(
             db.clone(),
-            vec![process],
+            drivers,
             config.sandbox.clone(),
+            profiles,
         ));
+        for collector in sandboxes.metrics.collectors() {
+            metrics.register(collector);
+        }
+        sandboxes
+            .reconcile()
+            .await
+            .map_err(|err| anyhow::anyhow!("reconciling sandboxes: {}", err.message))?;
+        // Profiles contributed by active packs (`profiles/*.toml`), kept in step with every scan.
+        let pack_dirs = |packs: &Packs| -> Vec<std::path::PathBuf> {
+            packs
+                .snapshot()
+                .active
+                .values()
+                .map(|pack| pack.dir.clone())
+                .collect()
+        };
+        sandboxes.profiles().set_pack_dirs(&pack_dirs(&packs));
+        tokio::spawn({
+            let (packs, sandboxes) = (packs.clone(), sandboxes.clone());
+            let mut scans = packs.scans();
+            async move {
+                while scans.changed().await.is_ok() {
+                    sandboxes.profiles().set_pack_dirs(&pack_dirs(&packs));
+                }
+            }
+        });
+        gc::spawn(
+            sandboxes.clone(),
+            Duration::from_millis(config.sandbox.gc_interval_ms.max(50)),
+        );
         let probes = Arc::new(
             ProbeService::new(
                 packs.clone(),
@@ -104,4 +149,19 @@ impl Server {
             .await?;
         Ok(())
     }
+}
+
+/// A stable id for this data dir, created on first start: it labels the
+/// runtimes this server owns on a shared container engine.
+fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = keys::new_id("wi");
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }

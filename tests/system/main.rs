@@ -2,3 +2,4 @@
 
 mod plugin_host;
 mod probes;
+mod sandboxes;

@@ -1,26 +1,56 @@
-//! Sandboxes and capability calls on them.
+//! Sandboxes: lifecycle, exec (plain and streamed), files, events, and
+//! capability calls on them. Every route is scoped to the caller's owner:
+//! another owner's sandbox is `not_found`.
+
+use std::collections::BTreeMap;
 
 use axum::Extension;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
-use serde::Deserialize;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::error::{ApiResult, ErrorBody, Json, Path};
+use super::error::{ApiError, ApiResult, ErrorBody, Json, Path, Query};
 use crate::capabilities::{self, InvokeOutcome};
-use crate::sandbox::service::{LOCAL_PROFILE, Sandbox};
+use crate::error::{ErrorCode, WharfError};
+use crate::sandbox::service::{
+    ExecInput, LOCAL_PROFILE, Sandbox, SandboxEvent, SandboxPage, SandboxStatus,
+};
+use crate::sandbox::{DirEntry, ExecOutput, SandboxPath, StreamKind};
 use crate::store::keys::Principal;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_sandbox, list_sandboxes))
         .routes(routes!(get_sandbox, delete_sandbox))
+        .routes(routes!(stop_sandbox))
+        .routes(routes!(start_sandbox))
+        .routes(routes!(keepalive_sandbox))
+        .routes(routes!(exec))
+        .routes(routes!(list_events))
         .routes(routes!(invoke_capability))
+        .routes(routes!(list_root))
+        // Wildcard and WebSocket routes are served but not in the OpenAPI document.
+        .route(
+            "/v1/sandboxes/{id}/files/{*path}",
+            get(download).put(upload).delete(delete_file),
+        )
+        .route(
+            "/v1/sandboxes/{id}/dirs/{*path}",
+            get(list_dir).put(make_dir),
+        )
+        .route("/v1/sandboxes/{id}/exec/stream", get(exec_stream))
+        .route("/v1/sandboxes/{id}/events/stream", get(events_stream))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
     /// Sandbox profile; default `local`.
@@ -28,28 +58,89 @@ pub struct CreateSandbox {
     profile: Option<String>,
 }
 
-/// Creates a sandbox owned by the caller's key owner.
-#[utoipa::path(post, path = "/v1/sandboxes", request_body = CreateSandbox, responses(
-    (status = 201, body = Sandbox),
-    (status = 400, body = ErrorBody),
-))]
+/// Creates a sandbox owned by the caller's key owner. With an
+/// `Idempotency-Key` header, repeating the same body returns the same
+/// sandbox (200); a different body with the same key is `idempotency_conflict`.
+#[utoipa::path(post, path = "/v1/sandboxes", request_body = CreateSandbox,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 201, body = Sandbox),
+        (status = 200, body = Sandbox, description = "idempotent replay"),
+        (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "idempotency_conflict"),
+        (status = 503, body = ErrorBody, description = "session_not_ready or driver_unavailable"),
+    ))]
 async fn create_sandbox(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     Json(body): Json<CreateSandbox>,
 ) -> ApiResult<(StatusCode, Json<Sandbox>)> {
-    let profile = body.profile.as_deref().unwrap_or(LOCAL_PROFILE);
-    let sandbox = state.sandboxes.create(&principal.owner, profile).await?;
-    Ok((StatusCode::CREATED, Json(sandbox)))
+    let profile = body
+        .profile
+        .clone()
+        .unwrap_or_else(|| LOCAL_PROFILE.to_string());
+    let key = match headers.get("idempotency-key") {
+        Some(value) => {
+            let key = value
+                .to_str()
+                .map_err(|_| WharfError::validation("Idempotency-Key must be ASCII"))?
+                .trim()
+                .to_string();
+            if key.is_empty() || key.len() > 256 {
+                return Err(
+                    WharfError::validation("Idempotency-Key must be 1 to 256 characters").into(),
+                );
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    let normalized = serde_json::json!({ "profile": profile });
+    let fingerprint = hex::encode(sha2::Sha256::digest(normalized.to_string().as_bytes()));
+    let idempotency = key.as_deref().map(|key| (key, fingerprint.as_str()));
+    let (sandbox, replay) = state
+        .sandboxes
+        .create(&principal.owner, &profile, idempotency)
+        .await?;
+    Ok((
+        if replay {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        Json(sandbox),
+    ))
 }
 
-/// The caller's sandboxes.
-#[utoipa::path(get, path = "/v1/sandboxes", responses((status = 200, body = Vec<Sandbox>)))]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<SandboxStatus>,
+    profile: Option<String>,
+    /// Page size, 1 to 500 (default 100).
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// The caller's sandboxes, oldest first, paginated.
+#[utoipa::path(get, path = "/v1/sandboxes", params(ListQuery), responses((status = 200, body = SandboxPage)))]
 async fn list_sandboxes(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-) -> ApiResult<Json<Vec<Sandbox>>> {
-    Ok(Json(state.sandboxes.list(&principal.owner).await?))
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<SandboxPage>> {
+    let page = state
+        .sandboxes
+        .list(
+            &principal.owner,
+            query.status,
+            query.profile.as_deref(),
+            query.limit.unwrap_or(100),
+            query.cursor.as_deref(),
+        )
+        .await?;
+    Ok(Json(page))
 }
 
 /// One sandbox; another owner's sandbox is `not_found`.
@@ -65,7 +156,7 @@ async fn get_sandbox(
     Ok(Json(state.sandboxes.get(&principal.owner, &id).await?))
 }
 
-/// Deletes a sandbox and its workspace.
+/// Deletes a sandbox, its runtime and its workspace.
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path)), responses(
     (status = 204),
     (status = 404, body = ErrorBody),
@@ -77,6 +168,467 @@ async fn delete_sandbox(
 ) -> ApiResult<StatusCode> {
     state.sandboxes.delete(&principal.owner, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stops the sandbox's runtime; its files stay. Any later use starts it again.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/stop", params(("id" = String, Path)), responses(
+    (status = 200, body = Sandbox), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+))]
+async fn stop_sandbox(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(state.sandboxes.stop(&principal.owner, &id).await?))
+}
+
+/// Starts a stopped sandbox.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/start", params(("id" = String, Path)), responses(
+    (status = 200, body = Sandbox), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+))]
+async fn start_sandbox(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(state.sandboxes.start(&principal.owner, &id).await?))
+}
+
+/// Pushes back the idle deadline (the profile's `idle_timeout_secs`).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/keepalive", params(("id" = String, Path)), responses(
+    (status = 200, body = Sandbox), (status = 404, body = ErrorBody),
+))]
+async fn keepalive_sandbox(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(
+        state.sandboxes.keepalive(&principal.owner, &id).await?,
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    /// The program and its arguments.
+    argv: Option<Vec<String>>,
+    /// A shell command line, run with `sh -c` (instead of `argv`).
+    command: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Working directory relative to the workspace.
+    cwd: Option<String>,
+    /// Text written to the process's standard input.
+    stdin: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+impl ExecBody {
+    fn into_input(self) -> Result<ExecInput, WharfError> {
+        let argv = match (self.argv, self.command) {
+            (Some(argv), None) => argv,
+            (None, Some(command)) => vec!["sh".to_string(), "-c".to_string(), command],
+            _ => {
+                return Err(WharfError::validation(
+                    "give exactly one of `argv` and `command`",
+                ));
+            }
+        };
+        for name in self.env.keys() {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(WharfError::validation(format!(
+                    "invalid environment variable name {name:?}"
+                )));
+            }
+        }
+        Ok(ExecInput {
+            argv,
+            env: self.env.into_iter().collect(),
+            cwd: self.cwd.as_deref().map(SandboxPath::parse).transpose()?,
+            stdin: self.stdin.map(String::into_bytes),
+            timeout_ms: self.timeout_ms,
+            sink: None,
+        })
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExecResult {
+    /// None when killed by a signal or the timeout.
+    exit_code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    duration_ms: u64,
+    timed_out: bool,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
+    /// A process was killed for passing the profile's memory limit.
+    oom_killed: bool,
+}
+
+impl From<ExecOutput> for ExecResult {
+    fn from(out: ExecOutput) -> Self {
+        Self {
+            exit_code: out.exit_code,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            duration_ms: out.duration.as_millis() as u64,
+            timed_out: out.timed_out,
+            stdout_truncated: out.stdout_truncated,
+            stderr_truncated: out.stderr_truncated,
+            oom_killed: out.oom_killed,
+        }
+    }
+}
+
+/// Runs a command in the sandbox and returns its capped output.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", params(("id" = String, Path)), request_body = ExecBody, responses(
+    (status = 200, body = ExecResult),
+    (status = 400, body = ErrorBody, description = "validation_error, invalid_path or capability_not_supported"),
+    (status = 404, body = ErrorBody),
+    (status = 503, body = ErrorBody, description = "session_not_ready"),
+))]
+async fn exec(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    Json(body): Json<ExecBody>,
+) -> ApiResult<Json<ExecResult>> {
+    let input = body.into_input()?;
+    Ok(Json(
+        state
+            .sandboxes
+            .exec(&principal.owner, &id, input)
+            .await?
+            .into(),
+    ))
+}
+
+/// WebSocket: the first client message is an exec body (JSON); the server
+/// answers with one JSON record per output line, `{type:"line", ts, stream,
+/// level, line}`, then `{type:"exit", ...}` (or `{type:"error", code, message}`).
+async fn exec_stream(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    state.sandboxes.get(&principal.owner, &id).await?;
+    Ok(ws.on_upgrade(move |socket| run_exec_stream(state, principal.owner, id, socket)))
+}
+
+async fn send_json(socket: &mut WebSocket, value: serde_json::Value) -> bool {
+    socket
+        .send(Message::Text(value.to_string().into()))
+        .await
+        .is_ok()
+}
+
+fn error_record(err: &WharfError) -> serde_json::Value {
+    serde_json::json!({"type": "error", "code": err.code.as_str(), "message": err.message})
+}
+
+async fn run_exec_stream(state: AppState, owner: String, id: String, mut socket: WebSocket) {
+    let first = loop {
+        match socket.recv().await {
+            Some(Ok(Message::Text(text))) => break text.to_string(),
+            Some(Ok(Message::Binary(bytes))) => break String::from_utf8_lossy(&bytes).into_owned(),
+            Some(Ok(_)) => continue,
+            _ => return,
+        }
+    };
+    let input = serde_json::from_str::<ExecBody>(&first)
+        .map_err(|err| WharfError::validation(format!("invalid exec message: {err}")))
+        .and_then(ExecBody::into_input);
+    let mut input = match input {
+        Ok(input) => input,
+        Err(err) => {
+            send_json(&mut socket, error_record(&err)).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    input.sink = Some(tx);
+    let sandboxes = state.sandboxes.clone();
+    let task = tokio::spawn(async move { sandboxes.exec(&owner, &id, input).await });
+    let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut open = true;
+    while let Some((kind, chunk)) = rx.recv().await {
+        let index = if kind == StreamKind::Stdout { 0 } else { 1 };
+        partial[index].extend_from_slice(&chunk);
+        while let Some(pos) = partial[index].iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = partial[index].drain(..=pos).collect();
+            if open && !send_json(&mut socket, line_record(kind, &line[..line.len() - 1])).await {
+                open = false;
+            }
+        }
+    }
+    for (index, kind) in [(0, StreamKind::Stdout), (1, StreamKind::Stderr)] {
+        if open && !partial[index].is_empty() {
+            open = send_json(&mut socket, line_record(kind, &partial[index])).await;
+        }
+    }
+    let record = match task.await {
+        Ok(Ok(out)) => {
+            let mut record = serde_json::to_value(ExecResult::from(out)).unwrap_or_default();
+            if let Some(map) = record.as_object_mut() {
+                map.remove("stdout");
+                map.remove("stderr");
+                map.insert("type".into(), "exit".into());
+            }
+            record
+        }
+        Ok(Err(err)) => error_record(&err),
+        Err(_) => error_record(&WharfError::internal("exec task failed")),
+    };
+    if open {
+        send_json(&mut socket, record).await;
+        let _ = socket.send(Message::Close(None)).await;
+    }
+}
+
+fn line_record(kind: StreamKind, line: &[u8]) -> serde_json::Value {
+    serde_json::json!({
+        "type": "line",
+        "ts": crate::store::now_rfc3339(),
+        "stream": kind,
+        "level": if kind == StreamKind::Stdout { "info" } else { "warn" },
+        "line": String::from_utf8_lossy(line),
+    })
+}
+
+fn parse_path(raw: &str) -> Result<SandboxPath, ApiError> {
+    Ok(SandboxPath::parse(raw)?)
+}
+
+/// Downloads a file's bytes.
+async fn download(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, path)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let path = parse_path(&path)?;
+    let data = state
+        .sandboxes
+        .read_file(&principal.owner, &id, &path)
+        .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from(data),
+    )
+        .into_response())
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Written {
+    path: String,
+    size: u64,
+}
+
+/// Uploads the request body as the file's new content (parent must exist).
+async fn upload(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, path)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Written>)> {
+    let path = parse_path(&path)?;
+    let limit = state.config.sandbox.max_upload_bytes;
+    let too_large = || {
+        WharfError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("uploads are limited to {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large().into());
+    }
+    let data = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    let size = data.len() as u64;
+    state
+        .sandboxes
+        .write_file(&principal.owner, &id, &path, data.to_vec())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Written {
+            path: path.to_string(),
+            size,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    recursive: bool,
+}
+
+/// Removes a file (or a directory: empty, or any with `?recursive=true`).
+async fn delete_file(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, path)): Path<(String, String)>,
+    Query(query): Query<RemoveQuery>,
+) -> ApiResult<StatusCode> {
+    let path = parse_path(&path)?;
+    state
+        .sandboxes
+        .remove(&principal.owner, &id, &path, query.recursive)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Listing {
+    path: String,
+    entries: Vec<DirEntry>,
+}
+
+/// Lists the workspace root. `GET /v1/sandboxes/{id}/dirs/{path}` lists a directory.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/dirs", params(("id" = String, Path)), responses(
+    (status = 200, body = Listing), (status = 404, body = ErrorBody),
+))]
+async fn list_root(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Listing>> {
+    let entries = state
+        .sandboxes
+        .list_dir(&principal.owner, &id, &SandboxPath::root())
+        .await?;
+    Ok(Json(Listing {
+        path: String::new(),
+        entries,
+    }))
+}
+
+async fn list_dir(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, path)): Path<(String, String)>,
+) -> ApiResult<Json<Listing>> {
+    let path = parse_path(&path)?;
+    let entries = state
+        .sandboxes
+        .list_dir(&principal.owner, &id, &path)
+        .await?;
+    Ok(Json(Listing {
+        path: path.to_string(),
+        entries,
+    }))
+}
+
+/// Creates a directory and its missing parents.
+async fn make_dir(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, path)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let path = parse_path(&path)?;
+    state.sandboxes.mkdir(&principal.owner, &id, &path).await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct EventsQuery {
+    /// Only events with a larger `seq`.
+    #[serde(default)]
+    after: i64,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    items: Vec<SandboxEvent>,
+    /// Pass as `after` to continue.
+    next_after: i64,
+}
+
+/// The sandbox's event log after `after`. `GET .../events/stream?after=N`
+/// (WebSocket) streams the same records live.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/events", params(("id" = String, Path), EventsQuery), responses(
+    (status = 200, body = EventPage), (status = 404, body = ErrorBody),
+))]
+async fn list_events(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> ApiResult<Json<EventPage>> {
+    let items = state
+        .sandboxes
+        .events(
+            &principal.owner,
+            &id,
+            query.after,
+            query.limit.unwrap_or(500),
+        )
+        .await?;
+    let next_after = items.last().map(|e| e.seq).unwrap_or(query.after);
+    Ok(Json(EventPage { items, next_after }))
+}
+
+async fn events_stream(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    state.sandboxes.events(&principal.owner, &id, 0, 1).await?;
+    Ok(ws.on_upgrade(move |socket| {
+        run_events_stream(state, principal.owner, id, query.after, socket)
+    }))
+}
+
+async fn run_events_stream(
+    state: AppState,
+    owner: String,
+    id: String,
+    mut after: i64,
+    mut socket: WebSocket,
+) {
+    let mut changes = state.sandboxes.subscribe_events();
+    loop {
+        changes.mark_unchanged();
+        let events = match state.sandboxes.events(&owner, &id, after, 500).await {
+            Ok(events) => events,
+            Err(err) => {
+                send_json(&mut socket, error_record(&err)).await;
+                return;
+            }
+        };
+        for event in &events {
+            let mut record = serde_json::to_value(event).unwrap_or_default();
+            if let Some(map) = record.as_object_mut() {
+                map.insert("type".into(), "event".into());
+            }
+            if !send_json(&mut socket, record).await {
+                return;
+            }
+            after = event.seq;
+        }
+        if events.len() == 500 {
+            continue;
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            message = socket.recv() => match message {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
 }
 
 /// Runs `operation` of the adapter providing `capability`, bound to this sandbox.
@@ -97,8 +649,10 @@ async fn invoke_capability(
     Path((id, capability, operation)): Path<(String, String, String)>,
     Json(input): Json<serde_json::Value>,
 ) -> ApiResult<Json<InvokeOutcome>> {
-    let sandbox = state.sandboxes.get(&principal.owner, &id).await?;
-    let binding = state.sandboxes.bind(&sandbox)?;
+    let binding = state
+        .sandboxes
+        .bind(&principal.owner, &id, &capability)
+        .await?;
     Ok(Json(
         capabilities::invoke(&state.packs, binding, &capability, &operation, input).await?,
     ))

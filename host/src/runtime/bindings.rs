@@ -93,6 +93,7 @@ impl wit_sandbox::Host for CallState {
                 stdin: request.stdin,
                 timeout: binding.exec_timeout(request.timeout_ms.map(u64::from)),
                 output_cap: binding.output_cap(),
+                sink: None,
             };
             binding.exec(exec).await
         })?;

@@ -4,8 +4,11 @@
 //! a Docker container, ...). The [`service::Sandboxes`] service owns records,
 //! ownership and state in the store, and hands drivers the work.
 
+pub mod docker;
+pub mod gc;
 pub mod paths;
 pub mod process;
+pub mod profiles;
 pub mod service;
 
 use std::time::Duration;
@@ -15,6 +18,39 @@ use serde::Serialize;
 
 use crate::error::WharfResult;
 pub use paths::SandboxPath;
+pub use profiles::Profile;
+
+/// Which output stream a chunk of exec output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+}
+
+/// Receives exec output as it is produced (for streaming); capped output is
+/// still collected in [`ExecOutput`].
+pub type OutputSink = tokio::sync::mpsc::UnboundedSender<(StreamKind, Vec<u8>)>;
+
+/// What a driver needs to create a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub owner: String,
+    pub profile: Profile,
+}
+
+/// A sandbox's runtime as its driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverHealth {
+    Running,
+    /// The runtime exists but is not running (crashed, killed, stopped).
+    Dead {
+        oom_killed: bool,
+        exit_code: Option<i64>,
+    },
+    /// The driver has no runtime for this sandbox.
+    Missing,
+}
 
 /// One command to run inside a sandbox.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +62,8 @@ pub struct ExecRequest {
     pub timeout: Duration,
     /// Bytes kept of stdout and of stderr each.
     pub output_cap: usize,
+    /// Output chunks are also sent here as they arrive.
+    pub sink: Option<OutputSink>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -37,6 +75,8 @@ pub struct ExecOutput {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub timed_out: bool,
+    /// The kernel's OOM killer ended a process of this exec (memory limit).
+    pub oom_killed: bool,
     pub duration: Duration,
 }
 
@@ -62,10 +102,20 @@ pub struct DirEntry {
 #[async_trait]
 pub trait SandboxDriver: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    /// Prepares the sandbox's workspace and runtime.
-    async fn create(&self, sandbox_id: &str) -> WharfResult<()>;
-    /// Stops everything the sandbox runs and removes its workspace.
+    /// Prepares the sandbox's workspace and runtime, and starts it. On error
+    /// nothing is left behind.
+    async fn create(&self, sandbox_id: &str, spec: &SandboxSpec) -> WharfResult<()>;
+    /// Stops everything the sandbox runs and removes its workspace. Idempotent.
     async fn destroy(&self, sandbox_id: &str) -> WharfResult<()>;
+    /// Stops the runtime, keeping the workspace.
+    async fn stop(&self, sandbox_id: &str) -> WharfResult<()>;
+    /// Starts a stopped (or dead) runtime again.
+    async fn start(&self, sandbox_id: &str) -> WharfResult<()>;
+    async fn health(&self, sandbox_id: &str) -> WharfResult<DriverHealth>;
+    /// Every sandbox id this driver holds resources for (orphan detection).
+    async fn sandbox_ids(&self) -> WharfResult<Vec<String>>;
+    /// Creates a directory and its missing parents.
+    async fn mkdir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<()>;
     async fn exec(&self, sandbox_id: &str, request: ExecRequest) -> WharfResult<ExecOutput>;
     async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<u8>>;
     async fn write_file(

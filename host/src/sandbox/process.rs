@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::paths::resolve_local;
-use super::{DirEntry, EntryKind, ExecOutput, ExecRequest, SandboxDriver, SandboxPath};
+use super::{
+    DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, OutputSink, SandboxDriver,
+    SandboxPath, SandboxSpec, StreamKind,
+};
 use crate::error::{ErrorCode, WharfError, WharfResult};
 
 /// Resource limits applied to every process the driver starts.
@@ -97,11 +100,65 @@ impl SandboxDriver for ProcessDriver {
         "process"
     }
 
-    async fn create(&self, sandbox_id: &str) -> WharfResult<()> {
+    async fn create(&self, sandbox_id: &str, _spec: &SandboxSpec) -> WharfResult<()> {
         let dir = self.root.join(sandbox_id);
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|err| WharfError::internal(format!("cannot create workspace: {err}")))
+    }
+
+    async fn stop(&self, sandbox_id: &str) -> WharfResult<()> {
+        // Nothing runs between execs: each exec's process group dies with it.
+        self.workspace(sandbox_id).map(|_| ())
+    }
+
+    async fn start(&self, sandbox_id: &str) -> WharfResult<()> {
+        self.workspace(sandbox_id).map(|_| ())
+    }
+
+    async fn health(&self, sandbox_id: &str) -> WharfResult<DriverHealth> {
+        Ok(if self.root.join(sandbox_id).is_dir() {
+            DriverHealth::Running
+        } else {
+            DriverHealth::Missing
+        })
+    }
+
+    async fn sandbox_ids(&self) -> WharfResult<Vec<String>> {
+        let mut ids = Vec::new();
+        let mut reader = tokio::fs::read_dir(&self.root)
+            .await
+            .map_err(|err| WharfError::internal(format!("cannot list sandbox root: {err}")))?;
+        while let Ok(Some(entry)) = reader.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("sbx_") {
+                ids.push(name);
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn mkdir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<()> {
+        let workspace = self.workspace(sandbox_id)?;
+        // One component at a time, so each step is resolved (and checked) inside the root.
+        let mut prefix = std::path::PathBuf::new();
+        for part in path.as_path().components() {
+            prefix.push(part);
+            let step = SandboxPath::parse(&prefix.to_string_lossy())?;
+            let real = resolve_local(&workspace, &step)?;
+            match tokio::fs::create_dir(&real).await {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && real.is_dir() => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(WharfError::new(
+                        ErrorCode::Conflict,
+                        format!("{step} exists and is not a directory"),
+                    ));
+                }
+                Err(err) => return Err(io_error(&step, err)),
+            }
+        }
+        Ok(())
     }
 
     async fn destroy(&self, sandbox_id: &str) -> WharfResult<()> {
@@ -274,10 +331,14 @@ async fn run_process(
     let stdout = tokio::spawn(read_capped(
         child.stdout.take().expect("piped"),
         request.output_cap,
+        request.sink.clone(),
+        StreamKind::Stdout,
     ));
     let stderr = tokio::spawn(read_capped(
         child.stderr.take().expect("piped"),
         request.output_cap,
+        request.sink.clone(),
+        StreamKind::Stderr,
     ));
 
     let (exit_code, timed_out) = match tokio::time::timeout(request.timeout, child.wait()).await {
@@ -302,6 +363,8 @@ async fn run_process(
     };
     let (stdout, stdout_truncated) = collect(stdout).await;
     let (stderr, stderr_truncated) = collect(stderr).await;
+    // Killed by SIGKILL without a timeout: the address-space rlimit makes
+    // allocations fail instead, so an OOM kill here comes from the host kernel.
     Ok(ExecOutput {
         exit_code,
         stdout,
@@ -309,12 +372,18 @@ async fn run_process(
         stdout_truncated,
         stderr_truncated,
         timed_out,
+        oom_killed: false,
         duration,
     })
 }
 
 /// Reads a stream to its end, keeping at most `cap` bytes.
-async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+async fn read_capped(
+    mut stream: impl AsyncRead + Unpin,
+    cap: usize,
+    sink: Option<OutputSink>,
+    kind: StreamKind,
+) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
     let mut truncated = false;
     let mut buf = [0u8; 16 * 1024];
@@ -322,6 +391,9 @@ async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if let Some(sink) = &sink {
+                    let _ = sink.send((kind, buf[..n].to_vec()));
+                }
                 let room = cap.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
                 truncated |= n > room;
@@ -365,6 +437,13 @@ impl Drop for GroupGuard {
 mod tests {
     use super::*;
 
+    fn spec() -> SandboxSpec {
+        SandboxSpec {
+            owner: "o".into(),
+            profile: crate::sandbox::profiles::Profile::builtin_local(),
+        }
+    }
+
     fn exec(argv: &[&str], timeout: Duration) -> ExecRequest {
         ExecRequest {
             argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -378,7 +457,7 @@ mod tests {
     async fn runs_in_workspace_and_caps_output() {
         let root = tempfile::tempdir().unwrap();
         let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
-        driver.create("sbx_a").await.unwrap();
+        driver.create("sbx_a", &spec()).await.unwrap();
         let out = driver
             .exec(
                 "sbx_a",
@@ -403,7 +482,7 @@ mod tests {
     async fn timeout_kills_the_whole_group() {
         let root = tempfile::tempdir().unwrap();
         let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
-        driver.create("sbx_t").await.unwrap();
+        driver.create("sbx_t", &spec()).await.unwrap();
         let marker = root.path().join("sbx_t/child.pid");
         let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
         let out = driver

@@ -1,4 +1,10 @@
 //! Sandbox records, ownership and lifecycle, backed by the store.
+//!
+//! State machine: `creating -> running <-> stopped`, any -> `failed` (with an
+//! `error_code`) or `deleted`. One async lock per sandbox serialises
+//! lifecycle transitions (create, start, stop, delete, recovery), so
+//! concurrent requests never start two runtimes; idempotent creates are
+//! decided by a unique row in `sandbox_idempotency`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,13 +13,14 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{ExecOutput, ExecRequest, SandboxDriver};
+use super::profiles::{Profile, Profiles};
+use super::{DirEntry, ExecOutput, ExecRequest, SandboxDriver, SandboxPath, SandboxSpec};
 use crate::config::SandboxConfig;
-use crate::error::{WharfError, WharfResult};
+use crate::error::{ErrorCode, WharfError, WharfResult};
 use crate::store::keys::new_id;
 use crate::store::{Db, now_rfc3339};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxStatus {
     Creating,
@@ -24,7 +31,7 @@ pub enum SandboxStatus {
 }
 
 impl SandboxStatus {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Creating => "creating",
             Self::Running => "running",
@@ -52,18 +59,89 @@ pub struct Sandbox {
     pub profile: String,
     pub driver: String,
     pub status: SandboxStatus,
+    /// Why the sandbox failed (`failed` only).
     pub error_code: Option<String>,
+    /// Times the runtime was restarted after dying.
+    pub restarts: i64,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// One entry of a sandbox's event log.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SandboxEvent {
+    /// Increases monotonically across all sandboxes; resume with `after=<seq>`.
+    pub seq: i64,
+    pub sandbox_id: String,
+    pub ts: String,
+    /// `created`, `started`, `exec`, `stopped`, `died`, `recovered`, `failed`, `deleted`, `gc`.
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// A page of sandboxes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SandboxPage {
+    pub items: Vec<Sandbox>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// The built-in profile served by the process driver.
 pub const LOCAL_PROFILE: &str = "local";
 
+/// Sandbox metrics (registered by the server).
+pub struct SandboxMetrics {
+    /// GC and recovery actions by kind (`idle_stopped`, `expired`, `orphan_removed`, `recovered`, `failed`, `interrupted`).
+    pub gc_actions: prometheus::IntCounterVec,
+    /// Sandboxes by status, as of the last GC sweep.
+    pub sandboxes: prometheus::IntGaugeVec,
+    /// Sandbox operations by driver and operation.
+    pub operations: prometheus::IntCounterVec,
+}
+
+impl SandboxMetrics {
+    fn new() -> Self {
+        Self {
+            gc_actions: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "wharf_sandbox_gc_actions_total",
+                    "Sandbox GC and recovery actions",
+                ),
+                &["action"],
+            )
+            .expect("valid metric"),
+            sandboxes: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new("wharf_sandboxes", "Sandboxes by status"),
+                &["status"],
+            )
+            .expect("valid metric"),
+            operations: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("wharf_sandbox_operations_total", "Sandbox operations"),
+                &["driver", "operation"],
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.gc_actions.clone()),
+            Box::new(self.sandboxes.clone()),
+            Box::new(self.operations.clone()),
+        ]
+    }
+}
+
 pub struct Sandboxes {
-    db: Db,
+    pub(super) db: Db,
     drivers: HashMap<&'static str, Arc<dyn SandboxDriver>>,
-    config: SandboxConfig,
+    pub(super) config: SandboxConfig,
+    profiles: Profiles,
+    locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    events_seq: tokio::sync::watch::Sender<i64>,
+    pub metrics: SandboxMetrics,
 }
 
 /// One sandbox as a plugin call sees it: the `sandbox` imports are bound to it
@@ -73,6 +151,7 @@ pub struct SandboxBinding {
     pub sandbox_id: String,
     driver: Arc<dyn SandboxDriver>,
     config: SandboxConfig,
+    env: Vec<(String, String)>,
 }
 
 impl SandboxBinding {
@@ -92,13 +171,39 @@ impl SandboxBinding {
         self.config.exec_output_cap_bytes
     }
 
-    pub async fn exec(&self, request: ExecRequest) -> WharfResult<ExecOutput> {
+    pub async fn exec(&self, mut request: ExecRequest) -> WharfResult<ExecOutput> {
+        let mut env = self.env.clone();
+        env.append(&mut request.env);
+        request.env = env;
         self.driver.exec(&self.sandbox_id, request).await
     }
 }
 
+/// An exec as the API receives it.
+#[derive(Debug, Clone, Default)]
+pub struct ExecInput {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<SandboxPath>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout_ms: Option<u64>,
+    pub sink: Option<super::OutputSink>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 impl Sandboxes {
-    pub fn new(db: Db, drivers: Vec<Arc<dyn SandboxDriver>>, config: SandboxConfig) -> Self {
+    pub fn new(
+        db: Db,
+        drivers: Vec<Arc<dyn SandboxDriver>>,
+        config: SandboxConfig,
+        profiles: Profiles,
+    ) -> Self {
         let drivers = drivers
             .into_iter()
             .map(|driver| (driver.name(), driver))
@@ -107,79 +212,182 @@ impl Sandboxes {
             db,
             drivers,
             config,
+            profiles,
+            locks: parking_lot::Mutex::new(HashMap::new()),
+            events_seq: tokio::sync::watch::channel(0).0,
+            metrics: SandboxMetrics::new(),
         }
     }
 
-    fn driver_for_profile(&self, profile: &str) -> WharfResult<&Arc<dyn SandboxDriver>> {
-        let driver = match profile {
-            LOCAL_PROFILE => "process",
-            other => {
-                return Err(WharfError::validation(format!(
-                    "unknown sandbox profile {other:?}; known: local"
-                )));
-            }
-        };
-        self.drivers.get(driver).ok_or_else(|| {
-            WharfError::validation(format!(
-                "profile {profile:?} needs the {driver} driver, which is not available"
-            ))
+    pub fn profiles(&self) -> &Profiles {
+        &self.profiles
+    }
+
+    pub(super) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().entry(id.to_string()).or_default().clone()
+    }
+
+    pub(super) fn driver(&self, name: &str) -> WharfResult<Arc<dyn SandboxDriver>> {
+        self.drivers.get(name).cloned().ok_or_else(|| {
+            WharfError::new(
+                ErrorCode::DriverUnavailable,
+                format!("the {name} sandbox driver is not available on this host"),
+            )
         })
     }
 
-    pub async fn create(&self, owner: &str, profile: &str) -> WharfResult<Sandbox> {
-        let driver = self.driver_for_profile(profile)?.clone();
-        let now = now_rfc3339();
-        let mut sandbox = Sandbox {
-            id: new_id("sbx"),
+    pub(super) fn drivers(&self) -> impl Iterator<Item = &Arc<dyn SandboxDriver>> {
+        self.drivers.values()
+    }
+
+    /// Creates a sandbox. With an idempotency key, the same key and
+    /// fingerprint return the first sandbox (`true`: a replay); another
+    /// fingerprint is `idempotency_conflict`.
+    pub async fn create(
+        &self,
+        owner: &str,
+        profile_name: &str,
+        idempotency: Option<(&str, &str)>,
+    ) -> WharfResult<(Sandbox, bool)> {
+        let profile = self.profiles.get(profile_name)?;
+        let id = new_id("sbx");
+        let lock = self.lock_for(&id);
+        let guard = lock.lock_owned().await;
+        let now = now_ms();
+        let stamp = now_rfc3339();
+        let mut tx = self.db.begin().await?;
+        if let Some((key, fingerprint)) = idempotency {
+            let ttl_ms = (self.config.idempotency_ttl_secs * 1000) as i64;
+            sqlx::query("DELETE FROM sandbox_idempotency WHERE owner = ? AND created_ms < ?")
+                .bind(owner)
+                .bind(now - ttl_ms)
+                .execute(&mut *tx)
+                .await?;
+            let inserted = sqlx::query(
+                "INSERT OR IGNORE INTO sandbox_idempotency (owner, key, fingerprint, sandbox_id, created_ms) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(owner)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                let row = sqlx::query("SELECT fingerprint, sandbox_id FROM sandbox_idempotency WHERE owner = ? AND key = ?")
+                    .bind(owner)
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.rollback().await?;
+                drop(guard);
+                self.locks.lock().remove(&id);
+                if row.get::<String, _>("fingerprint") != fingerprint {
+                    return Err(WharfError::new(
+                        ErrorCode::IdempotencyConflict,
+                        "this Idempotency-Key was used with a different request body",
+                    ));
+                }
+                let existing: String = row.get("sandbox_id");
+                return Ok((self.wait_ready(owner, &existing).await?, true));
+            }
+        }
+        // After the key is decided: a replay needs no driver; dropping `tx` rolls the key back.
+        let driver = self.driver(&profile.driver)?;
+        sqlx::query(
+            "INSERT INTO sandboxes (id, owner, profile, driver, status, created_at, updated_at, created_ms, last_active_ms) VALUES (?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(owner)
+        .bind(&profile.name)
+        .bind(driver.name())
+        .bind(&stamp)
+        .bind(&stamp)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.event(
+            &id,
+            "created",
+            serde_json::json!({"profile": profile.name, "driver": driver.name()}),
+        )
+        .await;
+        self.metrics
+            .operations
+            .with_label_values(&[driver.name(), "create"])
+            .inc();
+        let spec = SandboxSpec {
             owner: owner.to_string(),
-            profile: profile.to_string(),
-            driver: driver.name().to_string(),
-            status: SandboxStatus::Creating,
-            error_code: None,
-            created_at: now.clone(),
-            updated_at: now,
+            profile,
         };
-        sqlx::query("INSERT INTO sandboxes (id, owner, profile, driver, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
-            .bind(&sandbox.id)
-            .bind(&sandbox.owner)
-            .bind(&sandbox.profile)
-            .bind(&sandbox.driver)
-            .bind(sandbox.status.as_str())
-            .bind(&sandbox.created_at)
-            .bind(&sandbox.updated_at)
-            .execute(&self.db)
-            .await?;
-        match driver.create(&sandbox.id).await {
+        match driver.create(&id, &spec).await {
             Ok(()) => {
-                self.set_status(&mut sandbox, SandboxStatus::Running, None)
-                    .await?
+                self.set_status(&id, SandboxStatus::Running, None).await?;
+                self.event(&id, "started", serde_json::json!({})).await;
             }
             Err(err) => {
-                self.set_status(&mut sandbox, SandboxStatus::Failed, Some(err.code.as_str()))
+                self.set_status(&id, SandboxStatus::Failed, Some(err.code.as_str()))
                     .await?;
+                self.event(
+                    &id,
+                    "failed",
+                    serde_json::json!({"error_code": err.code.as_str(), "message": err.message}),
+                )
+                .await;
                 return Err(err);
             }
         }
-        Ok(sandbox)
+        drop(guard);
+        Ok((self.get(owner, &id).await?, false))
     }
 
-    async fn set_status(
+    pub(super) async fn set_status(
         &self,
-        sandbox: &mut Sandbox,
+        id: &str,
         status: SandboxStatus,
         error_code: Option<&str>,
     ) -> WharfResult<()> {
-        sandbox.status = status;
-        sandbox.error_code = error_code.map(str::to_string);
-        sandbox.updated_at = now_rfc3339();
-        sqlx::query("UPDATE sandboxes SET status = ?, error_code = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE sandboxes SET status = ?, error_code = ?, updated_at = ?, last_active_ms = ? WHERE id = ?")
             .bind(status.as_str())
-            .bind(&sandbox.error_code)
-            .bind(&sandbox.updated_at)
-            .bind(&sandbox.id)
+            .bind(error_code)
+            .bind(now_rfc3339())
+            .bind(now_ms())
+            .bind(id)
             .execute(&self.db)
             .await?;
         Ok(())
+    }
+
+    /// Appends to a sandbox's event log and wakes streaming readers.
+    pub(super) async fn event(&self, sandbox_id: &str, kind: &str, detail: serde_json::Value) {
+        let result = sqlx::query(
+            "INSERT INTO sandbox_events (sandbox_id, ts, kind, detail) VALUES (?, ?, ?, ?)",
+        )
+        .bind(sandbox_id)
+        .bind(now_rfc3339())
+        .bind(kind)
+        .bind(detail.to_string())
+        .execute(&self.db)
+        .await;
+        match result {
+            Ok(done) => {
+                self.events_seq.send_replace(done.last_insert_rowid());
+            }
+            Err(err) => {
+                tracing::error!(sandbox = sandbox_id, error = %err, "cannot record sandbox event")
+            }
+        }
+    }
+
+    async fn touch(&self, id: &str) {
+        let _ = sqlx::query("UPDATE sandboxes SET last_active_ms = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.db)
+            .await;
     }
 
     /// The caller's sandbox; another owner's is `not_found`, never `forbidden`.
@@ -195,45 +403,328 @@ impl Sandboxes {
         Ok(sandbox_from_row(&row))
     }
 
-    pub async fn list(&self, owner: &str) -> WharfResult<Vec<Sandbox>> {
-        let rows = sqlx::query("SELECT * FROM sandboxes WHERE owner = ? AND status != 'deleted' ORDER BY created_at, id")
-            .bind(owner)
-            .fetch_all(&self.db)
-            .await?;
-        Ok(rows.iter().map(sandbox_from_row).collect())
+    /// Waits (bounded) while the sandbox is `creating`; then `session_not_ready`.
+    pub async fn wait_ready(&self, owner: &str, id: &str) -> WharfResult<Sandbox> {
+        let sandbox = self.get(owner, id).await?;
+        if sandbox.status != SandboxStatus::Creating {
+            return Ok(sandbox);
+        }
+        let lock = self.lock_for(id);
+        let wait = Duration::from_millis(self.config.not_ready_wait_ms);
+        let not_ready = || {
+            WharfError::new(
+                ErrorCode::SessionNotReady,
+                format!("sandbox {id} is still starting"),
+            )
+            .with_retry_after(Duration::from_millis(1000))
+        };
+        match tokio::time::timeout(wait, lock.lock()).await {
+            Ok(guard) => drop(guard),
+            Err(_) => return Err(not_ready()),
+        }
+        let sandbox = self.get(owner, id).await?;
+        if sandbox.status == SandboxStatus::Creating {
+            return Err(not_ready());
+        }
+        Ok(sandbox)
+    }
+
+    /// The sandbox, running, with its profile and driver, for an operation
+    /// that needs `capability`. The capability is checked before anything is
+    /// started; a stopped sandbox is started again.
+    pub async fn prepare(
+        &self,
+        owner: &str,
+        id: &str,
+        capability: &str,
+    ) -> WharfResult<(Sandbox, Profile, Arc<dyn SandboxDriver>)> {
+        let sandbox = self.get(owner, id).await?;
+        let profile = self.profiles.get(&sandbox.profile)?;
+        profile.require(capability)?;
+        let sandbox = self.ensure_running(owner, id).await?;
+        let driver = self.driver(&sandbox.driver)?;
+        self.touch(id).await;
+        Ok((sandbox, profile, driver))
+    }
+
+    async fn ensure_running(&self, owner: &str, id: &str) -> WharfResult<Sandbox> {
+        let sandbox = self.wait_ready(owner, id).await?;
+        match sandbox.status {
+            SandboxStatus::Running => Ok(sandbox),
+            SandboxStatus::Stopped => self.start(owner, id).await,
+            SandboxStatus::Failed => Err(WharfError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "sandbox {id} failed ({}); delete it and create another",
+                    sandbox.error_code.as_deref().unwrap_or("unknown")
+                ),
+            )),
+            SandboxStatus::Creating | SandboxStatus::Deleted => {
+                Err(WharfError::not_found(format!("sandbox {id}")))
+            }
+        }
+    }
+
+    pub async fn start(&self, owner: &str, id: &str) -> WharfResult<Sandbox> {
+        self.wait_ready(owner, id).await?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let sandbox = self.get(owner, id).await?;
+        match sandbox.status {
+            SandboxStatus::Running => return Ok(sandbox),
+            SandboxStatus::Stopped => {}
+            status => {
+                return Err(WharfError::new(
+                    ErrorCode::Conflict,
+                    format!("sandbox {id} is {}; it cannot be started", status.as_str()),
+                ));
+            }
+        }
+        let driver = self.driver(&sandbox.driver)?;
+        driver.start(id).await?;
+        self.set_status(id, SandboxStatus::Running, None).await?;
+        self.event(id, "started", serde_json::json!({"reason": "start"}))
+            .await;
+        self.get(owner, id).await
+    }
+
+    pub async fn stop(&self, owner: &str, id: &str) -> WharfResult<Sandbox> {
+        self.wait_ready(owner, id).await?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let sandbox = self.get(owner, id).await?;
+        match sandbox.status {
+            SandboxStatus::Stopped => return Ok(sandbox),
+            SandboxStatus::Running => {}
+            status => {
+                return Err(WharfError::new(
+                    ErrorCode::Conflict,
+                    format!("sandbox {id} is {}; it cannot be stopped", status.as_str()),
+                ));
+            }
+        }
+        self.driver(&sandbox.driver)?.stop(id).await?;
+        self.set_status(id, SandboxStatus::Stopped, None).await?;
+        self.event(id, "stopped", serde_json::json!({"reason": "request"}))
+            .await;
+        self.get(owner, id).await
+    }
+
+    /// Pushes the idle deadline back.
+    pub async fn keepalive(&self, owner: &str, id: &str) -> WharfResult<Sandbox> {
+        self.get(owner, id).await?;
+        self.touch(id).await;
+        self.get(owner, id).await
+    }
+
+    pub async fn list(
+        &self,
+        owner: &str,
+        status: Option<SandboxStatus>,
+        profile: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> WharfResult<SandboxPage> {
+        let after: i64 = match cursor {
+            Some(text) => text
+                .parse()
+                .map_err(|_| WharfError::validation("cursor is not one this server gave"))?,
+            None => 0,
+        };
+        let limit = limit.clamp(1, 500);
+        let rows = sqlx::query(
+            "SELECT rowid AS rid, * FROM sandboxes WHERE owner = ? AND rowid > ? AND status != 'deleted' \
+             AND (? IS NULL OR status = ?) AND (? IS NULL OR profile = ?) ORDER BY rowid LIMIT ?",
+        )
+        .bind(owner)
+        .bind(after)
+        .bind(status.map(|s| s.as_str()))
+        .bind(status.map(|s| s.as_str()))
+        .bind(profile)
+        .bind(profile)
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.db)
+        .await?;
+        let more = rows.len() > limit;
+        let rows = &rows[..rows.len().min(limit)];
+        let next_cursor = if more {
+            rows.last().map(|row| row.get::<i64, _>("rid").to_string())
+        } else {
+            None
+        };
+        Ok(SandboxPage {
+            items: rows.iter().map(sandbox_from_row).collect(),
+            next_cursor,
+        })
     }
 
     pub async fn delete(&self, owner: &str, id: &str) -> WharfResult<()> {
-        let mut sandbox = self.get(owner, id).await?;
-        self.driver_named(&sandbox.driver)?
-            .destroy(&sandbox.id)
-            .await?;
-        self.set_status(&mut sandbox, SandboxStatus::Deleted, None)
-            .await
+        let _ = self.wait_ready(owner, id).await;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let sandbox = self.get(owner, id).await?;
+        self.driver(&sandbox.driver)?.destroy(id).await?;
+        self.set_status(id, SandboxStatus::Deleted, None).await?;
+        self.event(id, "deleted", serde_json::json!({"reason": "request"}))
+            .await;
+        self.locks.lock().remove(id);
+        Ok(())
     }
 
-    fn driver_named(&self, name: &str) -> WharfResult<Arc<dyn SandboxDriver>> {
-        self.drivers
-            .get(name)
-            .cloned()
-            .ok_or_else(|| WharfError::internal(format!("driver {name} is not available")))
-    }
-
-    /// Binds a running sandbox for a plugin call.
-    pub fn bind(&self, sandbox: &Sandbox) -> WharfResult<SandboxBinding> {
-        if sandbox.status != SandboxStatus::Running {
-            return Err(WharfError::new(
-                crate::error::ErrorCode::Conflict,
-                format!(
-                    "sandbox {} is {:?}, not running",
-                    sandbox.id, sandbox.status
-                ),
+    pub async fn exec(&self, owner: &str, id: &str, input: ExecInput) -> WharfResult<ExecOutput> {
+        let (sandbox, profile, driver) = self.prepare(owner, id, "exec").await?;
+        if input.argv.is_empty() {
+            return Err(WharfError::validation(
+                "give `argv` (non-empty) or `command`",
             ));
         }
+        let ms = input
+            .timeout_ms
+            .unwrap_or(self.config.exec_default_timeout_ms)
+            .clamp(1, self.config.exec_max_timeout_ms);
+        let mut env: Vec<(String, String)> = profile
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend(input.env);
+        let program = input.argv[0].clone();
+        let request = ExecRequest {
+            argv: input.argv,
+            env,
+            cwd: input.cwd,
+            stdin: input.stdin,
+            timeout: Duration::from_millis(ms),
+            output_cap: self.config.exec_output_cap_bytes,
+            sink: input.sink,
+        };
+        self.metrics
+            .operations
+            .with_label_values(&[driver.name(), "exec"])
+            .inc();
+        let output = driver.exec(&sandbox.id, request).await?;
+        // Only the program name: arguments and environment may carry secrets.
+        self.event(
+            id,
+            "exec",
+            serde_json::json!({
+                "program": program,
+                "exit_code": output.exit_code,
+                "timed_out": output.timed_out,
+                "oom_killed": output.oom_killed,
+                "duration_ms": output.duration.as_millis() as u64,
+            }),
+        )
+        .await;
+        if output.oom_killed {
+            self.event(id, "oom_killed", serde_json::json!({"program": program}))
+                .await;
+        }
+        self.touch(id).await;
+        Ok(output)
+    }
+
+    pub async fn read_file(
+        &self,
+        owner: &str,
+        id: &str,
+        path: &SandboxPath,
+    ) -> WharfResult<Vec<u8>> {
+        let (_, _, driver) = self.prepare(owner, id, "files").await?;
+        driver.read_file(id, path).await
+    }
+
+    pub async fn write_file(
+        &self,
+        owner: &str,
+        id: &str,
+        path: &SandboxPath,
+        data: Vec<u8>,
+    ) -> WharfResult<()> {
+        let (_, _, driver) = self.prepare(owner, id, "files").await?;
+        driver.write_file(id, path, data).await
+    }
+
+    pub async fn list_dir(
+        &self,
+        owner: &str,
+        id: &str,
+        path: &SandboxPath,
+    ) -> WharfResult<Vec<DirEntry>> {
+        let (_, _, driver) = self.prepare(owner, id, "files").await?;
+        driver.list_dir(id, path).await
+    }
+
+    pub async fn mkdir(&self, owner: &str, id: &str, path: &SandboxPath) -> WharfResult<()> {
+        let (_, _, driver) = self.prepare(owner, id, "files").await?;
+        driver.mkdir(id, path).await
+    }
+
+    pub async fn remove(
+        &self,
+        owner: &str,
+        id: &str,
+        path: &SandboxPath,
+        recursive: bool,
+    ) -> WharfResult<()> {
+        let (_, _, driver) = self.prepare(owner, id, "files").await?;
+        driver.remove(id, path, recursive).await
+    }
+
+    /// Events of the caller's sandbox (deleted ones included) after `after`.
+    pub async fn events(
+        &self,
+        owner: &str,
+        id: &str,
+        after: i64,
+        limit: usize,
+    ) -> WharfResult<Vec<SandboxEvent>> {
+        let owned = sqlx::query("SELECT 1 FROM sandboxes WHERE id = ? AND owner = ?")
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.db)
+            .await?;
+        if owned.is_none() {
+            return Err(WharfError::not_found(format!("sandbox {id}")));
+        }
+        let rows = sqlx::query(
+            "SELECT * FROM sandbox_events WHERE sandbox_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(limit.clamp(1, 1000) as i64)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| SandboxEvent {
+                seq: row.get("seq"),
+                sandbox_id: row.get("sandbox_id"),
+                ts: row.get("ts"),
+                kind: row.get("kind"),
+                detail: serde_json::from_str(row.get::<&str, _>("detail")).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Changes whenever an event is recorded.
+    pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.events_seq.subscribe()
+    }
+
+    /// Binds a running sandbox for a plugin call; the profile must allow the capability.
+    pub async fn bind(
+        &self,
+        owner: &str,
+        id: &str,
+        capability: &str,
+    ) -> WharfResult<SandboxBinding> {
+        let (sandbox, profile, driver) = self.prepare(owner, id, capability).await?;
         Ok(SandboxBinding {
-            sandbox_id: sandbox.id.clone(),
-            driver: self.driver_named(&sandbox.driver)?,
+            sandbox_id: sandbox.id,
+            driver,
             config: self.config.clone(),
+            env: profile.env.into_iter().collect(),
         })
     }
 
@@ -244,7 +735,7 @@ impl Sandboxes {
     }
 }
 
-fn sandbox_from_row(row: &sqlx::sqlite::SqliteRow) -> Sandbox {
+pub(super) fn sandbox_from_row(row: &sqlx::sqlite::SqliteRow) -> Sandbox {
     Sandbox {
         id: row.get("id"),
         owner: row.get("owner"),
@@ -252,6 +743,7 @@ fn sandbox_from_row(row: &sqlx::sqlite::SqliteRow) -> Sandbox {
         driver: row.get("driver"),
         status: SandboxStatus::parse(row.get::<&str, _>("status")),
         error_code: row.get("error_code"),
+        restarts: row.get("restarts"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     }

@@ -126,8 +126,8 @@ impl Harness {
 
     pub async fn sandbox(&self) -> SandboxBinding {
         let sandboxes = &self.server.state.sandboxes;
-        let sandbox = sandboxes.create("tester", "local").await.unwrap();
-        sandboxes.bind(&sandbox).unwrap()
+        let (sandbox, _) = sandboxes.create("tester", "local", None).await.unwrap();
+        sandboxes.bind("tester", &sandbox.id, "test").await.unwrap()
     }
 
     pub async fn invoke(

@@ -1,0 +1,754 @@
+//! The Docker driver: one container and one named volume per sandbox, through
+//! the engine API (bollard).
+//!
+//! Every object is labelled `wharf.sandbox=<id>` and `wharf.owner=<owner>`.
+//! Containers are never privileged: all capabilities dropped,
+//! `no-new-privileges`, no mount but the sandbox's own volume at the profile's
+//! workdir, engine-enforced cpu/memory/pids limits, and no network unless the
+//! profile asks for `bridge`. Execs run as the image's user (`sandbox`, uid
+//! 1000, in the base image) under `timeout -s KILL`, which kills the exec's
+//! whole process group when the time is up.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, ListVolumesOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, StopContainerOptions,
+};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+
+use super::profiles::Network;
+use super::{
+    DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, SandboxDriver, SandboxPath,
+    SandboxSpec, StreamKind,
+};
+use crate::error::{ErrorCode, WharfError, WharfResult};
+
+pub const LABEL_SANDBOX: &str = "wharf.sandbox";
+pub const LABEL_OWNER: &str = "wharf.owner";
+/// The server instance (data dir) that owns the object: orphan GC of one
+/// server never touches another's sandboxes on a shared engine.
+pub const LABEL_INSTANCE: &str = "wharf.instance";
+const LABEL_WORKDIR: &str = "wharf.workdir";
+
+pub struct DockerDriver {
+    docker: Docker,
+    instance: String,
+    /// Workdir of each known sandbox (also kept in a container label).
+    workdirs: Mutex<HashMap<String, String>>,
+    /// Last `oom_kill` count read from each sandbox's cgroup.
+    oom_counts: Mutex<HashMap<String, u64>>,
+}
+
+/// The object name of a sandbox's container and volume.
+pub fn object_name(sandbox_id: &str) -> String {
+    format!("wharf-{sandbox_id}")
+}
+
+fn engine_error(what: &str, err: bollard::errors::Error) -> WharfError {
+    WharfError::new(
+        ErrorCode::DriverUnavailable,
+        format!("docker: {what}: {err}"),
+    )
+}
+
+fn is_not_found(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn label_filter(instance: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        vec![
+            LABEL_SANDBOX.to_string(),
+            format!("{LABEL_INSTANCE}={instance}"),
+        ],
+    )])
+}
+
+/// Output of a helper command run in a sandbox.
+struct Raw {
+    code: i64,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Runs the command under `timeout` (which makes its own process group and
+/// kills the group at the deadline), then kills whatever is left of that group
+/// when the command ends: an exec leaves no process behind.
+const EXEC_WRAPPER: &str = r#"t="$1"; shift
+exec 3<&0
+timeout -s KILL "$t" "$@" <&3 3<&- &
+p=$!
+exec 3<&-
+wait "$p"; rc=$?
+kill -KILL -"$p" 2>/dev/null
+exit "$rc""#;
+
+/// File operations run as one `sh` script inside the container, as the
+/// sandbox user. Layer two of path safety: the target is resolved with
+/// `realpath -m` (every symlink followed) and must stay under the workdir.
+const RESOLVE: &str = r#"set -u
+root="$1"; rel="$2"; op="$3"
+if [ "$op" = rm ]; then
+  parent=$(realpath -m -- "$root/$(dirname -- "$rel")") || exit 70
+  p="$parent/$(basename -- "$rel")"
+  case "$parent" in "$root"|"$root"/*) ;; *) exit 71;; esac
+  [ "$p" = "$root/." ] && exit 71
+else
+  p=$(realpath -m -- "$root/$rel") || exit 70
+  case "$p" in "$root"|"$root"/*) ;; *) exit 71;; esac
+fi
+case "$op" in
+  read) [ -e "$p" ] || exit 72; [ -d "$p" ] && exit 73; exec cat -- "$p" ;;
+  write) d=$(dirname -- "$p"); [ -d "$d" ] || exit 72; [ -d "$p" ] && exit 73
+         t="$d/.wharf-tmp-$$"; cat > "$t" && mv -f -- "$t" "$p" || { rm -f -- "$t"; exit 70; } ;;
+  list) [ -e "$p" ] || exit 72; [ -d "$p" ] || exit 74; cd -- "$p" && exec find . -mindepth 1 -maxdepth 1 -printf '%y\t%s\t%f\0' ;;
+  rm|rmr) { [ -e "$p" ] || [ -L "$p" ]; } || exit 72
+      if [ -d "$p" ] && [ ! -L "$p" ]; then
+        if [ "$4" = 1 ]; then rm -rf -- "$p"; else rmdir -- "$p" 2>/dev/null || exit 75; fi
+      else rm -f -- "$p"; fi ;;
+  mkdir) if [ -e "$p" ] && [ ! -d "$p" ]; then exit 76; fi; mkdir -p -- "$p" ;;
+  cwd) [ -d "$p" ] || exit 72; printf '%s' "$p" ;;
+esac"#;
+
+impl DockerDriver {
+    /// Connects to the local engine; `None` when no daemon answers.
+    pub async fn connect(instance: &str) -> Option<Self> {
+        let docker = Docker::connect_with_local_defaults().ok()?;
+        match tokio::time::timeout(Duration::from_secs(3), docker.ping()).await {
+            Ok(Ok(_)) => Some(Self {
+                docker,
+                instance: instance.to_string(),
+                workdirs: Mutex::new(HashMap::new()),
+                oom_counts: Mutex::new(HashMap::new()),
+            }),
+            _ => None,
+        }
+    }
+
+    async fn workdir(&self, sandbox_id: &str) -> WharfResult<String> {
+        if let Some(dir) = self.workdirs.lock().get(sandbox_id) {
+            return Ok(dir.clone());
+        }
+        let info = self
+            .docker
+            .inspect_container(&object_name(sandbox_id), None)
+            .await
+            .map_err(|err| {
+                if is_not_found(&err) {
+                    WharfError::not_found(format!("container of sandbox {sandbox_id}"))
+                } else {
+                    engine_error("inspect", err)
+                }
+            })?;
+        let dir = info
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|labels| labels.get(LABEL_WORKDIR).cloned())
+            .unwrap_or_else(|| "/workspace".to_string());
+        self.workdirs
+            .lock()
+            .insert(sandbox_id.to_string(), dir.clone());
+        Ok(dir)
+    }
+
+    /// Runs `cmd` in the container and collects all of its output.
+    async fn raw(
+        &self,
+        sandbox_id: &str,
+        cmd: Vec<String>,
+        stdin: Option<Vec<u8>>,
+    ) -> WharfResult<Raw> {
+        let exec = self
+            .docker
+            .create_exec(
+                &object_name(sandbox_id),
+                ExecConfig {
+                    attach_stdin: Some(stdin.is_some()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| self.exec_error(sandbox_id, err))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None::<StartExecOptions>)
+            .await
+            .map_err(|err| engine_error("exec", err))?;
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
+            return Err(WharfError::internal("docker exec did not attach"));
+        };
+        let writer = tokio::spawn(async move {
+            if let Some(data) = stdin {
+                let _ = input.write_all(&data).await;
+            }
+            let _ = input.shutdown().await;
+        });
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(chunk) = output.next().await {
+            match chunk.map_err(|err| engine_error("exec output", err))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    stdout.extend_from_slice(&message)
+                }
+                LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        let _ = writer.await;
+        let code = self.exit_code(&exec.id).await?;
+        Ok(Raw {
+            code: code.unwrap_or(-1),
+            stdout,
+            stderr,
+        })
+    }
+
+    async fn exit_code(&self, exec_id: &str) -> WharfResult<Option<i64>> {
+        // The stream ends a moment before the engine records the exit code.
+        for _ in 0..50 {
+            let info = self
+                .docker
+                .inspect_exec(exec_id)
+                .await
+                .map_err(|err| engine_error("exec inspect", err))?;
+            if info.running != Some(true) {
+                return Ok(info.exit_code);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(None)
+    }
+
+    fn exec_error(&self, sandbox_id: &str, err: bollard::errors::Error) -> WharfError {
+        match &err {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => WharfError::new(
+                ErrorCode::SessionNotReady,
+                format!("the container of sandbox {sandbox_id} is gone"),
+            ),
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            } => WharfError::new(
+                ErrorCode::SessionNotReady,
+                format!("the container of sandbox {sandbox_id} is not running"),
+            )
+            .with_retry_after(Duration::from_millis(1000)),
+            _ => engine_error("exec", err),
+        }
+    }
+
+    /// Runs one file operation script; maps its exit code to an error.
+    async fn file_op(
+        &self,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        op: &str,
+        extra: &str,
+        stdin: Option<Vec<u8>>,
+    ) -> WharfResult<Vec<u8>> {
+        let root = self.workdir(sandbox_id).await?;
+        let cmd = [
+            "sh",
+            "-c",
+            RESOLVE,
+            "sh",
+            &root,
+            &path.to_string(),
+            op,
+            extra,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let raw = self.raw(sandbox_id, cmd, stdin).await?;
+        let shown = if path.is_root() {
+            ".".to_string()
+        } else {
+            path.to_string()
+        };
+        match raw.code {
+            0 => Ok(raw.stdout),
+            71 => Err(WharfError::new(
+                ErrorCode::InvalidPath,
+                format!("path {shown:?} escapes the sandbox workspace"),
+            )),
+            72 => Err(WharfError::new(
+                ErrorCode::FileNotFound,
+                format!("{shown}: no such file or directory"),
+            )),
+            73 => Err(WharfError::validation(format!("{shown} is a directory"))),
+            74 => Err(WharfError::validation(format!(
+                "{shown} is not a directory"
+            ))),
+            75 => Err(WharfError::new(
+                ErrorCode::Conflict,
+                format!("{shown} is a non-empty directory; remove it recursively"),
+            )),
+            76 => Err(WharfError::new(
+                ErrorCode::Conflict,
+                format!("{shown} exists and is not a directory"),
+            )),
+            code => Err(WharfError::internal(format!(
+                "file operation {op} on {shown} failed ({code}): {}",
+                String::from_utf8_lossy(&raw.stderr).trim()
+            ))),
+        }
+    }
+
+    /// Reads the cgroup's OOM-kill counter; true when it grew since last read.
+    async fn oom_happened(&self, sandbox_id: &str) -> bool {
+        // cgroup v2 `memory.events`, or v1 `memory.oom_control`: both have an `oom_kill N` line.
+        let script =
+            "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null";
+        let cmd = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+        let Ok(raw) = self.raw(sandbox_id, cmd, None).await else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&raw.stdout);
+        let count = text
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let previous = self
+            .oom_counts
+            .lock()
+            .insert(sandbox_id.to_string(), count)
+            .unwrap_or(0);
+        count > previous
+    }
+}
+
+#[async_trait]
+impl SandboxDriver for DockerDriver {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn create(&self, sandbox_id: &str, spec: &SandboxSpec) -> WharfResult<()> {
+        let profile = &spec.profile;
+        let name = object_name(sandbox_id);
+        let labels = HashMap::from([
+            (LABEL_SANDBOX.to_string(), sandbox_id.to_string()),
+            (LABEL_OWNER.to_string(), spec.owner.clone()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (LABEL_WORKDIR.to_string(), profile.workdir.clone()),
+            ("wharf.profile".to_string(), profile.name.clone()),
+        ]);
+        let result: WharfResult<()> = async {
+            self.docker
+                .create_volume(VolumeCreateRequest { name: Some(name.clone()), labels: Some(labels.clone()), ..Default::default() })
+                .await
+                .map_err(|err| engine_error("create volume", err))?;
+            let host_config = HostConfig {
+                memory: profile.memory_mib.map(|m| (m * 1024 * 1024) as i64),
+                // No swap beyond the memory limit: past it, the OOM killer acts.
+                memory_swap: profile.memory_mib.map(|m| (m * 1024 * 1024) as i64),
+                nano_cpus: profile.cpus.map(|c| (c * 1e9) as i64),
+                pids_limit: profile.pids_limit,
+                network_mode: Some(match profile.network {
+                    Network::None => "none".to_string(),
+                    Network::Bridge => "bridge".to_string(),
+                }),
+                privileged: Some(false),
+                // A real PID 1 (the engine's tini) reaps what a timeout kill leaves.
+                init: Some(true),
+                cap_drop: Some(vec!["ALL".to_string()]),
+                security_opt: Some(vec!["no-new-privileges".to_string()]),
+                mounts: Some(vec![Mount {
+                    target: Some(profile.workdir.clone()),
+                    source: Some(name.clone()),
+                    typ: Some(MountType::VOLUME),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            };
+            let body = ContainerCreateBody {
+                image: Some(profile.image.clone()),
+                cmd: Some(vec!["sleep".to_string(), "infinity".to_string()]),
+                working_dir: Some(profile.workdir.clone()),
+                labels: Some(labels.clone()),
+                host_config: Some(host_config),
+                ..Default::default()
+            };
+            let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
+            self.docker.create_container(Some(options), body).await.map_err(|err| match &err {
+                bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => WharfError::validation(format!(
+                    "image {:?} is not available locally; build it with scripts/build-base-image",
+                    profile.image
+                )),
+                _ => engine_error("create container", err),
+            })?;
+            self.docker.start_container(&name, None).await.map_err(|err| engine_error("start container", err))?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.workdirs
+                    .lock()
+                    .insert(sandbox_id.to_string(), profile.workdir.clone());
+                Ok(())
+            }
+            Err(err) => {
+                // Nothing half-made is left behind.
+                let _ = self.destroy(sandbox_id).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn destroy(&self, sandbox_id: &str) -> WharfResult<()> {
+        let name = object_name(sandbox_id);
+        // By label, not only by name: whatever carries this sandbox's labels goes.
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_SANDBOX}={sandbox_id}"),
+                format!("{LABEL_INSTANCE}={}", self.instance),
+            ],
+        )]);
+        let listed = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|err| engine_error("list containers", err))?;
+        let mut targets: Vec<String> = listed.into_iter().filter_map(|c| c.id).collect();
+        targets.push(name.clone());
+        for target in targets {
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            match self.docker.remove_container(&target, Some(options)).await {
+                Ok(()) => {}
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(engine_error("remove container", err)),
+            }
+        }
+        match self
+            .docker
+            .remove_volume(&name, Some(RemoveVolumeOptions { force: true }))
+            .await
+        {
+            Ok(()) => {}
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => return Err(engine_error("remove volume", err)),
+        }
+        self.workdirs.lock().remove(sandbox_id);
+        self.oom_counts.lock().remove(sandbox_id);
+        Ok(())
+    }
+
+    async fn stop(&self, sandbox_id: &str) -> WharfResult<()> {
+        let options = StopContainerOptions {
+            t: Some(1),
+            ..Default::default()
+        };
+        match self
+            .docker
+            .stop_container(&object_name(sandbox_id), Some(options))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(err) => Err(engine_error("stop container", err)),
+        }
+    }
+
+    async fn start(&self, sandbox_id: &str) -> WharfResult<()> {
+        match self
+            .docker
+            .start_container(&object_name(sandbox_id), None)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(err) => Err(engine_error("start container", err)),
+        }
+    }
+
+    async fn health(&self, sandbox_id: &str) -> WharfResult<DriverHealth> {
+        match self
+            .docker
+            .inspect_container(&object_name(sandbox_id), None)
+            .await
+        {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                if state.running == Some(true) {
+                    Ok(DriverHealth::Running)
+                } else {
+                    Ok(DriverHealth::Dead {
+                        oom_killed: state.oom_killed == Some(true),
+                        exit_code: state.exit_code,
+                    })
+                }
+            }
+            Err(err) if is_not_found(&err) => Ok(DriverHealth::Missing),
+            Err(err) => Err(engine_error("inspect", err)),
+        }
+    }
+
+    async fn sandbox_ids(&self) -> WharfResult<Vec<String>> {
+        let mut ids = Vec::new();
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(label_filter(&self.instance)),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|err| engine_error("list containers", err))?;
+        for container in containers {
+            if let Some(id) = container
+                .labels
+                .and_then(|mut labels| labels.remove(LABEL_SANDBOX))
+            {
+                ids.push(id);
+            }
+        }
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(label_filter(&self.instance)),
+            }))
+            .await
+            .map_err(|err| engine_error("list volumes", err))?;
+        for volume in volumes.volumes.unwrap_or_default() {
+            if let Some(id) = volume.labels.get(LABEL_SANDBOX) {
+                ids.push(id.clone());
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn exec(&self, sandbox_id: &str, request: ExecRequest) -> WharfResult<ExecOutput> {
+        if request.argv.is_empty() {
+            return Err(WharfError::validation("argv must not be empty"));
+        }
+        let workdir = match &request.cwd {
+            Some(cwd) if !cwd.is_root() => {
+                String::from_utf8_lossy(&self.file_op(sandbox_id, cwd, "cwd", "", None).await?)
+                    .into_owned()
+            }
+            _ => self.workdir(sandbox_id).await?,
+        };
+        let secs = request.timeout.as_secs_f64().max(0.001);
+        let mut cmd: Vec<String> = ["sh", "-c", EXEC_WRAPPER, "sh", &format!("{secs:.3}")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        cmd.extend(request.argv.iter().cloned());
+        let env: Vec<String> = request
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let started = Instant::now();
+        let exec = self
+            .docker
+            .create_exec(
+                &object_name(sandbox_id),
+                ExecConfig {
+                    attach_stdin: Some(request.stdin.is_some()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd),
+                    env: Some(env),
+                    working_dir: Some(workdir),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| self.exec_error(sandbox_id, err))?;
+        let attached = self
+            .docker
+            .start_exec(&exec.id, None::<StartExecOptions>)
+            .await
+            .map_err(|err| engine_error("exec", err))?;
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = attached
+        else {
+            return Err(WharfError::internal("docker exec did not attach"));
+        };
+        let stdin = request.stdin.clone();
+        let writer = tokio::spawn(async move {
+            if let Some(data) = stdin {
+                let _ = input.write_all(&data).await;
+            }
+            let _ = input.shutdown().await;
+        });
+        let cap = request.output_cap;
+        let mut out = ExecOutput::default();
+        // `timeout` kills the group; the host deadline is a safety net for
+        // processes that left the group but hold the output open.
+        let deadline = tokio::time::Instant::now() + request.timeout + Duration::from_secs(3);
+        let mut host_deadline_hit = false;
+        loop {
+            let next = match tokio::time::timeout_at(deadline, output.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    host_deadline_hit = true;
+                    break;
+                }
+            };
+            let Some(chunk) = next else { break };
+            let (kind, message) = match chunk.map_err(|err| engine_error("exec output", err))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    (StreamKind::Stdout, message)
+                }
+                LogOutput::StdErr { message } => (StreamKind::Stderr, message),
+                LogOutput::StdIn { .. } => continue,
+            };
+            if let Some(sink) = &request.sink {
+                let _ = sink.send((kind, message.to_vec()));
+            }
+            let (kept, truncated) = match kind {
+                StreamKind::Stdout => (&mut out.stdout, &mut out.stdout_truncated),
+                StreamKind::Stderr => (&mut out.stderr, &mut out.stderr_truncated),
+            };
+            let room = cap.saturating_sub(kept.len());
+            kept.extend_from_slice(&message[..message.len().min(room)]);
+            *truncated |= message.len() > room;
+        }
+        writer.abort();
+        out.duration = started.elapsed();
+        let code = if host_deadline_hit {
+            None
+        } else {
+            self.exit_code(&exec.id).await?
+        };
+        // `timeout -s KILL` dies with its group: 137 at (or past) the deadline.
+        let killed = code == Some(137) || code == Some(124);
+        out.timed_out = host_deadline_hit
+            || (killed && out.duration + Duration::from_millis(20) >= request.timeout);
+        out.exit_code = if out.timed_out {
+            None
+        } else {
+            code.map(|c| c as i32)
+        };
+        if code == Some(137) && !out.timed_out {
+            out.oom_killed = self.oom_happened(sandbox_id).await;
+        }
+        Ok(out)
+    }
+
+    async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<u8>> {
+        self.file_op(sandbox_id, path, "read", "", None).await
+    }
+
+    async fn write_file(
+        &self,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        data: Vec<u8>,
+    ) -> WharfResult<()> {
+        if path.is_root() {
+            return Err(WharfError::new(
+                ErrorCode::InvalidPath,
+                "cannot write to the workspace root",
+            ));
+        }
+        self.file_op(sandbox_id, path, "write", "", Some(data))
+            .await
+            .map(|_| ())
+    }
+
+    async fn list_dir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<DirEntry>> {
+        let raw = self.file_op(sandbox_id, path, "list", "", None).await?;
+        let mut entries = Vec::new();
+        for record in raw.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            let text = String::from_utf8_lossy(record);
+            let mut fields = text.splitn(3, '\t');
+            let (Some(kind), Some(size), Some(name)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let kind = match kind {
+                "f" => EntryKind::File,
+                "d" => EntryKind::Directory,
+                "l" => EntryKind::Symlink,
+                _ => EntryKind::Other,
+            };
+            entries.push(DirEntry {
+                name: name.to_string(),
+                kind,
+                size: size.parse().unwrap_or(0),
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    async fn remove(
+        &self,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        recursive: bool,
+    ) -> WharfResult<()> {
+        if path.is_root() {
+            return Err(WharfError::new(
+                ErrorCode::InvalidPath,
+                "cannot remove the workspace root",
+            ));
+        }
+        self.file_op(
+            sandbox_id,
+            path,
+            "rm",
+            if recursive { "1" } else { "0" },
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn mkdir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<()> {
+        self.file_op(sandbox_id, path, "mkdir", "", None)
+            .await
+            .map(|_| ())
+    }
+}

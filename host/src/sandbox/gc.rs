@@ -1,0 +1,253 @@
+//! GC and recovery: one background task that stops idle sandboxes, deletes
+//! expired ones, removes orphan runtimes (labelled, unknown to the store) and
+//! probes running sandboxes, restarting a dead runtime once where the profile
+//! allows, else marking the sandbox `failed`.
+//!
+//! At start-up, [`Sandboxes::reconcile`] first settles what a crash (even
+//! `kill -9` mid-create) left: `creating` rows are failed and their runtimes
+//! removed, then orphans are swept.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::DriverHealth;
+use super::service::{SandboxStatus, Sandboxes, now_ms};
+use crate::error::WharfResult;
+
+impl Sandboxes {
+    /// Settles state left by a previous run. Call once, before serving.
+    pub async fn reconcile(&self) -> WharfResult<()> {
+        let rows = sqlx::query("SELECT id, driver FROM sandboxes WHERE status = 'creating'")
+            .fetch_all(&self.db)
+            .await?;
+        for row in rows {
+            let id: String = row.get("id");
+            let driver: String = row.get("driver");
+            if let Ok(driver) = self.driver(&driver)
+                && let Err(err) = driver.destroy(&id).await
+            {
+                tracing::warn!(sandbox = %id, error = %err.message, "cannot remove the runtime of an interrupted create");
+            }
+            self.set_status(&id, SandboxStatus::Failed, Some("create_interrupted"))
+                .await?;
+            self.event(&id, "failed", serde_json::json!({"error_code": "create_interrupted", "reason": "server restarted mid-create"}))
+                .await;
+            self.metrics
+                .gc_actions
+                .with_label_values(&["interrupted"])
+                .inc();
+            tracing::info!(sandbox = %id, "failed a sandbox whose create was interrupted");
+        }
+        self.remove_orphans().await
+    }
+
+    /// Removes runtimes that carry a sandbox label but match no live row.
+    pub async fn remove_orphans(&self) -> WharfResult<()> {
+        let live: HashSet<String> =
+            sqlx::query("SELECT id FROM sandboxes WHERE status NOT IN ('deleted')")
+                .fetch_all(&self.db)
+                .await?
+                .iter()
+                .map(|row| row.get("id"))
+                .collect();
+        for driver in self.drivers() {
+            let ids = match driver.sandbox_ids().await {
+                Ok(ids) => ids,
+                Err(err) => {
+                    tracing::warn!(driver = driver.name(), error = %err.message, "cannot list sandbox runtimes");
+                    continue;
+                }
+            };
+            for id in ids.into_iter().filter(|id| !live.contains(id)) {
+                // A create in flight holds the lock between inserting the row and starting the runtime.
+                let lock = self.lock_for(&id);
+                let Ok(_guard) = lock.try_lock() else {
+                    continue;
+                };
+                let known = sqlx::query("SELECT status FROM sandboxes WHERE id = ?")
+                    .bind(&id)
+                    .fetch_optional(&self.db)
+                    .await?;
+                if known
+                    .as_ref()
+                    .is_some_and(|row| row.get::<&str, _>("status") != "deleted")
+                {
+                    continue;
+                }
+                match driver.destroy(&id).await {
+                    Ok(()) => {
+                        tracing::info!(sandbox = %id, driver = driver.name(), "removed an orphan sandbox runtime");
+                        self.metrics
+                            .gc_actions
+                            .with_label_values(&["orphan_removed"])
+                            .inc();
+                        self.event(
+                            &id,
+                            "gc",
+                            serde_json::json!({"reason": "orphan", "driver": driver.name()}),
+                        )
+                        .await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(sandbox = %id, error = %err.message, "cannot remove orphan runtime")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass of idle stop, expiry and health probing, then orphans.
+    pub async fn sweep(&self) -> WharfResult<()> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "SELECT id, profile, driver, status, created_ms, last_active_ms, restarts FROM sandboxes WHERE status IN ('running', 'stopped')",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        for row in rows {
+            let id: String = row.get("id");
+            let lock = self.lock_for(&id);
+            // Busy sandboxes (a transition in flight) are looked at next time.
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            // Re-read under the lock: a transition may have finished since the scan.
+            let Some(row) = sqlx::query(
+                "SELECT id, profile, driver, status, created_ms, last_active_ms, restarts FROM sandboxes WHERE id = ? AND status IN ('running', 'stopped')",
+            )
+            .bind(&id)
+            .fetch_optional(&self.db)
+            .await?
+            else {
+                continue;
+            };
+            let status: String = row.get("status");
+            let Ok(profile) = self.profiles().get(row.get::<&str, _>("profile")) else {
+                continue;
+            };
+            let Ok(driver) = self.driver(row.get::<&str, _>("driver")) else {
+                continue;
+            };
+            let created_ms: i64 = row.get("created_ms");
+            let last_active_ms: i64 = row.get("last_active_ms");
+            let restarts: i64 = row.get("restarts");
+            if profile.max_ttl_secs > 0 && now - created_ms > (profile.max_ttl_secs * 1000) as i64 {
+                if let Err(err) = driver.destroy(&id).await {
+                    tracing::warn!(sandbox = %id, error = %err.message, "cannot remove expired sandbox");
+                    continue;
+                }
+                self.set_status(&id, SandboxStatus::Deleted, None).await?;
+                self.event(
+                    &id,
+                    "gc",
+                    serde_json::json!({"reason": "expired", "max_ttl_secs": profile.max_ttl_secs}),
+                )
+                .await;
+                self.metrics
+                    .gc_actions
+                    .with_label_values(&["expired"])
+                    .inc();
+                continue;
+            }
+            if status != "running" {
+                continue;
+            }
+            if profile.idle_timeout_secs > 0
+                && now - last_active_ms > (profile.idle_timeout_secs * 1000) as i64
+            {
+                if let Err(err) = driver.stop(&id).await {
+                    tracing::warn!(sandbox = %id, error = %err.message, "cannot stop idle sandbox");
+                    continue;
+                }
+                self.set_status(&id, SandboxStatus::Stopped, None).await?;
+                self.event(&id, "stopped", serde_json::json!({"reason": "idle", "idle_timeout_secs": profile.idle_timeout_secs}))
+                    .await;
+                self.metrics
+                    .gc_actions
+                    .with_label_values(&["idle_stopped"])
+                    .inc();
+                continue;
+            }
+            let health = match driver.health(&id).await {
+                Ok(health) => health,
+                Err(err) => {
+                    tracing::warn!(sandbox = %id, error = %err.message, "health probe failed");
+                    continue;
+                }
+            };
+            let (oom_killed, exit_code) = match health {
+                DriverHealth::Running => continue,
+                DriverHealth::Dead {
+                    oom_killed,
+                    exit_code,
+                } => (oom_killed, exit_code),
+                DriverHealth::Missing => (false, None),
+            };
+            let missing = health == DriverHealth::Missing;
+            self.event(&id, "died", serde_json::json!({"oom_killed": oom_killed, "exit_code": exit_code, "missing": missing})).await;
+            if profile.restart_once && restarts == 0 && !missing && driver.start(&id).await.is_ok()
+            {
+                sqlx::query("UPDATE sandboxes SET restarts = restarts + 1 WHERE id = ?")
+                    .bind(&id)
+                    .execute(&self.db)
+                    .await?;
+                self.set_status(&id, SandboxStatus::Running, None).await?;
+                self.event(
+                    &id,
+                    "recovered",
+                    serde_json::json!({"restarts": restarts + 1}),
+                )
+                .await;
+                self.metrics
+                    .gc_actions
+                    .with_label_values(&["recovered"])
+                    .inc();
+                continue;
+            }
+            let code = if oom_killed {
+                "oom_killed"
+            } else if missing {
+                "runtime_missing"
+            } else {
+                "runtime_died"
+            };
+            self.set_status(&id, SandboxStatus::Failed, Some(code))
+                .await?;
+            self.event(&id, "failed", serde_json::json!({"error_code": code}))
+                .await;
+            self.metrics.gc_actions.with_label_values(&["failed"]).inc();
+        }
+        self.remove_orphans().await?;
+        let counts = sqlx::query("SELECT status, COUNT(*) AS n FROM sandboxes GROUP BY status")
+            .fetch_all(&self.db)
+            .await?;
+        for status in ["creating", "running", "stopped", "failed", "deleted"] {
+            let n = counts
+                .iter()
+                .find(|r| r.get::<&str, _>("status") == status)
+                .map(|r| r.get::<i64, _>("n"))
+                .unwrap_or(0);
+            self.metrics.sandboxes.with_label_values(&[status]).set(n);
+        }
+        Ok(())
+    }
+}
+
+/// Runs [`Sandboxes::sweep`] every `interval` until the process ends.
+pub fn spawn(sandboxes: Arc<Sandboxes>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            if let Err(err) = sandboxes.sweep().await {
+                tracing::warn!(error = %err.message, "sandbox GC sweep failed");
+            }
+        }
+    })
+}

@@ -1,0 +1,307 @@
+//! Sandbox profiles: which driver runs a sandbox, with which image, limits,
+//! network, environment, capabilities and lifetimes.
+//!
+//! Two are built in (`local`, `docker`); `[profiles.<name>]` in `wharf.toml`
+//! adds or overrides profiles.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, WharfError, WharfResult};
+
+/// The tag `scripts/build-base-image` builds.
+pub const BASE_IMAGE: &str = "wharf/sandbox-base:1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    None,
+    Bridge,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Filled from the table key.
+    #[serde(default)]
+    pub name: String,
+    /// `process` or `docker`.
+    pub driver: String,
+    /// Container image (docker driver).
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// CPU cores (fractions allowed).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    #[serde(default = "default_network")]
+    pub network: Network,
+    /// Capabilities a caller may use on this profile: `exec`, `files`, and
+    /// plugin capability names (e.g. `shell`). `*` allows all.
+    #[serde(default = "default_capabilities")]
+    pub capabilities: Vec<String>,
+    /// Environment of every exec. Values are never logged or returned.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the container (docker driver).
+    #[serde(default = "default_workdir")]
+    pub workdir: String,
+    /// A running sandbox unused this long is stopped (0: never).
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: u64,
+    /// A sandbox older than this is deleted (0: never).
+    #[serde(default = "default_ttl")]
+    pub max_ttl_secs: u64,
+    /// A dead runtime is restarted once before the sandbox is marked failed.
+    #[serde(default = "default_true")]
+    pub restart_once: bool,
+}
+
+fn default_image() -> String {
+    BASE_IMAGE.to_string()
+}
+fn default_network() -> Network {
+    Network::None
+}
+fn default_capabilities() -> Vec<String> {
+    vec!["*".to_string()]
+}
+fn default_workdir() -> String {
+    "/workspace".to_string()
+}
+fn default_idle() -> u64 {
+    30 * 60
+}
+fn default_ttl() -> u64 {
+    24 * 3600
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Profile {
+    pub fn builtin_local() -> Self {
+        Self::with_driver("local", "process")
+    }
+
+    pub fn builtin_docker() -> Self {
+        let mut profile = Self::with_driver("docker", "docker");
+        profile.cpus = Some(1.0);
+        profile.memory_mib = Some(512);
+        profile.pids_limit = Some(256);
+        profile
+    }
+
+    fn with_driver(name: &str, driver: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            driver: driver.to_string(),
+            image: default_image(),
+            cpus: None,
+            memory_mib: None,
+            pids_limit: None,
+            network: Network::None,
+            capabilities: default_capabilities(),
+            env: BTreeMap::new(),
+            workdir: default_workdir(),
+            idle_timeout_secs: default_idle(),
+            max_ttl_secs: default_ttl(),
+            restart_once: true,
+        }
+    }
+
+    pub fn allows(&self, capability: &str) -> bool {
+        self.capabilities
+            .iter()
+            .any(|c| c == "*" || c == capability)
+    }
+
+    /// `capability_not_supported` unless the profile allows `capability`.
+    pub fn require(&self, capability: &str) -> WharfResult<()> {
+        if self.allows(capability) {
+            Ok(())
+        } else {
+            Err(WharfError::new(
+                ErrorCode::CapabilityNotSupported,
+                format!(
+                    "profile {:?} does not allow the {capability:?} capability",
+                    self.name
+                ),
+            ))
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !matches!(self.driver.as_str(), "process" | "docker") {
+            return Err(format!(
+                "profile {:?}: unknown driver {:?} (process | docker)",
+                self.name, self.driver
+            ));
+        }
+        if !self.workdir.starts_with('/') {
+            return Err(format!("profile {:?}: workdir must be absolute", self.name));
+        }
+        if let Some(cpus) = self.cpus
+            && !(cpus > 0.0 && cpus <= 256.0)
+        {
+            return Err(format!("profile {:?}: cpus must be in (0, 256]", self.name));
+        }
+        Ok(())
+    }
+}
+
+/// All profiles known to the server, by name: built-ins, then `wharf.toml`
+/// (which may override them), then `profiles/*.toml` of active packs (which
+/// may add profiles, never override the operator's).
+#[derive(Debug)]
+pub struct Profiles {
+    by_name: HashMap<String, Profile>,
+    from_packs: arc_swap::ArcSwap<HashMap<String, Profile>>,
+}
+
+impl Profiles {
+    pub fn new(configured: &BTreeMap<String, Profile>) -> anyhow::Result<Self> {
+        let mut by_name = HashMap::new();
+        for profile in [Profile::builtin_local(), Profile::builtin_docker()] {
+            by_name.insert(profile.name.clone(), profile);
+        }
+        for (name, profile) in configured {
+            let mut profile = profile.clone();
+            profile.name = name.clone();
+            profile.validate().map_err(anyhow::Error::msg)?;
+            by_name.insert(name.clone(), profile);
+        }
+        Ok(Self {
+            by_name,
+            from_packs: Default::default(),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> WharfResult<Profile> {
+        if let Some(profile) = self.by_name.get(name) {
+            return Ok(profile.clone());
+        }
+        if let Some(profile) = self.from_packs.load().get(name) {
+            return Ok(profile.clone());
+        }
+        let mut known: Vec<_> = self
+            .by_name
+            .keys()
+            .cloned()
+            .chain(self.from_packs.load().keys().cloned())
+            .collect();
+        known.sort();
+        Err(WharfError::validation(format!(
+            "unknown sandbox profile {name:?}; known: {}",
+            known.join(", ")
+        )))
+    }
+
+    /// Replaces the pack-contributed profiles with those found in
+    /// `<pack dir>/profiles/*.toml` (the file stem is the profile name).
+    /// Invalid files are skipped with a warning.
+    pub fn set_pack_dirs(&self, dirs: &[std::path::PathBuf]) {
+        let mut found = HashMap::new();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(dir.join("profiles")) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|ext| ext != "toml") {
+                    continue;
+                }
+                let Some(name) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+                    continue;
+                };
+                let parsed = std::fs::read_to_string(&path)
+                    .map_err(|err| err.to_string())
+                    .and_then(|text| {
+                        toml::from_str::<Profile>(&text).map_err(|err| err.to_string())
+                    })
+                    .and_then(|mut profile| {
+                        profile.name = name.clone();
+                        profile.validate().map(|()| profile)
+                    });
+                match parsed {
+                    Ok(profile) if !self.by_name.contains_key(&name) => {
+                        found.insert(name, profile);
+                    }
+                    Ok(_) => {
+                        tracing::warn!(profile = %name, file = %path.display(), "a pack may not override a configured profile")
+                    }
+                    Err(err) => {
+                        tracing::warn!(file = %path.display(), error = %err, "invalid pack profile skipped")
+                    }
+                }
+            }
+        }
+        self.from_packs.store(std::sync::Arc::new(found));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_profiles_parse_and_override() {
+        let configured: BTreeMap<String, Profile> = toml::from_str(
+            "[nofiles]\ndriver = \"process\"\ncapabilities = [\"exec\"]\n\n[docker]\ndriver = \"docker\"\nmemory_mib = 64\nnetwork = \"bridge\"",
+        )
+        .unwrap();
+        let profiles = Profiles::new(&configured).unwrap();
+        let nofiles = profiles.get("nofiles").unwrap();
+        assert!(nofiles.allows("exec") && !nofiles.allows("files"));
+        assert_eq!(
+            nofiles.require("files").unwrap_err().code,
+            ErrorCode::CapabilityNotSupported
+        );
+        assert_eq!(profiles.get("docker").unwrap().memory_mib, Some(64));
+        assert_eq!(profiles.get("docker").unwrap().network, Network::Bridge);
+        assert!(profiles.get("local").unwrap().allows("files"));
+        assert_eq!(
+            profiles.get("nope").unwrap_err().code,
+            ErrorCode::ValidationError
+        );
+    }
+
+    #[test]
+    fn packs_contribute_profiles_without_overriding() {
+        let pack = tempfile::tempdir().unwrap();
+        std::fs::create_dir(pack.path().join("profiles")).unwrap();
+        std::fs::write(
+            pack.path().join("profiles/gpu-ish.toml"),
+            "driver = \"docker\"\ncpus = 2.0",
+        )
+        .unwrap();
+        std::fs::write(
+            pack.path().join("profiles/local.toml"),
+            "driver = \"docker\"",
+        )
+        .unwrap();
+        std::fs::write(pack.path().join("profiles/broken.toml"), "driver = 3").unwrap();
+        let profiles = Profiles::new(&BTreeMap::new()).unwrap();
+        profiles.set_pack_dirs(&[pack.path().to_path_buf()]);
+        assert_eq!(profiles.get("gpu-ish").unwrap().cpus, Some(2.0));
+        assert_eq!(profiles.get("local").unwrap().driver, "process");
+        assert!(profiles.get("broken").is_err());
+        profiles.set_pack_dirs(&[]);
+        assert!(profiles.get("gpu-ish").is_err());
+    }
+
+    #[test]
+    fn bad_driver_is_rejected() {
+        let configured: BTreeMap<String, Profile> = toml::from_str("[x]\ndriver = \"vm\"").unwrap();
+        assert!(
+            Profiles::new(&configured)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown driver")
+        );
+    }
+}

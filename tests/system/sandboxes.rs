@@ -1,0 +1,946 @@
+//! Sandboxes against the real binary: the same lifecycle suite on the process
+//! and the Docker driver, then Docker-only limits, idempotency under
+//! concurrency, GC, recovery and orphan removal after `kill -9`.
+//!
+//! Docker tests need a Docker engine and the base image
+//! (`scripts/build-base-image`). Without them they are skipped, except when
+//! `CI=true`, where they fail.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::Digest;
+use wharf_e2e::{ADMIN_KEY, Client, WharfProcess};
+
+const BASE_IMAGE: &str = "wharf/sandbox-base:1";
+
+/// Profiles the tests use, beside the built-in `local` and `docker`.
+const TEST_CONFIG: &str = r#"
+[sandbox]
+gc_interval_ms = 300
+not_ready_wait_ms = 20000
+
+[profiles.small]
+driver = "docker"
+memory_mib = 64
+pids_limit = 64
+
+[profiles.execonly]
+driver = "docker"
+capabilities = ["exec"]
+
+[profiles.idle]
+driver = "process"
+idle_timeout_secs = 1
+
+[profiles.fragile]
+driver = "docker"
+idle_timeout_secs = 0
+"#;
+
+/// Whether Docker tests can run here; under `CI=true` a missing engine or
+/// image is a failure, not a skip.
+fn docker_ready() -> bool {
+    let engine = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let image = engine
+        && Command::new("docker")
+            .args(["image", "inspect", BASE_IMAGE])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    if image {
+        return true;
+    }
+    let why = if engine {
+        format!("image {BASE_IMAGE} is missing (run scripts/build-base-image)")
+    } else {
+        "no Docker engine".into()
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("Docker sandbox tests are required in CI: {why}");
+    }
+    eprintln!("skipping Docker sandbox test: {why}");
+    false
+}
+
+fn start(root: &std::path::Path) -> WharfProcess {
+    std::fs::write(root.join("wharf.toml"), TEST_CONFIG).unwrap();
+    WharfProcess::start(root, &[])
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn containers_with_label(label: &str) -> Vec<String> {
+    docker(&["ps", "-a", "-q", "--filter", &format!("label={label}")])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn instance_id(server: &WharfProcess) -> String {
+    // The server listens before it has finished starting: wait for the file.
+    let path = server.data_dir.join("instance-id");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(id) = std::fs::read_to_string(&path)
+            && !id.trim().is_empty()
+        {
+            return id.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no instance-id in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn create(client: &Client, profile: &str) -> String {
+    let (status, sandbox) = client
+        .post("/v1/sandboxes", json!({"profile": profile}))
+        .await;
+    assert_eq!(status, 201, "{sandbox}");
+    assert_eq!(sandbox["status"], "running", "{sandbox}");
+    sandbox["id"].as_str().unwrap().to_string()
+}
+
+async fn exec(client: &Client, id: &str, body: Value) -> Value {
+    let (status, out) = client.post(&format!("/v1/sandboxes/{id}/exec"), body).await;
+    assert_eq!(status, 200, "{out}");
+    out
+}
+
+async fn new_owner_client(server: &WharfProcess, admin: &Client, owner: &str) -> Client {
+    let (status, key) = admin.post("/v1/keys", json!({"owner": owner})).await;
+    assert_eq!(status, 201, "{key}");
+    Client::new(server, Some(key["key"].as_str().unwrap()))
+}
+
+/// The lifecycle suite, run on both drivers.
+async fn lifecycle(profile: &str) {
+    let root = tempfile::tempdir().unwrap();
+    let server = start(root.path());
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+
+    let (_, info) = admin.get("/v1/info").await;
+    assert!(
+        info["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "process"),
+        "{info}"
+    );
+
+    // Create, idempotently.
+    let keyed = |body: Value| {
+        admin
+            .request(Method::POST, "/v1/sandboxes")
+            .header("Idempotency-Key", "lifecycle-1")
+            .json(&body)
+    };
+    let (status, first) = admin.send(keyed(json!({"profile": profile}))).await;
+    assert_eq!(status, 201, "{first}");
+    let id = first["id"].as_str().unwrap().to_string();
+    let (status, again) = admin.send(keyed(json!({"profile": profile}))).await;
+    assert_eq!(
+        (status, again["id"].as_str()),
+        (200, Some(id.as_str())),
+        "{again}"
+    );
+    let other = if profile == "local" {
+        "docker"
+    } else {
+        "local"
+    };
+    let (status, conflict) = admin.send(keyed(json!({"profile": other}))).await;
+    assert_eq!(
+        (status, conflict["error"]["code"].as_str()),
+        (409, Some("idempotency_conflict")),
+        "{conflict}"
+    );
+
+    // Get and list, with filters and a cursor.
+    let second = create(&admin, profile).await;
+    let (_, got) = admin.get(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(
+        (got["status"].as_str(), got["profile"].as_str()),
+        (Some("running"), Some(profile))
+    );
+    let (_, page) = admin
+        .get(&format!("/v1/sandboxes?profile={profile}&limit=1"))
+        .await;
+    assert_eq!(page["items"][0]["id"], id.as_str(), "{page}");
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_string();
+    let (_, page2) = admin
+        .get(&format!(
+            "/v1/sandboxes?profile={profile}&limit=1&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(page2["items"][0]["id"], second.as_str(), "{page2}");
+    assert!(page2["next_cursor"].is_null(), "{page2}");
+    let (_, stopped_page) = admin.get("/v1/sandboxes?status=stopped").await;
+    assert_eq!(stopped_page["items"], json!([]));
+
+    // Exec: python computes, stdin, env, cwd, exit codes, output cap flags.
+    let out = exec(
+        &admin,
+        &id,
+        json!({"argv": ["python3", "-c", "import math; print(math.factorial(20))"]}),
+    )
+    .await;
+    assert_eq!(
+        (out["exit_code"].as_i64(), out["stdout"].as_str()),
+        (Some(0), Some("2432902008176640000\n")),
+        "{out}"
+    );
+    let out = exec(&admin, &id, json!({"command": "read x; echo \"$x-$GREETING\"; exit 3", "stdin": "hi\n", "env": {"GREETING": "there"}})).await;
+    assert_eq!(
+        (out["exit_code"].as_i64(), out["stdout"].as_str()),
+        (Some(3), Some("hi-there\n")),
+        "{out}"
+    );
+    assert_eq!(out["timed_out"], false);
+
+    // Files: a 5 MiB binary round trip, mkdir, listing, delete, not found.
+    let blob: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let sent = hex::encode(sha2::Sha256::digest(&blob));
+    let (status, _) = admin
+        .send(admin.request(Method::PUT, &format!("/v1/sandboxes/{id}/dirs/data/in")))
+        .await;
+    assert_eq!(status, 201);
+    let (status, written) = admin
+        .send(
+            admin
+                .request(
+                    Method::PUT,
+                    &format!("/v1/sandboxes/{id}/files/data/in/blob.bin"),
+                )
+                .body(blob),
+        )
+        .await;
+    assert_eq!(
+        (status, written["size"].as_u64()),
+        (201, Some(5 * 1024 * 1024)),
+        "{written}"
+    );
+    let response = admin
+        .request(
+            Method::GET,
+            &format!("/v1/sandboxes/{id}/files/data/in/blob.bin"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let received = hex::encode(sha2::Sha256::digest(response.bytes().await.unwrap()));
+    assert_eq!(received, sent, "sha256 of the downloaded file");
+    let out = exec(
+        &admin,
+        &id,
+        json!({"argv": ["sha256sum", "blob.bin"], "cwd": "data/in"}),
+    )
+    .await;
+    assert!(
+        out["stdout"].as_str().unwrap().starts_with(&sent),
+        "the file inside the sandbox: {out}"
+    );
+    let (_, listing) = admin.get(&format!("/v1/sandboxes/{id}/dirs/data/in")).await;
+    assert_eq!(
+        listing["entries"],
+        json!([{"name": "blob.bin", "kind": "file", "size": 5 * 1024 * 1024}]),
+        "{listing}"
+    );
+    let (_, root_listing) = admin.get(&format!("/v1/sandboxes/{id}/dirs")).await;
+    assert!(
+        root_listing["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "data" && e["kind"] == "directory")
+    );
+    let (status, _) = admin
+        .delete(&format!("/v1/sandboxes/{id}/files/data/in/blob.bin"))
+        .await;
+    assert_eq!(status, 204);
+    let (status, missing) = admin
+        .get(&format!("/v1/sandboxes/{id}/files/data/in/blob.bin"))
+        .await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (404, Some("file_not_found")),
+        "{missing}"
+    );
+    let (status, nonempty) = admin
+        .delete(&format!("/v1/sandboxes/{id}/files/data"))
+        .await;
+    assert_eq!(status, 409, "{nonempty}");
+    let (status, _) = admin
+        .delete(&format!("/v1/sandboxes/{id}/files/data?recursive=true"))
+        .await;
+    assert_eq!(status, 204);
+
+    // Path escapes: `..`, absolute, and a symlink to /etc, all invalid_path. (URL clients
+    // remove `..` and `%2e%2e` segments themselves, so `..` travels with an encoded slash.)
+    exec(&admin, &id, json!({"argv": ["ln", "-s", "/etc", "etc"]})).await;
+    for path in [
+        "files/..%2Fetc%2Fpasswd",
+        "files/a/..%2F..%2Fx",
+        "files/%2Fetc%2Fpasswd",
+        "files//etc/passwd",
+        "files/etc/passwd",
+        "dirs/etc",
+    ] {
+        let (status, body) = admin.get(&format!("/v1/sandboxes/{id}/{path}")).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_path")),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = admin
+        .send(
+            admin
+                .request(Method::PUT, &format!("/v1/sandboxes/{id}/files/etc/evil"))
+                .body("x"),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_path")),
+        "write through symlink: {body}"
+    );
+
+    // A timeout kills the whole process tree.
+    let out = exec(
+        &admin,
+        &id,
+        json!({"command": "sleep 31 & sleep 32 & echo $! > bg.pid; wait", "timeout_ms": 1000}),
+    )
+    .await;
+    assert_eq!(
+        (out["timed_out"].as_bool(), out["exit_code"].as_i64()),
+        (Some(true), None),
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if profile == "local" {
+        let ps = Command::new("ps")
+            .args(["-eo", "stat,args"])
+            .output()
+            .unwrap();
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        assert!(
+            !ps.lines()
+                .any(|l| (l.contains("sleep 31") || l.contains("sleep 32")) && !l.starts_with('Z')),
+            "leftover:\n{ps}"
+        );
+    } else {
+        let ps = exec(&admin, &id, json!({"argv": ["ps", "-eo", "stat,args"]})).await;
+        let ps = ps["stdout"].as_str().unwrap();
+        assert!(
+            !ps.contains("sleep 31") && !ps.contains("sleep 32"),
+            "leftover in the container:\n{ps}"
+        );
+    }
+
+    // Streaming exec over WebSocket: lines, then the exit record.
+    let records = exec_stream(
+        &server,
+        &id,
+        json!({"command": "echo one; echo two >&2; echo three", "timeout_ms": 10000}),
+    )
+    .await;
+    let lines: Vec<(String, String)> = records
+        .iter()
+        .filter(|r| r["type"] == "line")
+        .map(|r| {
+            (
+                r["stream"].as_str().unwrap().to_string(),
+                r["line"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        lines.contains(&("stdout".into(), "one".into()))
+            && lines.contains(&("stderr".into(), "two".into())),
+        "{records:?}"
+    );
+    assert!(
+        lines.contains(&("stdout".into(), "three".into())),
+        "{records:?}"
+    );
+    let exit = records.last().unwrap();
+    assert_eq!(
+        (exit["type"].as_str(), exit["exit_code"].as_i64()),
+        (Some("exit"), Some(0)),
+        "{records:?}"
+    );
+
+    // Stop, start, keepalive; use of a stopped sandbox starts it again.
+    let (status, stopped) = admin
+        .post(&format!("/v1/sandboxes/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(
+        (status, stopped["status"].as_str()),
+        (200, Some("stopped")),
+        "{stopped}"
+    );
+    let (status, started) = admin
+        .post(&format!("/v1/sandboxes/{id}/start"), json!({}))
+        .await;
+    assert_eq!(
+        (status, started["status"].as_str()),
+        (200, Some("running")),
+        "{started}"
+    );
+    admin
+        .post(&format!("/v1/sandboxes/{id}/stop"), json!({}))
+        .await;
+    let out = exec(&admin, &id, json!({"argv": ["echo", "back"]})).await;
+    assert_eq!(out["stdout"], "back\n");
+    let (status, _) = admin
+        .post(&format!("/v1/sandboxes/{id}/keepalive"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+
+    // Owner isolation: another owner sees nothing of it.
+    let mallory = new_owner_client(&server, &admin, "mallory").await;
+    for (method, path) in [
+        (Method::GET, format!("/v1/sandboxes/{id}")),
+        (Method::DELETE, format!("/v1/sandboxes/{id}")),
+        (Method::POST, format!("/v1/sandboxes/{id}/stop")),
+        (Method::GET, format!("/v1/sandboxes/{id}/files/x")),
+        (Method::GET, format!("/v1/sandboxes/{id}/events")),
+    ] {
+        let (status, body) = mallory.send(mallory.request(method.clone(), &path)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{method} {path}: {body}"
+        );
+    }
+    let (status, body) = mallory
+        .post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"argv": ["true"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (_, theirs) = mallory.get("/v1/sandboxes").await;
+    assert_eq!(theirs["items"], json!([]));
+
+    // Events: the log, and the stream resumed from an offset.
+    let (_, events) = admin.get(&format!("/v1/sandboxes/{id}/events")).await;
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["created", "started", "exec", "stopped"] {
+        assert!(kinds.contains(&kind), "missing {kind} in {kinds:?}");
+    }
+    let seqs: Vec<i64> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let resume_from = seqs[seqs.len() - 3];
+    let streamed = events_stream(&server, &id, resume_from, 2).await;
+    assert_eq!(
+        streamed
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        seqs[seqs.len() - 2..].to_vec()
+    );
+    // A live event reaches a connected stream.
+    let after = *seqs.last().unwrap();
+    let live = tokio::spawn({
+        let base = server.base_url.clone();
+        let id = id.clone();
+        async move { events_stream_at(&base, &id, after, 1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    exec(&admin, &id, json!({"argv": ["true"]})).await;
+    let live = tokio::time::timeout(Duration::from_secs(10), live)
+        .await
+        .expect("live event")
+        .unwrap();
+    assert_eq!(live[0]["kind"], "exec");
+
+    // Delete: gone for everyone, runtime removed.
+    let (status, _) = admin.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, 204);
+    let (status, _) = admin.get(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, 404);
+    if profile == "docker" {
+        assert!(containers_with_label(&format!("wharf.sandbox={id}")).is_empty());
+    } else {
+        assert!(!server.data_dir.join("sandboxes").join(&id).exists());
+    }
+    admin.delete(&format!("/v1/sandboxes/{second}")).await;
+}
+
+fn ws_url(base: &str, path: &str) -> String {
+    format!("{}{path}", base.replacen("http://", "ws://", 1))
+}
+
+fn ws_request(url: &str) -> tokio_tungstenite::tungstenite::http::Request<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_KEY}").parse().unwrap(),
+    );
+    request
+}
+
+async fn exec_stream(server: &WharfProcess, id: &str, body: Value) -> Vec<Value> {
+    let url = ws_url(&server.base_url, &format!("/v1/sandboxes/{id}/exec/stream"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_request(&url))
+        .await
+        .expect("websocket");
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            body.to_string(),
+        ))
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    while let Some(Ok(message)) = socket.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            let record: Value = serde_json::from_str(&text).unwrap();
+            let done = record["type"] == "exit" || record["type"] == "error";
+            records.push(record);
+            if done {
+                break;
+            }
+        }
+    }
+    records
+}
+
+async fn events_stream(server: &WharfProcess, id: &str, after: i64, count: usize) -> Vec<Value> {
+    events_stream_at(&server.base_url, id, after, count).await
+}
+
+async fn events_stream_at(base: &str, id: &str, after: i64, count: usize) -> Vec<Value> {
+    let url = ws_url(
+        base,
+        &format!("/v1/sandboxes/{id}/events/stream?after={after}"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_request(&url))
+        .await
+        .expect("websocket");
+    let mut events = Vec::new();
+    while events.len() < count {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+                events.push(serde_json::from_str(&text).unwrap())
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("event stream ended early: {other:?} after {events:?}"),
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_on_the_process_driver() {
+    lifecycle("local").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_on_the_docker_driver() {
+    if !docker_ready() {
+        return;
+    }
+    lifecycle("docker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_sandbox_is_confined_and_limited() {
+    if !docker_ready() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let server = start(root.path());
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    let id = create(&admin, "small").await;
+
+    // Isolation settings as the engine reports them.
+    let inspect = docker(&[
+        "inspect",
+        &format!("wharf-{id}"),
+        "--format",
+        "{{.HostConfig.Privileged}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.HostConfig.NetworkMode}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.Config.User}}",
+    ]);
+    assert_eq!(
+        inspect.trim(),
+        "false [ALL] [no-new-privileges] none 67108864 64 1000:1000"
+    );
+    let out = exec(
+        &admin,
+        &id,
+        json!({"command": "id -u; cat /proc/self/status | grep CapEff"}),
+    )
+    .await;
+    assert_eq!(out["stdout"], "1000\nCapEff:\t0000000000000000\n", "{out}");
+
+    // Memory: allocating past 64 MiB is killed and reported.
+    let out = exec(&admin, &id, json!({"argv": ["python3", "-c", "b = bytearray(400 * 1024 * 1024); print(len(b))"], "timeout_ms": 30000})).await;
+    assert_eq!(
+        (out["oom_killed"].as_bool(), out["exit_code"].as_i64()),
+        (Some(true), Some(137)),
+        "{out}"
+    );
+    let (_, events) = admin.get(&format!("/v1/sandboxes/{id}/events")).await;
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "oom_killed"),
+        "{events}"
+    );
+
+    // Pids: a fork bomb hits the limit; the host and the sandbox survive.
+    let count = "ps -e --no-headers | wc -l";
+    let baseline = exec(&admin, &id, json!({"command": count})).await["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = exec(
+        &admin,
+        &id,
+        json!({"command": "bomb() { bomb | bomb & }; bomb; sleep 3", "timeout_ms": 4000}),
+    )
+    .await;
+    let stderr = out["stderr"].as_str().unwrap();
+    assert!(
+        out["timed_out"] == true
+            || stderr.contains("Cannot fork")
+            || stderr.contains("Resource temporarily unavailable"),
+        "the pids limit stopped the bomb: {}",
+        &stderr[..stderr.len().min(400)]
+    );
+    let (status, _) = admin.get("/v1/info").await;
+    assert_eq!(status, 200, "the server still answers");
+    let mut settled = false;
+    for _ in 0..50 {
+        let (status, ps) = admin
+            .post(
+                &format!("/v1/sandboxes/{id}/exec"),
+                json!({"command": count}),
+            )
+            .await;
+        if status == 200
+            && ps["exit_code"] == 0
+            && ps["stdout"].as_str().unwrap().trim() == baseline
+        {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        settled,
+        "the fork bomb's processes are gone after the exec (baseline {baseline} processes)"
+    );
+
+    // A profile without `files` refuses files before starting anything.
+    let restricted = create(&admin, "execonly").await;
+    admin
+        .post(&format!("/v1/sandboxes/{restricted}/stop"), json!({}))
+        .await;
+    let (status, body) = admin
+        .get(&format!("/v1/sandboxes/{restricted}/files/x"))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("capability_not_supported")),
+        "{body}"
+    );
+    let state = docker(&[
+        "inspect",
+        &format!("wharf-{restricted}"),
+        "--format",
+        "{{.State.Running}}",
+    ]);
+    assert_eq!(
+        state.trim(),
+        "false",
+        "the refused call did not start the container"
+    );
+    for sandbox in [&id, &restricted] {
+        let (status, _) = admin.delete(&format!("/v1/sandboxes/{sandbox}")).await;
+        assert_eq!(status, 204);
+    }
+    assert!(containers_with_label(&format!("wharf.instance={}", instance_id(&server))).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_idempotent_creates_start_one_container() {
+    if !docker_ready() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let server = start(root.path());
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let client = Client::new(&server, Some(ADMIN_KEY));
+        tasks.push(tokio::spawn(async move {
+            let request = client
+                .request(Method::POST, "/v1/sandboxes")
+                .header("Idempotency-Key", "same")
+                .json(&json!({"profile": "docker"}));
+            client.send(request).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert!(status == 201 || status == 200, "{status} {body}");
+        assert_eq!(body["status"], "running", "{body}");
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(
+        containers_with_label(&format!("wharf.sandbox={}", ids[0])).len(),
+        1
+    );
+    assert_eq!(
+        containers_with_label(&format!("wharf.instance={}", instance_id(&server))).len(),
+        1
+    );
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    admin.delete(&format!("/v1/sandboxes/{}", ids[0])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_stops_idle_sandboxes_and_recovers_dead_containers() {
+    let docker_ok = docker_ready();
+    let root = tempfile::tempdir().unwrap();
+    let server = start(root.path());
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+
+    let idle = create(&admin, "idle").await;
+    admin
+        .wait_for(&format!("/v1/sandboxes/{idle}"), "idle stop", |s| {
+            s["status"] == "stopped"
+        })
+        .await;
+    let (_, events) = admin.get(&format!("/v1/sandboxes/{idle}/events")).await;
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "stopped" && e["detail"]["reason"] == "idle")
+    );
+    let (_, metrics) = admin.send(admin.request(Method::GET, "/metrics")).await;
+    let _ = metrics;
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("wharf_sandbox_gc_actions_total{action=\"idle_stopped\"}"),
+        "metrics:\n{text}"
+    );
+
+    if !docker_ok {
+        return;
+    }
+    let id = create(&admin, "fragile").await;
+    // The container dies: detected, restarted once.
+    docker(&["kill", &format!("wharf-{id}")]);
+    admin
+        .wait_for(&format!("/v1/sandboxes/{id}"), "recovery", |s| {
+            s["restarts"] == 1 && s["status"] == "running"
+        })
+        .await;
+    let out = exec(&admin, &id, json!({"argv": ["echo", "alive"]})).await;
+    assert_eq!(out["stdout"], "alive\n");
+    // It dies again: failed, with an error code.
+    docker(&["kill", &format!("wharf-{id}")]);
+    let failed = admin
+        .wait_for(&format!("/v1/sandboxes/{id}"), "failure", |s| {
+            s["status"] == "failed"
+        })
+        .await;
+    assert_eq!(failed["error_code"], "runtime_died", "{failed}");
+    let (_, events) = admin.get(&format!("/v1/sandboxes/{id}/events")).await;
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"died") && kinds.contains(&"recovered") && kinds.contains(&"failed"),
+        "{kinds:?}"
+    );
+    admin.delete(&format!("/v1/sandboxes/{id}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_create_then_restart_reconciles_and_removes_orphans() {
+    if !docker_ready() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let mut server = start(root.path());
+    let instance = instance_id(&server);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    let keep = create(&admin, "docker").await;
+
+    // A create in flight when the server is killed.
+    let creating = tokio::spawn({
+        let client = Client::new(&server, Some(ADMIN_KEY));
+        async move {
+            client
+                .post("/v1/sandboxes", json!({"profile": "docker"}))
+                .await
+        }
+    });
+    let label = format!("wharf.instance={instance}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers_with_label(&label).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second container never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    let _ = creating.await;
+    // And an orphan: labelled for this server, unknown to its store.
+    let orphan_label = format!("wharf.sandbox=sbx_orphan_{instance}");
+    docker(&[
+        "run",
+        "-d",
+        "--label",
+        &orphan_label,
+        "--label",
+        &label,
+        BASE_IMAGE,
+        "sleep",
+        "infinity",
+    ]);
+    assert_eq!(containers_with_label(&label).len(), 3);
+
+    let server = WharfProcess::start(root.path(), &[]);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    let (_, page) = admin.get("/v1/sandboxes").await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{page}");
+    let interrupted = items.iter().find(|s| s["id"] != keep.as_str()).unwrap();
+    // Killed mid-create: failed and removed, or (if the create had just finished) running.
+    let live_expected = match interrupted["status"].as_str().unwrap() {
+        "failed" => {
+            assert_eq!(
+                interrupted["error_code"], "create_interrupted",
+                "{interrupted}"
+            );
+            1
+        }
+        "running" => 2,
+        other => panic!("unexpected status {other}: {interrupted}"),
+    };
+    let remaining = containers_with_label(&label);
+    assert_eq!(
+        remaining.len(),
+        live_expected,
+        "orphans removed, live sandboxes kept: {}\nlogs:\n{}",
+        docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={label}"),
+            "--format",
+            "{{.Names}} {{.Status}}"
+        ]),
+        server
+            .logs()
+            .lines()
+            .filter(|l| l.contains("INFO") || l.contains("WARN"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(containers_with_label(&orphan_label).is_empty());
+    let out = exec(&admin, &keep, json!({"argv": ["echo", "kept"]})).await;
+    assert_eq!(out["stdout"], "kept\n");
+    for item in items {
+        admin
+            .delete(&format!("/v1/sandboxes/{}", item["id"].as_str().unwrap()))
+            .await;
+    }
+    assert!(containers_with_label(&label).is_empty());
+}
+
+/// The Python client's own tests, against the real server, on each driver available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_passes_its_tests() {
+    let root = tempfile::tempdir().unwrap();
+    let server = start(root.path());
+    let mut profiles = vec!["local"];
+    if docker_ready() {
+        profiles.push("docker");
+    }
+    for profile in profiles {
+        let dir = wharf_e2e::repo_root().join("examples/python");
+        let output = tokio::process::Command::new("python3")
+            .args(["-m", "unittest", "-v", "test_client"])
+            .current_dir(&dir)
+            .env("WHARF_URL", &server.base_url)
+            .env("WHARF_KEY", ADMIN_KEY)
+            .env("WHARF_PROFILE", profile)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
+            .await
+            .expect("python3 runs");
+        assert!(
+            output.status.success(),
+            "python client tests failed on {profile}:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
