@@ -41,6 +41,11 @@ pub const LABEL_OWNER: &str = "wharf.owner";
 pub const LABEL_INSTANCE: &str = "wharf.instance";
 const LABEL_WORKDIR: &str = "wharf.workdir";
 
+/// The output of an attached exec.
+type ExecStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+>;
+
 pub struct DockerDriver {
     docker: Docker,
     instance: String,
@@ -169,13 +174,15 @@ impl DockerDriver {
         Ok(dir)
     }
 
-    /// Runs `cmd` in the container and collects all of its output.
-    async fn raw(
+    /// Creates an exec of `config` in the sandbox's container and attaches to
+    /// it; a task writes `stdin` (if any) to the exec and then closes its
+    /// input. Returns the exec's id, its output and the writer task.
+    async fn attach_exec(
         &self,
         sandbox_id: &str,
-        cmd: Vec<String>,
+        config: ExecConfig,
         stdin: Option<Vec<u8>>,
-    ) -> WharfResult<Raw> {
+    ) -> WharfResult<(String, ExecStream, tokio::task::JoinHandle<()>)> {
         let exec = self
             .docker
             .create_exec(
@@ -184,8 +191,7 @@ impl DockerDriver {
                     attach_stdin: Some(stdin.is_some()),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
-                    cmd: Some(cmd),
-                    ..Default::default()
+                    ..config
                 },
             )
             .await
@@ -195,11 +201,7 @@ impl DockerDriver {
             .start_exec(&exec.id, None::<StartExecOptions>)
             .await
             .map_err(|err| engine_error("exec", err))?;
-        let StartExecResults::Attached {
-            mut output,
-            mut input,
-        } = started
-        else {
+        let StartExecResults::Attached { output, mut input } = started else {
             return Err(WharfError::internal("docker exec did not attach"));
         };
         let writer = tokio::spawn(async move {
@@ -208,6 +210,26 @@ impl DockerDriver {
             }
             let _ = input.shutdown().await;
         });
+        Ok((exec.id, output, writer))
+    }
+
+    /// Runs `cmd` in the container and collects all of its output.
+    async fn raw(
+        &self,
+        sandbox_id: &str,
+        cmd: Vec<String>,
+        stdin: Option<Vec<u8>>,
+    ) -> WharfResult<Raw> {
+        let (exec_id, mut output, writer) = self
+            .attach_exec(
+                sandbox_id,
+                ExecConfig {
+                    cmd: Some(cmd),
+                    ..Default::default()
+                },
+                stdin,
+            )
+            .await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         while let Some(chunk) = output.next().await {
             match chunk.map_err(|err| engine_error("exec output", err))? {
@@ -219,7 +241,7 @@ impl DockerDriver {
             }
         }
         let _ = writer.await;
-        let code = self.exit_code(&exec.id).await?;
+        let code = self.exit_code(&exec_id).await?;
         Ok(Raw {
             code: code.unwrap_or(-1),
             stdout,
@@ -585,41 +607,18 @@ impl SandboxDriver for DockerDriver {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let started = Instant::now();
-        let exec = self
-            .docker
-            .create_exec(
-                &object_name(sandbox_id),
+        let (exec_id, mut output, writer) = self
+            .attach_exec(
+                sandbox_id,
                 ExecConfig {
-                    attach_stdin: Some(request.stdin.is_some()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
                     cmd: Some(cmd),
                     env: Some(env),
                     working_dir: Some(workdir),
                     ..Default::default()
                 },
+                request.stdin.clone(),
             )
-            .await
-            .map_err(|err| self.exec_error(sandbox_id, err))?;
-        let attached = self
-            .docker
-            .start_exec(&exec.id, None::<StartExecOptions>)
-            .await
-            .map_err(|err| engine_error("exec", err))?;
-        let StartExecResults::Attached {
-            mut output,
-            mut input,
-        } = attached
-        else {
-            return Err(WharfError::internal("docker exec did not attach"));
-        };
-        let stdin = request.stdin.clone();
-        let writer = tokio::spawn(async move {
-            if let Some(data) = stdin {
-                let _ = input.write_all(&data).await;
-            }
-            let _ = input.shutdown().await;
-        });
+            .await?;
         let cap = request.output_cap;
         let mut out = ExecOutput::default();
         // `timeout` kills the group; the host deadline is a safety net for
@@ -658,7 +657,7 @@ impl SandboxDriver for DockerDriver {
         let code = if host_deadline_hit {
             None
         } else {
-            self.exit_code(&exec.id).await?
+            self.exit_code(&exec_id).await?
         };
         // `timeout -s KILL` dies with its group: 137 at (or past) the deadline.
         let killed = code == Some(137) || code == Some(124);
