@@ -30,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 use super::profiles::Network;
 use super::{
     DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, SandboxDriver, SandboxPath,
-    SandboxSpec, StreamKind,
+    SandboxSpec, StreamKind, refuse_root,
 };
 use crate::error::{ErrorCode, WharfError, WharfResult};
 
@@ -684,12 +684,7 @@ impl SandboxDriver for DockerDriver {
         path: &SandboxPath,
         data: Vec<u8>,
     ) -> WharfResult<()> {
-        if path.is_root() {
-            return Err(WharfError::new(
-                ErrorCode::InvalidPath,
-                "cannot write to the workspace root",
-            ));
-        }
+        refuse_root(path, "write to")?;
         self.file_op(sandbox_id, path, "write", "", Some(data))
             .await
             .map(|_| ())
@@ -728,12 +723,7 @@ impl SandboxDriver for DockerDriver {
         path: &SandboxPath,
         recursive: bool,
     ) -> WharfResult<()> {
-        if path.is_root() {
-            return Err(WharfError::new(
-                ErrorCode::InvalidPath,
-                "cannot remove the workspace root",
-            ));
-        }
+        refuse_root(path, "remove")?;
         self.file_op(
             sandbox_id,
             path,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::error::WharfResult;
+use crate::error::{ErrorCode, WharfError, WharfResult};
 pub use paths::SandboxPath;
 pub use profiles::Profile;
 
@@ -94,6 +94,18 @@ pub struct DirEntry {
     pub name: String,
     pub kind: EntryKind,
     pub size: u64,
+}
+
+/// Refuses an operation (`what`: "write to", "remove") that would replace or
+/// remove the workspace root itself.
+pub(crate) fn refuse_root(path: &SandboxPath, what: &str) -> WharfResult<()> {
+    if path.is_root() {
+        return Err(WharfError::new(
+            ErrorCode::InvalidPath,
+            format!("cannot {what} the workspace root"),
+        ));
+    }
+    Ok(())
 }
 
 /// The isolation mechanism behind a sandbox. Every operation names the

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use super::paths::resolve_local;
 use super::{
     DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, OutputSink, SandboxDriver,
-    SandboxPath, SandboxSpec, StreamKind,
+    SandboxPath, SandboxSpec, StreamKind, refuse_root,
 };
 use crate::error::{ErrorCode, WharfError, WharfResult};
 
@@ -193,12 +193,7 @@ impl SandboxDriver for ProcessDriver {
         path: &SandboxPath,
         data: Vec<u8>,
     ) -> WharfResult<()> {
-        if path.is_root() {
-            return Err(WharfError::new(
-                ErrorCode::InvalidPath,
-                "cannot write to the workspace root",
-            ));
-        }
+        refuse_root(path, "write to")?;
         let real = self.resolve(sandbox_id, path)?;
         // Write beside the target, then rename: a reader never sees half a file.
         let tmp = real.with_file_name(format!(".wharf-tmp-{}", rand::random::<u64>()));
@@ -248,12 +243,7 @@ impl SandboxDriver for ProcessDriver {
         path: &SandboxPath,
         recursive: bool,
     ) -> WharfResult<()> {
-        if path.is_root() {
-            return Err(WharfError::new(
-                ErrorCode::InvalidPath,
-                "cannot remove the workspace root",
-            ));
-        }
+        refuse_root(path, "remove")?;
         let real = self.resolve(sandbox_id, path)?;
         let meta = tokio::fs::symlink_metadata(&real)
             .await
