@@ -189,13 +189,8 @@ impl LoadedComponent {
         Ok(store)
     }
 
-    /// Runs `f` on a fresh instance. Must run on a blocking thread inside a
-    /// tokio runtime (sandbox imports block on async drivers).
-    fn call<R>(
-        &self,
-        sandbox: Option<SandboxBinding>,
-        f: impl FnOnce(&mut Store<CallState>, &Pre) -> wasmtime::Result<R>,
-    ) -> WharfResult<R> {
+    /// Refuses a call while the circuit breaker has the component cooling down.
+    fn check_circuit(&self) -> WharfResult<()> {
         if let Err(remaining) = self.circuit.check() {
             return Err(WharfError::new(
                 ErrorCode::PluginUnavailable,
@@ -207,6 +202,17 @@ impl LoadedComponent {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Runs `f` on a fresh instance. Must run on a blocking thread inside a
+    /// tokio runtime (sandbox imports block on async drivers).
+    fn call<R>(
+        &self,
+        sandbox: Option<SandboxBinding>,
+        f: impl FnOnce(&mut Store<CallState>, &Pre) -> wasmtime::Result<R>,
+    ) -> WharfResult<R> {
+        self.check_circuit()?;
         let started = Instant::now();
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
         let mut store = self.new_store(sandbox, &stderr)?;
@@ -342,17 +348,7 @@ impl LoadedComponent {
                 "component is an adapter, not a provider",
             ));
         };
-        if let Err(remaining) = self.circuit.check() {
-            return Err(WharfError::new(
-                ErrorCode::PluginUnavailable,
-                format!(
-                    "component {}/{} is cooling down after repeated faults; retry in {} ms",
-                    self.pack_id,
-                    self.name,
-                    remaining.as_millis()
-                ),
-            ));
-        }
+        self.check_circuit()?;
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
         let mut store = self.new_store(None, &stderr)?;
         let bindings = match pre.instantiate(&mut store) {
