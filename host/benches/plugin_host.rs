@@ -8,16 +8,12 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index]
-}
+use support::percentile;
 
 fn report(name: &str, samples: &mut [Duration]) {
     let p50 = percentile(samples, 0.50);

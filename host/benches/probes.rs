@@ -10,22 +10,18 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use serde_json::{Value, json};
+use support::percentile;
 use wharf::config::ProbesConfig;
 use wharf::probes::runner::{ProbeRequest, ProbeRunner};
 
 const KEY: &str = "sk-bench-0123456789";
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index]
-}
 
 async fn mock() -> String {
     let models = json!({"object": "list", "data": [{"id": "kimi-k2.6", "object": "model"}, {"id": "kimi-k2.5", "object": "model"}]});

@@ -7,19 +7,16 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::percentile;
 
 const KEY: &str = "wharf_testadminkey0123456789";
 const IMAGE: &str = "wharf/sandbox-base:1";
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn report(name: &str, samples: &mut [Duration]) -> Duration {
     let p50 = percentile(samples, 0.50);
