@@ -126,6 +126,16 @@ impl WharfProcess {
         response.text().await.expect("metrics body")
     }
 
+    /// The OpenAPI document of `GET /openapi.json`.
+    pub async fn openapi(&self) -> serde_json::Value {
+        reqwest::get(self.url("/openapi.json"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Everything the server printed so far.
     pub fn logs(&self) -> String {
         let read =

@@ -1,5 +1,5 @@
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, build_pack, install_pack_active};
 
 async fn start_with_core_adapters() -> (tempfile::TempDir, WharfProcess, Client) {
@@ -66,12 +66,7 @@ async fn dropped_core_adapters_pack_runs_shell_in_a_local_sandbox() {
         "one more ok call of the shell component"
     );
     assert!(metrics.contains("wharf_pack_generation{pack=\"core-adapters\"} 1"));
-    let openapi: Value = reqwest::get(server.url("/openapi.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi = server.openapi().await;
     for path in [
         "/v1/packs",
         "/v1/packs/{id}",

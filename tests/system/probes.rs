@@ -479,12 +479,7 @@ async fn each_upstream_behaviour_is_exactly_its_class() {
     };
     let (status, _) = other.get(&format!("/v1/targets/{id}")).await;
     assert_eq!(status, 404, "targets are owner-scoped");
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(&format!(
             "wharf_probe_up{{provider=\"kimi\",target=\"{id}\"}} 1"
@@ -515,12 +510,7 @@ async fn each_upstream_behaviour_is_exactly_its_class() {
         );
     }
 
-    let openapi: Value = reqwest::get(server.url("/openapi.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi = server.openapi().await;
     for path in [
         "/v1/probes",
         "/v1/probes/{id}",

@@ -774,12 +774,7 @@ async fn gc_stops_idle_sandboxes_and_recovers_dead_containers() {
     );
     let (_, metrics) = admin.send(admin.request(Method::GET, "/metrics")).await;
     let _ = metrics;
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     assert!(
         text.contains("wharf_sandbox_gc_actions_total{action=\"idle_stopped\"}"),
         "metrics:\n{text}"
