@@ -129,6 +129,13 @@ async fn exec(client: &Client, id: &str, body: Value) -> Value {
     out
 }
 
+/// `POST /v1/sandboxes/{id}/<action>` (stop, start, keepalive): status and answer.
+async fn lifecycle_action(client: &Client, id: &str, action: &str) -> (u16, Value) {
+    client
+        .post(&format!("/v1/sandboxes/{id}/{action}"), json!({}))
+        .await
+}
+
 async fn new_owner_client(server: &WharfProcess, admin: &Client, owner: &str) -> Client {
     let (status, key) = admin.post("/v1/keys", json!({"owner": owner})).await;
     assert_eq!(status, 201, "{key}");
@@ -335,11 +342,17 @@ async fn lifecycle(profile: &str) {
         "write through symlink: {body}"
     );
 
-    // A timeout kills the whole process tree.
+    // A timeout kills the whole process tree. Each driver's run sleeps for its
+    // own durations: the host `ps` also shows the Docker suite's processes.
+    let (first, second) = if profile == "local" {
+        ("sleep 31", "sleep 32")
+    } else {
+        ("sleep 41", "sleep 42")
+    };
     let out = exec(
         &admin,
         &id,
-        json!({"command": "sleep 31 & sleep 32 & echo $! > bg.pid; wait", "timeout_ms": 1000}),
+        json!({"command": format!("{first} & {second} & echo $! > bg.pid; wait"), "timeout_ms": 1000}),
     )
     .await;
     assert_eq!(
@@ -356,14 +369,14 @@ async fn lifecycle(profile: &str) {
         let ps = String::from_utf8_lossy(&ps.stdout);
         assert!(
             !ps.lines()
-                .any(|l| (l.contains("sleep 31") || l.contains("sleep 32")) && !l.starts_with('Z')),
+                .any(|l| (l.contains(first) || l.contains(second)) && !l.starts_with('Z')),
             "leftover:\n{ps}"
         );
     } else {
         let ps = exec(&admin, &id, json!({"argv": ["ps", "-eo", "stat,args"]})).await;
         let ps = ps["stdout"].as_str().unwrap();
         assert!(
-            !ps.contains("sleep 31") && !ps.contains("sleep 32"),
+            !ps.contains(first) && !ps.contains(second),
             "leftover in the container:\n{ps}"
         );
     }
@@ -402,30 +415,22 @@ async fn lifecycle(profile: &str) {
     );
 
     // Stop, start, keepalive; use of a stopped sandbox starts it again.
-    let (status, stopped) = admin
-        .post(&format!("/v1/sandboxes/{id}/stop"), json!({}))
-        .await;
+    let (status, stopped) = lifecycle_action(&admin, &id, "stop").await;
     assert_eq!(
         (status, stopped["status"].as_str()),
         (200, Some("stopped")),
         "{stopped}"
     );
-    let (status, started) = admin
-        .post(&format!("/v1/sandboxes/{id}/start"), json!({}))
-        .await;
+    let (status, started) = lifecycle_action(&admin, &id, "start").await;
     assert_eq!(
         (status, started["status"].as_str()),
         (200, Some("running")),
         "{started}"
     );
-    admin
-        .post(&format!("/v1/sandboxes/{id}/stop"), json!({}))
-        .await;
+    lifecycle_action(&admin, &id, "stop").await;
     let out = exec(&admin, &id, json!({"argv": ["echo", "back"]})).await;
     assert_eq!(out["stdout"], "back\n");
-    let (status, _) = admin
-        .post(&format!("/v1/sandboxes/{id}/keepalive"), json!({}))
-        .await;
+    let (status, _) = lifecycle_action(&admin, &id, "keepalive").await;
     assert_eq!(status, 200);
 
     // Owner isolation: another owner sees nothing of it.
