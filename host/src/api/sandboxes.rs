@@ -11,6 +11,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use utoipa_axum::router::OpenApiRouter;
@@ -19,15 +20,30 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody, Json, Path, Query};
 use crate::capabilities::{self, InvokeOutcome};
-use crate::error::{ErrorCode, WharfError};
+use crate::error::WharfError;
 use crate::sandbox::service::{
     ExecInput, LOCAL_PROFILE, Sandbox, SandboxEvent, SandboxPage, SandboxStatus,
 };
-use crate::sandbox::{DirEntry, ExecOutput, SandboxPath, StreamKind};
+use crate::sandbox::{DirEntry, ExecOutput, FileUpload, SandboxPath, StreamKind};
 use crate::store::keys::Principal;
 
+/// Routes axum serves through its own router (a `{*path}` wildcard or a
+/// WebSocket upgrade), documented here so `/openapi.json` lists every route.
+/// The `{path}` parameter of the file routes may contain `/`.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    download,
+    upload,
+    delete_file,
+    list_dir,
+    make_dir,
+    exec_stream,
+    events_stream
+))]
+struct WildcardAndSocketRoutes;
+
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    OpenApiRouter::with_openapi(<WildcardAndSocketRoutes as utoipa::OpenApi>::openapi())
         .routes(routes!(create_sandbox, list_sandboxes))
         .routes(routes!(get_sandbox, delete_sandbox))
         .routes(routes!(stop_sandbox))
@@ -37,7 +53,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_events))
         .routes(routes!(invoke_capability))
         .routes(routes!(list_root))
-        // Wildcard and WebSocket routes are served but not in the OpenAPI document.
+        // Documented by `WildcardAndSocketRoutes`.
         .route(
             "/v1/sandboxes/{id}/files/{*path}",
             get(download).put(upload).delete(delete_file),
@@ -308,6 +324,10 @@ async fn exec(
 /// WebSocket: the first client message is an exec body (JSON); the server
 /// answers with one JSON record per output line, `{type:"line", ts, stream,
 /// level, line}`, then `{type:"exit", ...}` (or `{type:"error", code, message}`).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/exec/stream", params(("id" = String, Path)), responses(
+    (status = 101, description = "WebSocket upgrade; then line records and a final exit record"),
+    (status = 404, body = ErrorBody),
+))]
 async fn exec_stream(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -402,20 +422,30 @@ fn parse_path(raw: &str) -> Result<SandboxPath, ApiError> {
     Ok(SandboxPath::parse(raw)?)
 }
 
-/// Downloads a file's bytes.
+/// Downloads a file's bytes, streamed, with its `Content-Length`.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/{path}",
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    responses(
+        (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, body = ErrorBody, description = "invalid_path, or the path is a directory"),
+        (status = 404, body = ErrorBody, description = "not_found or file_not_found"),
+    ))]
 async fn download(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let path = parse_path(&path)?;
-    let data = state
+    let download = state
         .sandboxes
         .read_file(&principal.owner, &id, &path)
         .await?;
     Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        Body::from(data),
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, download.size.to_string()),
+        ],
+        Body::from_stream(download.body),
     )
         .into_response())
 }
@@ -426,7 +456,17 @@ pub struct Written {
     size: u64,
 }
 
-/// Uploads the request body as the file's new content (parent must exist).
+/// Streams the request body into the file (its parent must exist). Past
+/// `sandbox.max_upload_bytes` the answer is 413 and the old file stays.
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files/{path}",
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, body = Written),
+        (status = 400, body = ErrorBody, description = "invalid_path, or the body ended short of its Content-Length"),
+        (status = 404, body = ErrorBody, description = "not_found, or file_not_found for a missing parent directory"),
+        (status = 413, body = ErrorBody, description = "payload_too_large"),
+    ))]
 async fn upload(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -435,27 +475,20 @@ async fn upload(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Written>)> {
     let path = parse_path(&path)?;
-    let limit = state.config.sandbox.max_upload_bytes;
-    let too_large = || {
-        WharfError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("uploads are limited to {limit} bytes"),
-        )
-    };
-    let declared = headers
+    let declared_size = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large().into());
-    }
-    let data = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
-    let size = data.len() as u64;
-    state
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = body.into_data_stream().map(|chunk| {
+        chunk.map_err(|err| WharfError::validation(format!("the upload body broke off: {err}")))
+    });
+    let upload = FileUpload {
+        body: Box::pin(body),
+        declared_size,
+    };
+    let size = state
         .sandboxes
-        .write_file(&principal.owner, &id, &path, data.to_vec())
+        .write_file(&principal.owner, &id, &path, upload)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -466,13 +499,22 @@ async fn upload(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct RemoveQuery {
+    /// Remove a non-empty directory and everything in it.
     #[serde(default)]
     recursive: bool,
 }
 
 /// Removes a file (or a directory: empty, or any with `?recursive=true`).
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files/{path}",
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`"), RemoveQuery),
+    responses(
+        (status = 204),
+        (status = 400, body = ErrorBody, description = "invalid_path"),
+        (status = 404, body = ErrorBody, description = "not_found or file_not_found"),
+        (status = 409, body = ErrorBody, description = "a non-empty directory without `recursive`"),
+    ))]
 async fn delete_file(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -512,6 +554,14 @@ async fn list_root(
     }))
 }
 
+/// Lists a directory of the workspace.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/dirs/{path}",
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    responses(
+        (status = 200, body = Listing),
+        (status = 400, body = ErrorBody, description = "invalid_path, or not a directory"),
+        (status = 404, body = ErrorBody, description = "not_found or file_not_found"),
+    ))]
 async fn list_dir(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -529,6 +579,14 @@ async fn list_dir(
 }
 
 /// Creates a directory and its missing parents.
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/dirs/{path}",
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    responses(
+        (status = 201),
+        (status = 400, body = ErrorBody, description = "invalid_path"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "a file is in the way"),
+    ))]
 async fn make_dir(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -578,6 +636,13 @@ async fn list_events(
     Ok(Json(EventPage { items, next_after }))
 }
 
+/// WebSocket: the sandbox's events after `after`, then new ones live, one
+/// JSON record each (`{type:"event", seq, ...}`). Reconnect with the last
+/// `seq` seen as `after` to miss nothing.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/events/stream", params(("id" = String, Path), EventsQuery), responses(
+    (status = 101, description = "WebSocket upgrade; then event records"),
+    (status = 404, body = ErrorBody),
+))]
 async fn events_stream(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -94,6 +94,8 @@ impl wit_sandbox::Host for CallState {
                 timeout: binding.exec_timeout(request.timeout_ms.map(u64::from)),
                 output_cap: binding.output_cap(),
                 sink: None,
+                // Set from the sandbox's profile by `binding.exec`.
+                limits: Default::default(),
             };
             binding.exec(exec).await
         })?;
@@ -110,12 +112,12 @@ impl wit_sandbox::Host for CallState {
 
     fn read_file(&mut self, path: String) -> Result<Vec<u8>, PluginError> {
         let path = parse_path(&path)?;
-        self.on_sandbox(|b| async move { b.driver().read_file(&b.sandbox_id, &path).await })
+        self.on_sandbox(|b| async move { b.read_file(&path).await })
     }
 
     fn write_file(&mut self, path: String, data: Vec<u8>) -> Result<(), PluginError> {
         let path = parse_path(&path)?;
-        self.on_sandbox(|b| async move { b.driver().write_file(&b.sandbox_id, &path, data).await })
+        self.on_sandbox(|b| async move { b.write_file(&path, data).await })
     }
 
     fn list_dir(&mut self, path: String) -> Result<Vec<wit_sandbox::DirEntry>, PluginError> {

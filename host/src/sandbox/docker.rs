@@ -23,14 +23,16 @@ use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, ListVolumesOptions, RemoveContainerOptions,
     RemoveVolumeOptions, StopContainerOptions,
 };
+use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 
 use super::profiles::Network;
 use super::{
-    DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, SandboxDriver, SandboxPath,
-    SandboxSpec, StreamKind, refuse_root,
+    ByteStream, DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, FileDownload,
+    FileUpload, SandboxDriver, SandboxPath, SandboxSpec, StreamKind, bytes_stream, refuse_root,
+    upload_tmp_name,
 };
 use crate::error::{ErrorCode, WharfError, WharfResult};
 
@@ -40,6 +42,9 @@ pub const LABEL_OWNER: &str = "wharf.owner";
 /// server never touches another's sandboxes on a shared engine.
 pub const LABEL_INSTANCE: &str = "wharf.instance";
 const LABEL_WORKDIR: &str = "wharf.workdir";
+
+/// The task feeding an exec's input: bytes written, or why the input broke off.
+type StdinWriter = tokio::task::JoinHandle<WharfResult<u64>>;
 
 /// The output of an attached exec.
 type ExecStream = std::pin::Pin<
@@ -92,6 +97,8 @@ struct Raw {
     code: i64,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// How feeding the command's input went (bytes written).
+    stdin: WharfResult<u64>,
 }
 
 /// Runs the command under `timeout` (which makes its own process group and
@@ -121,17 +128,64 @@ else
   case "$p" in "$root"|"$root"/*) ;; *) exit 71;; esac
 fi
 case "$op" in
-  read) [ -e "$p" ] || exit 72; [ -d "$p" ] && exit 73; exec cat -- "$p" ;;
+  read) [ -e "$p" ] || exit 72; [ -d "$p" ] && exit 73
+        s=$(stat -L -c %s -- "$p") || exit 70; exec 3<"$p" || exit 70
+        printf '%s\n' "$s"; exec head -c "$s" <&3 ;;
   write) d=$(dirname -- "$p"); [ -d "$d" ] || exit 72; [ -d "$p" ] && exit 73
-         t="$d/.wharf-tmp-$$"; cat > "$t" && mv -f -- "$t" "$p" || { rm -f -- "$t"; exit 70; } ;;
+         t="$d/$4"; cat > "$t" || { rm -f -- "$t"; exit 70; }
+         [ -z "$5" ] && exit 0
+         [ "$(wc -c < "$t")" -eq "$5" ] || { rm -f -- "$t"; exit 77; }
+         mv -f -- "$t" "$p" || { rm -f -- "$t"; exit 70; } ;;
+  commit) t="$(dirname -- "$p")/$4"; [ -d "$p" ] && { rm -f -- "$t"; exit 73; }
+          mv -f -- "$t" "$p" || { rm -f -- "$t"; exit 70; } ;;
+  discard) rm -f -- "$(dirname -- "$p")/$4" ;;
   list) [ -e "$p" ] || exit 72; [ -d "$p" ] || exit 74; cd -- "$p" && exec find . -mindepth 1 -maxdepth 1 -printf '%y\t%s\t%f\0' ;;
-  rm|rmr) { [ -e "$p" ] || [ -L "$p" ]; } || exit 72
+  rm) { [ -e "$p" ] || [ -L "$p" ]; } || exit 72
       if [ -d "$p" ] && [ ! -L "$p" ]; then
         if [ "$4" = 1 ]; then rm -rf -- "$p"; else rmdir -- "$p" 2>/dev/null || exit 75; fi
       else rm -f -- "$p"; fi ;;
   mkdir) if [ -e "$p" ] && [ ! -d "$p" ]; then exit 76; fi; mkdir -p -- "$p" ;;
   cwd) [ -d "$p" ] || exit 72; printf '%s' "$p" ;;
 esac"#;
+
+/// Maps a file operation script's exit code to its result (its stdout) or error.
+fn file_op_result(raw: Raw, op: &str, path: &SandboxPath) -> WharfResult<Vec<u8>> {
+    let shown = if path.is_root() {
+        ".".to_string()
+    } else {
+        path.to_string()
+    };
+    match raw.code {
+        0 => Ok(raw.stdout),
+        71 => Err(WharfError::new(
+            ErrorCode::InvalidPath,
+            format!("path {shown:?} escapes the sandbox workspace"),
+        )),
+        72 => Err(WharfError::new(
+            ErrorCode::FileNotFound,
+            format!("{shown}: no such file or directory"),
+        )),
+        73 => Err(WharfError::validation(format!("{shown} is a directory"))),
+        74 => Err(WharfError::validation(format!(
+            "{shown} is not a directory"
+        ))),
+        75 => Err(WharfError::new(
+            ErrorCode::Conflict,
+            format!("{shown} is a non-empty directory; remove it recursively"),
+        )),
+        76 => Err(WharfError::new(
+            ErrorCode::Conflict,
+            format!("{shown} exists and is not a directory"),
+        )),
+        77 => Err(WharfError::validation(format!(
+            "upload of {shown} ended short of its announced size; the file is unchanged"
+        ))),
+        code => Err(WharfError::internal(format!(
+            "file operation {op} on {shown} failed ({code}): {}",
+            String::from_utf8_lossy(&raw.stderr).trim()
+        ))),
+    }
+}
 
 impl DockerDriver {
     /// Connects to the local engine; `None` when no daemon answers.
@@ -175,14 +229,15 @@ impl DockerDriver {
     }
 
     /// Creates an exec of `config` in the sandbox's container and attaches to
-    /// it; a task writes `stdin` (if any) to the exec and then closes its
-    /// input. Returns the exec's id, its output and the writer task.
+    /// it; a task streams `stdin` (if any) into the exec and then closes its
+    /// input. Returns the exec's id, its output and the writer task, which
+    /// ends with the bytes written, or with the error that cut `stdin` short.
     async fn attach_exec(
         &self,
         sandbox_id: &str,
         config: ExecConfig,
-        stdin: Option<Vec<u8>>,
-    ) -> WharfResult<(String, ExecStream, tokio::task::JoinHandle<()>)> {
+        stdin: Option<ByteStream>,
+    ) -> WharfResult<(String, ExecStream, StdinWriter)> {
         let exec = self
             .docker
             .create_exec(
@@ -205,10 +260,26 @@ impl DockerDriver {
             return Err(WharfError::internal("docker exec did not attach"));
         };
         let writer = tokio::spawn(async move {
-            if let Some(data) = stdin {
-                let _ = input.write_all(&data).await;
+            let mut written = 0u64;
+            if let Some(mut stdin) = stdin {
+                while let Some(chunk) = stdin.next().await {
+                    let chunk = match chunk {
+                        Ok(chunk) => chunk,
+                        Err(err) => {
+                            // Closing input now makes the command see a short body.
+                            let _ = input.shutdown().await;
+                            return Err(err);
+                        }
+                    };
+                    // A command that stopped reading explains itself by its exit code.
+                    if input.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                    written += chunk.len() as u64;
+                }
             }
             let _ = input.shutdown().await;
+            Ok(written)
         });
         Ok((exec.id, output, writer))
     }
@@ -218,7 +289,7 @@ impl DockerDriver {
         &self,
         sandbox_id: &str,
         cmd: Vec<String>,
-        stdin: Option<Vec<u8>>,
+        stdin: Option<ByteStream>,
     ) -> WharfResult<Raw> {
         let (exec_id, mut output, writer) = self
             .attach_exec(
@@ -240,12 +311,15 @@ impl DockerDriver {
                 LogOutput::StdIn { .. } => {}
             }
         }
-        let _ = writer.await;
+        let stdin = writer
+            .await
+            .unwrap_or_else(|_| Err(WharfError::internal("exec input task failed")));
         let code = self.exit_code(&exec_id).await?;
         Ok(Raw {
             code: code.unwrap_or(-1),
             stdout,
             stderr,
+            stdin,
         })
     }
 
@@ -284,62 +358,35 @@ impl DockerDriver {
         }
     }
 
-    /// Runs one file operation script; maps its exit code to an error.
+    /// The command running one file operation script on `path`.
+    async fn file_command(
+        &self,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        op: &str,
+        extra: &[&str],
+    ) -> WharfResult<Vec<String>> {
+        let root = self.workdir(sandbox_id).await?;
+        let path = path.to_string();
+        let mut cmd: Vec<String> = ["sh", "-c", RESOLVE, "sh", &root, &path, op]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        cmd.extend(extra.iter().map(|s| s.to_string()));
+        Ok(cmd)
+    }
+
+    /// Runs one file operation script and returns its output.
     async fn file_op(
         &self,
         sandbox_id: &str,
         path: &SandboxPath,
         op: &str,
-        extra: &str,
-        stdin: Option<Vec<u8>>,
+        extra: &[&str],
     ) -> WharfResult<Vec<u8>> {
-        let root = self.workdir(sandbox_id).await?;
-        let cmd = [
-            "sh",
-            "-c",
-            RESOLVE,
-            "sh",
-            &root,
-            &path.to_string(),
-            op,
-            extra,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let raw = self.raw(sandbox_id, cmd, stdin).await?;
-        let shown = if path.is_root() {
-            ".".to_string()
-        } else {
-            path.to_string()
-        };
-        match raw.code {
-            0 => Ok(raw.stdout),
-            71 => Err(WharfError::new(
-                ErrorCode::InvalidPath,
-                format!("path {shown:?} escapes the sandbox workspace"),
-            )),
-            72 => Err(WharfError::new(
-                ErrorCode::FileNotFound,
-                format!("{shown}: no such file or directory"),
-            )),
-            73 => Err(WharfError::validation(format!("{shown} is a directory"))),
-            74 => Err(WharfError::validation(format!(
-                "{shown} is not a directory"
-            ))),
-            75 => Err(WharfError::new(
-                ErrorCode::Conflict,
-                format!("{shown} is a non-empty directory; remove it recursively"),
-            )),
-            76 => Err(WharfError::new(
-                ErrorCode::Conflict,
-                format!("{shown} exists and is not a directory"),
-            )),
-            code => Err(WharfError::internal(format!(
-                "file operation {op} on {shown} failed ({code}): {}",
-                String::from_utf8_lossy(&raw.stderr).trim()
-            ))),
-        }
+        let cmd = self.file_command(sandbox_id, path, op, extra).await?;
+        let raw = self.raw(sandbox_id, cmd, None).await?;
+        file_op_result(raw, op, path)
     }
 
     /// Reads the cgroup's OOM-kill counter; true when it grew since last read.
@@ -590,7 +637,7 @@ impl SandboxDriver for DockerDriver {
         }
         let workdir = match &request.cwd {
             Some(cwd) if !cwd.is_root() => {
-                String::from_utf8_lossy(&self.file_op(sandbox_id, cwd, "cwd", "", None).await?)
+                String::from_utf8_lossy(&self.file_op(sandbox_id, cwd, "cwd", &[]).await?)
                     .into_owned()
             }
             _ => self.workdir(sandbox_id).await?,
@@ -616,7 +663,7 @@ impl SandboxDriver for DockerDriver {
                     working_dir: Some(workdir),
                     ..Default::default()
                 },
-                request.stdin.clone(),
+                request.stdin.clone().map(bytes_stream),
             )
             .await?;
         let cap = request.output_cap;
@@ -674,24 +721,103 @@ impl SandboxDriver for DockerDriver {
         Ok(out)
     }
 
-    async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<u8>> {
-        self.file_op(sandbox_id, path, "read", "", None).await
+    async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<FileDownload> {
+        // The script prints the size on a line of its own, then exactly that
+        // many bytes; without the size line, its exit code says what failed.
+        let cmd = self.file_command(sandbox_id, path, "read", &[]).await?;
+        let (exec_id, mut output, _) = self
+            .attach_exec(
+                sandbox_id,
+                ExecConfig {
+                    cmd: Some(cmd),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await?;
+        let mut head = Vec::new();
+        let mut stderr = Vec::new();
+        while !head.contains(&b'\n') {
+            match output.next().await {
+                Some(chunk) => match chunk.map_err(|err| engine_error("exec output", err))? {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        head.extend_from_slice(&message)
+                    }
+                    LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                    LogOutput::StdIn { .. } => {}
+                },
+                None => {
+                    let code = self.exit_code(&exec_id).await?;
+                    let raw = Raw {
+                        code: code.unwrap_or(-1),
+                        stdout: head,
+                        stderr,
+                        stdin: Ok(0),
+                    };
+                    file_op_result(raw, "read", path)?;
+                    return Err(WharfError::internal(format!(
+                        "reading {path}: the sandbox sent no size"
+                    )));
+                }
+            }
+        }
+        let newline = head.iter().position(|b| *b == b'\n').unwrap_or_default();
+        let size = std::str::from_utf8(&head[..newline])
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .ok_or_else(|| WharfError::internal(format!("reading {path}: bad size line")))?;
+        let first = Bytes::copy_from_slice(&head[newline + 1..]);
+        let rest = output.filter_map(|chunk| async move {
+            match chunk {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    Some(Ok(message))
+                }
+                Ok(_) => None,
+                Err(err) => Some(Err(engine_error("exec output", err))),
+            }
+        });
+        let body = futures::stream::iter((!first.is_empty()).then_some(Ok(first))).chain(rest);
+        Ok(FileDownload {
+            size,
+            body: Box::pin(body),
+        })
     }
 
     async fn write_file(
         &self,
         sandbox_id: &str,
         path: &SandboxPath,
-        data: Vec<u8>,
-    ) -> WharfResult<()> {
+        upload: FileUpload,
+    ) -> WharfResult<u64> {
         refuse_root(path, "write to")?;
-        self.file_op(sandbox_id, path, "write", "", Some(data))
-            .await
-            .map(|_| ())
+        // With an announced size, the script checks it and renames in one
+        // exec; without one, a second exec commits once the body ended well.
+        let tmp = upload_tmp_name();
+        let declared = upload
+            .declared_size
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let cmd = self
+            .file_command(sandbox_id, path, "write", &[&tmp, &declared])
+            .await?;
+        let raw = self.raw(sandbox_id, cmd, Some(upload.body)).await?;
+        let written = match raw.stdin {
+            Ok(written) => written,
+            Err(ref err) => {
+                let err = err.clone();
+                let _ = self.file_op(sandbox_id, path, "discard", &[&tmp]).await;
+                return Err(err);
+            }
+        };
+        file_op_result(raw, "write", path)?;
+        if upload.declared_size.is_none() {
+            self.file_op(sandbox_id, path, "commit", &[&tmp]).await?;
+        }
+        Ok(written)
     }
 
     async fn list_dir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<DirEntry>> {
-        let raw = self.file_op(sandbox_id, path, "list", "", None).await?;
+        let raw = self.file_op(sandbox_id, path, "list", &[]).await?;
         let mut entries = Vec::new();
         for record in raw.split(|b| *b == 0).filter(|r| !r.is_empty()) {
             let text = String::from_utf8_lossy(record);
@@ -724,19 +850,13 @@ impl SandboxDriver for DockerDriver {
         recursive: bool,
     ) -> WharfResult<()> {
         refuse_root(path, "remove")?;
-        self.file_op(
-            sandbox_id,
-            path,
-            "rm",
-            if recursive { "1" } else { "0" },
-            None,
-        )
-        .await
-        .map(|_| ())
+        self.file_op(sandbox_id, path, "rm", &[if recursive { "1" } else { "0" }])
+            .await
+            .map(|_| ())
     }
 
     async fn mkdir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<()> {
-        self.file_op(sandbox_id, path, "mkdir", "", None)
+        self.file_op(sandbox_id, path, "mkdir", &[])
             .await
             .map(|_| ())
     }

@@ -11,9 +11,12 @@ pub mod process;
 pub mod profiles;
 pub mod service;
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 
 use crate::error::{ErrorCode, WharfError, WharfResult};
@@ -52,6 +55,15 @@ pub enum DriverHealth {
     Missing,
 }
 
+/// The profile's limits that a driver applies per exec (the process driver);
+/// the Docker driver has the engine enforce them on the container instead.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecLimits {
+    pub memory_mib: Option<u64>,
+    /// The profile's network is `none`.
+    pub isolate_network: bool,
+}
+
 /// One command to run inside a sandbox.
 #[derive(Debug, Clone, Default)]
 pub struct ExecRequest {
@@ -64,6 +76,7 @@ pub struct ExecRequest {
     pub output_cap: usize,
     /// Output chunks are also sent here as they arrive.
     pub sink: Option<OutputSink>,
+    pub limits: ExecLimits,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -94,6 +107,96 @@ pub struct DirEntry {
     pub name: String,
     pub kind: EntryKind,
     pub size: u64,
+}
+
+/// File bytes on their way through the server, never held whole. An error
+/// item ends the transfer (a client that went away, or an upload past its
+/// limit); the driver then leaves nothing half-written.
+pub type ByteStream = Pin<Box<dyn Stream<Item = WharfResult<Bytes>> + Send>>;
+
+/// A file being read out of a sandbox.
+pub struct FileDownload {
+    /// The file's size when it was opened; exactly this many bytes follow.
+    pub size: u64,
+    pub body: ByteStream,
+}
+
+/// New content for a file.
+pub struct FileUpload {
+    pub body: ByteStream,
+    /// The size the sender announced (`Content-Length`). When the body ends
+    /// short of it, the upload fails and the old file stays.
+    pub declared_size: Option<u64>,
+}
+
+/// A stream of bytes already in memory.
+pub fn bytes_stream(data: Vec<u8>) -> ByteStream {
+    Box::pin(futures::stream::once(async move { Ok(Bytes::from(data)) }))
+}
+
+impl FileUpload {
+    /// An upload of bytes already in memory (plugin calls).
+    pub fn from_bytes(data: Vec<u8>) -> Self {
+        let declared_size = Some(data.len() as u64);
+        Self {
+            body: bytes_stream(data),
+            declared_size,
+        }
+    }
+}
+
+/// The name of an upload's partial file, created beside its target so the
+/// final rename stays on one filesystem (atomic).
+pub(crate) fn upload_tmp_name() -> String {
+    format!(".wharf-upload-{:016x}", rand::random::<u64>())
+}
+
+/// Fails an upload whose body ended short of (or past) its announced size.
+pub(crate) fn check_upload_size(
+    path: &SandboxPath,
+    written: u64,
+    declared: Option<u64>,
+) -> WharfResult<()> {
+    match declared {
+        Some(declared) if declared != written => Err(WharfError::validation(format!(
+            "upload of {path} ended after {written} of {declared} announced bytes; the file is unchanged"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Passes `body` through until more than `limit` bytes have gone by; then
+/// ends it with `payload_too_large`.
+pub fn limit_stream(body: ByteStream, limit: u64) -> ByteStream {
+    let mut seen = 0u64;
+    Box::pin(body.map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            return Err(service::upload_too_large(limit));
+        }
+        Ok(chunk)
+    }))
+}
+
+impl FileDownload {
+    /// Reads the whole file into memory, refusing files over `limit` bytes.
+    pub async fn collect(mut self, limit: u64) -> WharfResult<Vec<u8>> {
+        if self.size > limit {
+            return Err(WharfError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the file has {} bytes; at most {limit} are read whole",
+                    self.size
+                ),
+            ));
+        }
+        let mut data = Vec::with_capacity(self.size as usize);
+        while let Some(chunk) = self.body.next().await {
+            data.extend_from_slice(&chunk?);
+        }
+        Ok(data)
+    }
 }
 
 /// Refuses an operation (`what`: "write to", "remove") that would replace or
@@ -129,13 +232,18 @@ pub trait SandboxDriver: Send + Sync + 'static {
     /// Creates a directory and its missing parents.
     async fn mkdir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<()>;
     async fn exec(&self, sandbox_id: &str, request: ExecRequest) -> WharfResult<ExecOutput>;
-    async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<u8>>;
+    /// Opens a file for streaming out; errors (not found, a directory, an
+    /// escape) come before any byte.
+    async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<FileDownload>;
+    /// Streams `upload` into a file beside the target and renames it into
+    /// place when the body ended well; on any error the old file stays and the
+    /// partial one is removed. Returns the bytes written.
     async fn write_file(
         &self,
         sandbox_id: &str,
         path: &SandboxPath,
-        data: Vec<u8>,
-    ) -> WharfResult<()>;
+        upload: FileUpload,
+    ) -> WharfResult<u64>;
     async fn list_dir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<DirEntry>>;
     async fn remove(
         &self,

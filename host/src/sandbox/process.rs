@@ -2,9 +2,15 @@
 //! per exec, with rlimits and a group kill on timeout.
 //!
 //! Its isolation is weaker than a container's: processes run as the server's
-//! user and see the host filesystem and network. It is the embedded default
-//! for development and for machines without a container engine; use the
-//! Docker driver for untrusted code.
+//! user and see the host filesystem. A profile's `memory_mib` caps each
+//! process's address space (RLIMIT_AS); `cpus` and `pids_limit` are not
+//! enforced (RLIMIT_NPROC counts every process of the server's user, and
+//! root is exempt from it). With
+//! `network = "none"`, each exec gets an empty network namespace where the
+//! host allows it (root, or unprivileged user namespaces); elsewhere it keeps
+//! the host's network, and the server says so at start-up. It is the embedded
+//! default for development and for machines without a container engine; use
+//! the Docker driver for untrusted code.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -12,12 +18,15 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
 
 use super::paths::resolve_local;
 use super::{
-    DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, OutputSink, SandboxDriver,
-    SandboxPath, SandboxSpec, StreamKind, refuse_root,
+    DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, FileDownload, FileUpload,
+    OutputSink, SandboxDriver, SandboxPath, SandboxSpec, StreamKind, check_upload_size,
+    refuse_root, upload_tmp_name,
 };
 use crate::error::{ErrorCode, WharfError, WharfResult};
 
@@ -45,6 +54,54 @@ impl Default for ProcessLimits {
 pub struct ProcessDriver {
     root: PathBuf,
     limits: ProcessLimits,
+    /// Whether an exec can be put in a network namespace of its own.
+    network_isolation: Option<NetworkIsolation>,
+}
+
+/// How an exec leaves the host's network behind.
+#[derive(Debug, Clone, Copy)]
+enum NetworkIsolation {
+    /// A new network namespace (needs CAP_SYS_ADMIN: the server runs as root).
+    Namespace,
+    /// A new user namespace first, then the network namespace (unprivileged).
+    UserAndNamespace,
+}
+
+impl NetworkIsolation {
+    fn flags(self) -> libc::c_int {
+        match self {
+            Self::Namespace => libc::CLONE_NEWNET,
+            Self::UserAndNamespace => libc::CLONE_NEWUSER | libc::CLONE_NEWNET,
+        }
+    }
+
+    /// The first way that works on this host, tried in a throwaway child.
+    fn probe() -> Option<Self> {
+        [Self::Namespace, Self::UserAndNamespace]
+            .into_iter()
+            .find(|way| {
+                let flags = way.flags();
+                let mut command = std::process::Command::new("/bin/sh");
+                command
+                    .args(["-c", "exit 0"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                // SAFETY: one async-signal-safe syscall between fork and exec.
+                unsafe {
+                    command.pre_exec(move || unshare(flags));
+                }
+                command.status().is_ok_and(|status| status.success())
+            })
+    }
+}
+
+fn unshare(flags: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl ProcessDriver {
@@ -57,7 +114,17 @@ impl ProcessDriver {
                 root.display()
             ))
         })?;
-        Ok(Self { root, limits })
+        let network_isolation = NetworkIsolation::probe();
+        if network_isolation.is_none() {
+            tracing::warn!(
+                "the process sandbox driver cannot make network namespaces here: execs of profiles with network = \"none\" keep the host's network"
+            );
+        }
+        Ok(Self {
+            root,
+            limits,
+            network_isolation,
+        })
     }
 
     fn workspace(&self, sandbox_id: &str) -> WharfResult<PathBuf> {
@@ -177,33 +244,78 @@ impl SandboxDriver for ProcessDriver {
             Some(cwd) => resolve_local(&workspace, cwd)?,
             None => workspace.clone(),
         };
-        run_process(&workspace, &cwd, request, self.limits).await
+        let network = self
+            .network_isolation
+            .filter(|_| request.limits.isolate_network);
+        run_process(&workspace, &cwd, request, self.limits, network).await
     }
 
-    async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<u8>> {
+    async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<FileDownload> {
         let real = self.resolve(sandbox_id, path)?;
-        tokio::fs::read(&real)
+        let file = tokio::fs::File::open(&real)
             .await
-            .map_err(|err| io_error(path, err))
+            .map_err(|err| io_error(path, err))?;
+        let meta = file.metadata().await.map_err(|err| io_error(path, err))?;
+        if meta.is_dir() {
+            return Err(WharfError::validation(format!("{path} is a directory")));
+        }
+        let size = meta.len();
+        let shown = path.to_string();
+        // Exactly `size` bytes, even if the file grows while it is read.
+        let body = ReaderStream::new(file.take(size)).map(move |chunk| {
+            chunk.map_err(|err| WharfError::internal(format!("reading {shown}: {err}")))
+        });
+        Ok(FileDownload {
+            size,
+            body: Box::pin(body),
+        })
     }
 
     async fn write_file(
         &self,
         sandbox_id: &str,
         path: &SandboxPath,
-        data: Vec<u8>,
-    ) -> WharfResult<()> {
+        mut upload: FileUpload,
+    ) -> WharfResult<u64> {
         refuse_root(path, "write to")?;
         let real = self.resolve(sandbox_id, path)?;
+        if real.is_dir() {
+            return Err(WharfError::validation(format!("{path} is a directory")));
+        }
         // Write beside the target, then rename: a reader never sees half a file.
-        let tmp = real.with_file_name(format!(".wharf-tmp-{}", rand::random::<u64>()));
-        tokio::fs::write(&tmp, &data)
+        let tmp = real.with_file_name(upload_tmp_name());
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
             .await
             .map_err(|err| io_error(path, err))?;
-        tokio::fs::rename(&tmp, &real).await.map_err(|err| {
-            let _ = std::fs::remove_file(&tmp);
-            io_error(path, err)
-        })
+        let written: WharfResult<u64> = async {
+            let mut written = 0u64;
+            while let Some(chunk) = upload.body.next().await {
+                let chunk = chunk?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|err| io_error(path, err))?;
+                written += chunk.len() as u64;
+            }
+            file.flush().await.map_err(|err| io_error(path, err))?;
+            check_upload_size(path, written, upload.declared_size)?;
+            Ok(written)
+        }
+        .await;
+        drop(file);
+        let renamed = match written {
+            Ok(written) => tokio::fs::rename(&tmp, &real)
+                .await
+                .map(|()| written)
+                .map_err(|err| io_error(path, err)),
+            Err(err) => Err(err),
+        };
+        if renamed.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        renamed
     }
 
     async fn list_dir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<DirEntry>> {
@@ -268,6 +380,7 @@ async fn run_process(
     cwd: &Path,
     request: ExecRequest,
     limits: ProcessLimits,
+    network: Option<NetworkIsolation>,
 ) -> WharfResult<ExecOutput> {
     let Some(program) = request.argv.first() else {
         return Err(WharfError::validation("argv must not be empty"));
@@ -289,10 +402,17 @@ async fn run_process(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    let profile = request.limits;
+    let address_space = profile
+        .memory_mib
+        .map_or(limits.address_space_bytes, |mib| mib << 20);
     // SAFETY: only async-signal-safe libc calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
-            set_rlimit(libc::RLIMIT_AS, limits.address_space_bytes)?;
+            if let Some(network) = network {
+                unshare(network.flags())?;
+            }
+            set_rlimit(libc::RLIMIT_AS, address_space)?;
             set_rlimit(libc::RLIMIT_NOFILE, limits.open_files)?;
             set_rlimit(libc::RLIMIT_FSIZE, limits.file_size_bytes)?;
             set_rlimit(libc::RLIMIT_CORE, 0)?;
@@ -426,6 +546,7 @@ impl Drop for GroupGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn spec() -> SandboxSpec {
         SandboxSpec {
@@ -502,5 +623,92 @@ mod tests {
             })
             .unwrap_or(false);
         assert!(!alive, "background child {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn profile_memory_caps_the_address_space() {
+        let root = tempfile::tempdir().unwrap();
+        let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
+        driver.create("sbx_m", &spec()).await.unwrap();
+        let mut request = exec(
+            &[
+                "python3",
+                "-c",
+                "b = bytearray(256 << 20); print('allocated')",
+            ],
+            Duration::from_secs(10),
+        );
+        request.limits.memory_mib = Some(64);
+        let out = driver.exec("sbx_m", request).await.unwrap();
+        assert_ne!(out.exit_code, Some(0));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("MemoryError"),
+            "{out:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn network_none_leaves_only_loopback() {
+        let root = tempfile::tempdir().unwrap();
+        let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
+        if driver.network_isolation.is_none() && std::env::var("CI").as_deref() != Ok("true") {
+            eprintln!("skipping: this host cannot make network namespaces");
+            return;
+        }
+        driver.create("sbx_n", &spec()).await.unwrap();
+        let interfaces = |isolate_network: bool| {
+            let mut request = exec(&["cat", "/proc/net/dev"], Duration::from_secs(5));
+            request.limits.isolate_network = isolate_network;
+            let driver = &driver;
+            async move {
+                let out = driver.exec("sbx_n", request).await.unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .skip(2)
+                    .filter_map(|line| line.split(':').next())
+                    .map(|name| name.trim().to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(interfaces(true).await, ["lo"]);
+        assert!(
+            interfaces(false).await.len() > 1,
+            "the host has more than lo"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upload_cut_short_leaves_the_old_file_and_no_partial() {
+        let root = tempfile::tempdir().unwrap();
+        let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
+        driver.create("sbx_u", &spec()).await.unwrap();
+        let path = SandboxPath::parse("data.bin").unwrap();
+        driver
+            .write_file("sbx_u", &path, FileUpload::from_bytes(b"old".to_vec()))
+            .await
+            .unwrap();
+        // Past the limit mid-stream: payload_too_large, the old file stays.
+        let chunks = (0..4).map(|_| Ok(Bytes::from(vec![7u8; 1024])));
+        let upload = FileUpload {
+            body: crate::sandbox::limit_stream(Box::pin(futures::stream::iter(chunks)), 2048),
+            declared_size: None,
+        };
+        let err = driver.write_file("sbx_u", &path, upload).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::PayloadTooLarge);
+        // Shorter than announced: refused, the old file stays.
+        let upload = FileUpload {
+            body: crate::sandbox::bytes_stream(vec![1u8; 10]),
+            declared_size: Some(20),
+        };
+        let err = driver.write_file("sbx_u", &path, upload).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::ValidationError);
+        let names: Vec<String> = std::fs::read_dir(root.path().join("sbx_u"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["data.bin"]);
+        let download = driver.read_file("sbx_u", &path).await.unwrap();
+        assert_eq!(download.size, 3);
+        assert_eq!(download.collect(1024).await.unwrap(), b"old");
     }
 }

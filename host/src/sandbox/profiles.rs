@@ -114,6 +114,13 @@ impl Profile {
         }
     }
 
+    pub fn exec_limits(&self) -> super::ExecLimits {
+        super::ExecLimits {
+            memory_mib: self.memory_mib,
+            isolate_network: self.network == Network::None,
+        }
+    }
+
     pub fn allows(&self, capability: &str) -> bool {
         self.capabilities
             .iter()

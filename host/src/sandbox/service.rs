@@ -14,7 +14,10 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::profiles::{Profile, Profiles};
-use super::{DirEntry, ExecOutput, ExecRequest, SandboxDriver, SandboxPath, SandboxSpec};
+use super::{
+    DirEntry, ExecLimits, ExecOutput, ExecRequest, FileDownload, FileUpload, SandboxDriver,
+    SandboxPath, SandboxSpec, limit_stream,
+};
 use crate::config::SandboxConfig;
 use crate::error::{ErrorCode, WharfError, WharfResult};
 use crate::store::keys::new_id;
@@ -151,6 +154,7 @@ pub struct SandboxBinding {
     pub sandbox_id: String,
     driver: Arc<dyn SandboxDriver>,
     config: SandboxConfig,
+    limits: ExecLimits,
     env: Vec<(String, String)>,
 }
 
@@ -175,8 +179,34 @@ impl SandboxBinding {
         let mut env = self.env.clone();
         env.append(&mut request.env);
         request.env = env;
+        request.limits = self.limits;
         self.driver.exec(&self.sandbox_id, request).await
     }
+
+    /// A whole file, for a plugin (at most `max_upload_bytes`).
+    pub async fn read_file(&self, path: &SandboxPath) -> WharfResult<Vec<u8>> {
+        let download = self.driver.read_file(&self.sandbox_id, path).await?;
+        download.collect(self.config.max_upload_bytes as u64).await
+    }
+
+    /// Replaces a file with `data`, for a plugin (at most `max_upload_bytes`).
+    pub async fn write_file(&self, path: &SandboxPath, data: Vec<u8>) -> WharfResult<()> {
+        let limit = self.config.max_upload_bytes as u64;
+        if data.len() as u64 > limit {
+            return Err(upload_too_large(limit));
+        }
+        self.driver
+            .write_file(&self.sandbox_id, path, FileUpload::from_bytes(data))
+            .await
+            .map(|_| ())
+    }
+}
+
+pub(crate) fn upload_too_large(limit: u64) -> WharfError {
+    WharfError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("uploads are limited to {limit} bytes"),
+    )
 }
 
 /// An exec as the API receives it.
@@ -597,6 +627,7 @@ impl Sandboxes {
             timeout: Duration::from_millis(ms),
             output_cap: self.config.exec_output_cap_bytes,
             sink: input.sink,
+            limits: profile.exec_limits(),
         };
         self.metrics
             .operations
@@ -629,20 +660,27 @@ impl Sandboxes {
         owner: &str,
         id: &str,
         path: &SandboxPath,
-    ) -> WharfResult<Vec<u8>> {
+    ) -> WharfResult<FileDownload> {
         let (_, _, driver) = self.prepare(owner, id, "files").await?;
         driver.read_file(id, path).await
     }
 
+    /// Streams an upload into the file; past `max_upload_bytes` it fails with
+    /// `payload_too_large` and the old file stays.
     pub async fn write_file(
         &self,
         owner: &str,
         id: &str,
         path: &SandboxPath,
-        data: Vec<u8>,
-    ) -> WharfResult<()> {
+        mut upload: FileUpload,
+    ) -> WharfResult<u64> {
+        let limit = self.config.max_upload_bytes as u64;
+        if upload.declared_size.is_some_and(|size| size > limit) {
+            return Err(upload_too_large(limit));
+        }
         let (_, _, driver) = self.prepare(owner, id, "files").await?;
-        driver.write_file(id, path, data).await
+        upload.body = limit_stream(upload.body, limit);
+        driver.write_file(id, path, upload).await
     }
 
     pub async fn list_dir(
@@ -724,6 +762,7 @@ impl Sandboxes {
             sandbox_id: sandbox.id,
             driver,
             config: self.config.clone(),
+            limits: profile.exec_limits(),
             env: profile.env.into_iter().collect(),
         })
     }
