@@ -76,6 +76,23 @@ async fn dropped_core_adapters_pack_runs_shell_in_a_local_sandbox() {
     ] {
         assert!(openapi["paths"][path].is_object(), "openapi lacks {path}");
     }
+    // Routes axum serves through a wildcard or a WebSocket upgrade are documented too.
+    for (path, methods) in [
+        (
+            "/v1/sandboxes/{id}/files/{path}",
+            &["get", "put", "delete"][..],
+        ),
+        ("/v1/sandboxes/{id}/dirs/{path}", &["get", "put"][..]),
+        ("/v1/sandboxes/{id}/exec/stream", &["get"][..]),
+        ("/v1/sandboxes/{id}/events/stream", &["get"][..]),
+    ] {
+        for method in methods {
+            assert!(
+                openapi["paths"][path][method].is_object(),
+                "openapi lacks {method} {path}"
+            );
+        }
+    }
     assert!(
         !server.logs().contains(ADMIN_KEY),
         "the admin key reached the logs"
