@@ -1,6 +1,8 @@
 //! Sandboxes against the real binary: the same lifecycle suite on the process
 //! and the Docker driver, then Docker-only limits, idempotency under
-//! concurrency, GC, recovery and orphan removal after `kill -9`.
+//! concurrency, `session_not_ready`, GC (idle stop, TTL expiry), recovery (and
+//! its absence without `restart_once`), orphan removal after `kill -9`, and
+//! profiles contributed by a pack.
 //!
 //! Docker tests need a Docker engine and the base image
 //! (`scripts/build-base-image`). Without them they are skipped, except when
@@ -13,7 +15,7 @@ use futures::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Digest;
-use wharf_e2e::{ADMIN_KEY, Client, WharfProcess};
+use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, build_pack, install_pack_active};
 
 const BASE_IMAGE: &str = "wharf/sandbox-base:1";
 
@@ -22,6 +24,7 @@ const TEST_CONFIG: &str = r#"
 [sandbox]
 gc_interval_ms = 300
 not_ready_wait_ms = 20000
+max_upload_bytes = 6291456
 
 [profiles.small]
 driver = "docker"
@@ -39,6 +42,15 @@ idle_timeout_secs = 1
 [profiles.fragile]
 driver = "docker"
 idle_timeout_secs = 0
+
+[profiles.norestart]
+driver = "docker"
+idle_timeout_secs = 0
+restart_once = false
+
+[profiles.ephemeral]
+driver = "process"
+max_ttl_secs = 1
 "#;
 
 /// Whether Docker tests can run here; under `CI=true` a missing engine or
@@ -71,7 +83,11 @@ fn docker_ready() -> bool {
 }
 
 fn start(root: &std::path::Path) -> WharfProcess {
-    std::fs::write(root.join("wharf.toml"), TEST_CONFIG).unwrap();
+    start_with(root, TEST_CONFIG)
+}
+
+fn start_with(root: &std::path::Path, config: &str) -> WharfProcess {
+    std::fs::write(root.join("wharf.toml"), config).unwrap();
     WharfProcess::start(root, &[])
 }
 
@@ -290,6 +306,65 @@ async fn lifecycle(profile: &str) {
             .iter()
             .any(|e| e["name"] == "data" && e["kind"] == "directory")
     );
+    // Streamed uploads without a Content-Length: counted as they arrive. Past
+    // `max_upload_bytes` (6 MiB here): 413, the old file stays, no partial is left.
+    let chunked = |chunks: Vec<Vec<u8>>| {
+        reqwest::Body::wrap_stream(futures::stream::iter(
+            chunks.into_iter().map(Ok::<_, std::io::Error>),
+        ))
+    };
+    let blob_url = format!("/v1/sandboxes/{id}/files/data/in/blob.bin");
+    let (status, too_large) = admin
+        .send(
+            admin.request(Method::PUT, &blob_url).body(chunked(
+                (0..6)
+                    .map(|_| vec![1u8; 1024 * 1024])
+                    .chain([vec![1u8]])
+                    .collect(),
+            )),
+        )
+        .await;
+    assert_eq!(
+        (status, too_large["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{too_large}"
+    );
+    let (_, listing) = admin.get(&format!("/v1/sandboxes/{id}/dirs/data/in")).await;
+    assert_eq!(
+        listing["entries"],
+        json!([{"name": "blob.bin", "kind": "file", "size": 5 * 1024 * 1024}]),
+        "the old file stays and no partial upload is left: {listing}"
+    );
+    let (status, written) = admin
+        .send(
+            admin
+                .request(
+                    Method::PUT,
+                    &format!("/v1/sandboxes/{id}/files/data/in/parts.txt"),
+                )
+                .body(chunked(vec![
+                    b"one,".to_vec(),
+                    b"two,".to_vec(),
+                    b"three".to_vec(),
+                ])),
+        )
+        .await;
+    assert_eq!(
+        (status, written["size"].as_u64()),
+        (201, Some(13)),
+        "{written}"
+    );
+    let response = admin
+        .request(
+            Method::GET,
+            &format!("/v1/sandboxes/{id}/files/data/in/parts.txt"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.content_length(), Some(13));
+    assert_eq!(response.bytes().await.unwrap().as_ref(), b"one,two,three");
+
     let (status, _) = admin
         .delete(&format!("/v1/sandboxes/{id}/files/data/in/blob.bin"))
         .await;
@@ -942,5 +1017,506 @@ async fn python_client_passes_its_tests() {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+}
+
+/// `session_not_ready` needs calls to give up at once: the Docker create
+/// (~0.5 s) is the window in which they are made.
+const NOT_READY_CONFIG: &str = r#"
+[sandbox]
+gc_interval_ms = 300
+not_ready_wait_ms = 1
+"#;
+
+/// The events of a sandbox (deleted ones included), oldest first.
+async fn events_of(client: &Client, id: &str) -> Vec<Value> {
+    let (status, events) = client.get(&format!("/v1/sandboxes/{id}/events")).await;
+    assert_eq!(status, 200, "{events}");
+    events["items"].as_array().unwrap().clone()
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["kind"].as_str().unwrap()).collect()
+}
+
+/// The value of one Prometheus series (`name{labels}`), if the server exports it.
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+/// Polls `GET /v1/sandboxes/{id}` until it answers 404 (bounded); returns that body.
+async fn wait_gone(client: &Client, id: &str, what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = client.get(&format!("/v1/sandboxes/{id}")).await;
+        if status == 404 {
+            return body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: last answer {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_a_sandbox_still_creating_get_session_not_ready() {
+    if !docker_ready() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let server = start_with(root.path(), NOT_READY_CONFIG);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+
+    // The exec is sent as soon as the list shows the sandbox `creating`. If the
+    // create finishes in between (a slow poll), the exec legitimately succeeds:
+    // try again with another sandbox. A server that waits out the create
+    // instead of answering 503 succeeds every time and fails the test.
+    let mut answers = Vec::new();
+    for _attempt in 0..5 {
+        let creating = tokio::spawn({
+            let client = Client::new(&server, Some(ADMIN_KEY));
+            async move {
+                client
+                    .post("/v1/sandboxes", json!({"profile": "docker"}))
+                    .await
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let seen = loop {
+            let (status, page) = admin.get("/v1/sandboxes?status=creating").await;
+            assert_eq!(status, 200, "{page}");
+            if let Some(item) = page["items"].as_array().unwrap().first() {
+                assert_eq!(item["status"], "creating", "{page}");
+                break Some(item["id"].as_str().unwrap().to_string());
+            }
+            if creating.is_finished() {
+                break None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sandbox never showed as creating"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let not_ready = match &seen {
+            Some(id) => {
+                let response = admin
+                    .request(Method::POST, &format!("/v1/sandboxes/{id}/exec"))
+                    .json(&json!({"argv": ["echo", "early"]}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let body: Value =
+                    serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+                assert!(
+                    status == 503 || status == 200,
+                    "exec on a creating sandbox: {status} {body}"
+                );
+                answers.push(format!("{status} {body}"));
+                (status == 503).then_some((headers, body))
+            }
+            None => {
+                answers.push("the create finished before the list showed it".into());
+                None
+            }
+        };
+        let (status, created) = creating.await.unwrap();
+        assert_eq!(
+            (status, created["status"].as_str()),
+            (201, Some("running")),
+            "{created}"
+        );
+        let id = created["id"].as_str().unwrap().to_string();
+        if let Some(seen) = &seen {
+            assert_eq!(seen, &id, "the sandbox seen creating is the one created");
+        }
+        let Some((headers, body)) = not_ready else {
+            admin.delete(&format!("/v1/sandboxes/{id}")).await;
+            continue;
+        };
+
+        // 503 session_not_ready, retriable, with retry_after_ms and a Retry-After header.
+        assert_eq!(body["error"]["code"], "session_not_ready", "{body}");
+        assert_eq!(body["error"]["retriable"], true, "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(&id),
+            "{body}"
+        );
+        let retry_after_ms = body["error"]["retry_after_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("retry_after_ms in {body}"));
+        assert!(retry_after_ms > 0, "{body}");
+        assert_eq!(
+            headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            Some(retry_after_ms.div_ceil(1000).max(1).to_string()),
+            "Retry-After in whole seconds: {headers:?}"
+        );
+        assert_eq!(
+            headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+            body["error"]["request_id"].as_str(),
+            "{headers:?} {body}"
+        );
+
+        // Once created, the same call succeeds; the refused one left no trace.
+        let out = exec(&admin, &id, json!({"argv": ["echo", "ready"]})).await;
+        assert_eq!(
+            (out["exit_code"].as_i64(), out["stdout"].as_str()),
+            (Some(0), Some("ready\n")),
+            "{out}"
+        );
+        let events = events_of(&admin, &id).await;
+        assert_eq!(kinds(&events), ["created", "started", "exec"], "{events:?}");
+        let (status, _) = admin.delete(&format!("/v1/sandboxes/{id}")).await;
+        assert_eq!(status, 204);
+        return;
+    }
+    panic!(
+        "no call on a creating sandbox answered session_not_ready (not_ready_wait_ms = 1): {answers:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_sandboxes_past_their_max_ttl() {
+    let root = tempfile::Builder::new().prefix("ttlprobe").keep(true).tempdir_in("/tmp").unwrap();
+    let server = start(root.path());
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+
+    // `ephemeral`: process driver, max_ttl_secs = 1; `local` keeps the default day.
+    let kept = create(&admin, "local").await;
+    let id = create(&admin, "ephemeral").await;
+    let workspace = server.data_dir.join("sandboxes").join(&id);
+    assert!(workspace.is_dir(), "{}", workspace.display());
+
+    let gone = wait_gone(&admin, &id, "expiry").await;
+    assert_eq!(gone["error"]["code"], "not_found", "{gone}");
+    let (status, body) = admin
+        .post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"argv": ["true"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (_, page) = admin.get("/v1/sandboxes").await;
+    let listed: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [kept.as_str()], "{page}");
+    assert!(
+        !workspace.exists(),
+        "the expired sandbox's workspace is removed"
+    );
+
+    // The event log (kept for deleted sandboxes) says why.
+    let events = events_of(&admin, &id).await;
+    let gc = events
+        .iter()
+        .find(|e| e["kind"] == "gc")
+        .unwrap_or_else(|| panic!("no gc event: {events:?}"));
+    assert_eq!(
+        gc["detail"],
+        json!({"reason": "expired", "max_ttl_secs": 1}),
+        "{gc}"
+    );
+    let text = server.metrics().await;
+    assert_eq!(
+        metric_value(&text, "wharf_sandbox_gc_actions_total{action=\"expired\"}"),
+        Some(1.0),
+        "metrics:\n{text}"
+    );
+
+    // The other sandbox is untouched.
+    let (_, still) = admin.get(&format!("/v1/sandboxes/{kept}")).await;
+    assert_eq!(still["status"], "running", "{still}");
+    let out = exec(&admin, &kept, json!({"argv": ["echo", "kept"]})).await;
+    assert_eq!(out["stdout"], "kept\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_container_without_restart_once_fails_at_once() {
+    if !docker_ready() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let server = start(root.path());
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+
+    // `norestart`: docker driver, restart_once = false, never idle-stopped.
+    let id = create(&admin, "norestart").await;
+    let out = exec(&admin, &id, json!({"argv": ["echo", "alive"]})).await;
+    assert_eq!(out["stdout"], "alive\n");
+
+    docker(&["kill", &format!("wharf-{id}")]);
+    let failed = admin
+        .wait_for(&format!("/v1/sandboxes/{id}"), "failure", |s| {
+            assert_eq!(
+                s["restarts"], 0,
+                "restarted despite restart_once = false: {s}"
+            );
+            assert_ne!(s["status"], "stopped", "{s}");
+            s["status"] == "failed"
+        })
+        .await;
+    assert_eq!(
+        (failed["error_code"].as_str(), failed["restarts"].as_i64()),
+        (Some("runtime_died"), Some(0)),
+        "{failed}"
+    );
+
+    let events = events_of(&admin, &id).await;
+    let kinds = kinds(&events);
+    let died = kinds
+        .iter()
+        .position(|k| *k == "died")
+        .unwrap_or_else(|| panic!("no died event: {kinds:?}"));
+    assert_eq!(
+        &kinds[died..],
+        ["died", "failed"],
+        "straight from died to failed, no recovery: {events:?}"
+    );
+    assert_eq!(events[died]["detail"]["oom_killed"], false, "{events:?}");
+    assert_eq!(events[died]["detail"]["missing"], false, "{events:?}");
+    assert_eq!(
+        events[died + 1]["detail"]["error_code"],
+        "runtime_died",
+        "{events:?}"
+    );
+    let text = server.metrics().await;
+    assert_eq!(
+        metric_value(&text, "wharf_sandbox_gc_actions_total{action=\"failed\"}"),
+        Some(1.0),
+        "metrics:\n{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "wharf_sandbox_gc_actions_total{action=\"recovered\"}"
+        ),
+        None,
+        "metrics:\n{text}"
+    );
+
+    // The container was not started again, and the sandbox refuses work.
+    let state = docker(&[
+        "inspect",
+        &format!("wharf-{id}"),
+        "--format",
+        "{{.State.Running}}",
+    ]);
+    assert_eq!(state.trim(), "false", "the dead container stays down");
+    let (status, body) = admin
+        .post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"argv": ["true"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let (status, _) = admin.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, 204);
+    assert!(containers_with_label(&format!("wharf.sandbox={id}")).is_empty());
+}
+
+const PROFILE_PACK: &str = "tests/fixtures/packs/profile-pack";
+
+/// Creates a sandbox of `profile` as soon as the server knows the profile
+/// (pack profiles are picked up right after the scan that activates the pack).
+async fn create_when_known(client: &Client, profile: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = client
+            .post("/v1/sandboxes", json!({"profile": profile}))
+            .await;
+        if status == 201 {
+            return body;
+        }
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("validation_error")),
+            "{body}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "profile {profile} never became known: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pack_contributed_profiles_run_sandboxes_with_their_env_and_capabilities() {
+    let root = tempfile::Builder::new().prefix("packprobe").keep(true).tempdir_in("/tmp").unwrap();
+    let server = start(root.path());
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+
+    // Unknown until a pack brings it.
+    let (status, body) = admin
+        .post("/v1/sandboxes", json!({"profile": "packbox"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("validation_error")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("packbox"),
+        "{body}"
+    );
+
+    let built = root.path().join("built/profile-pack");
+    build_pack(PROFILE_PACK, &built);
+    assert!(
+        built.join("profiles/packbox.toml").is_file(),
+        "the built pack ships its profiles"
+    );
+    install_pack_active(&admin, &built, &server.packs_dir, "profile-pack").await;
+
+    // The pack's profile: its driver, and its env in every exec.
+    let sandbox = create_when_known(&admin, "packbox").await;
+    assert_eq!(
+        (
+            sandbox["profile"].as_str(),
+            sandbox["driver"].as_str(),
+            sandbox["status"].as_str()
+        ),
+        (Some("packbox"), Some("process"), Some("running")),
+        "{sandbox}"
+    );
+    let id = sandbox["id"].as_str().unwrap().to_string();
+    let out = exec(
+        &admin,
+        &id,
+        json!({"command": "echo \"$WHARF_PACK_PROFILE_GREETING\""}),
+    )
+    .await;
+    assert_eq!(
+        (out["exit_code"].as_i64(), out["stdout"].as_str()),
+        (Some(0), Some("hello-from-profile-pack\n")),
+        "{out}"
+    );
+    // The value is never returned outside the exec itself.
+    let (_, got) = admin.get(&format!("/v1/sandboxes/{id}")).await;
+    let events = events_of(&admin, &id).await;
+    for shown in [got.to_string(), json!(events).to_string()] {
+        assert!(!shown.contains("hello-from-profile-pack"), "{shown}");
+    }
+
+    // The pack's `local.toml` does not override the built-in profile.
+    let local = create(&admin, "local").await;
+    let out = exec(
+        &admin,
+        &local,
+        json!({"command": "echo \"${WHARF_PACK_OVERRIDE:-unset} ${WHARF_PACK_PROFILE_GREETING:-unset}\""}),
+    )
+    .await;
+    assert_eq!(out["stdout"], "unset unset\n", "{out}");
+
+    // The pack's adapter serves a sandbox whose profile allows it...
+    let (status, answer) = admin
+        .post(
+            &format!("/v1/sandboxes/{local}/capabilities/test/echo"),
+            json!({"ping": 1}),
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["output"]),
+        (200, &json!({"ping": 1})),
+        "{answer}"
+    );
+    // ...but `packbox` allows only `exec`: files and plugin capabilities are refused
+    // before anything is started (the stopped sandbox stays stopped).
+    let (status, stopped) = lifecycle_action(&admin, &id, "stop").await;
+    assert_eq!(
+        (status, stopped["status"].as_str()),
+        (200, Some("stopped")),
+        "{stopped}"
+    );
+    let events_before = events_of(&admin, &id).await.len();
+    let refused = [
+        (Method::GET, format!("/v1/sandboxes/{id}/files/x"), None),
+        (Method::GET, format!("/v1/sandboxes/{id}/dirs"), None),
+        (Method::PUT, format!("/v1/sandboxes/{id}/dirs/made"), None),
+        (
+            Method::POST,
+            format!("/v1/sandboxes/{id}/capabilities/test/echo"),
+            Some(json!({"ping": 1})),
+        ),
+    ];
+    for (method, path, body) in refused {
+        let mut request = admin.request(method.clone(), &path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let (status, answer) = admin.send(request).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some("capability_not_supported")),
+            "{method} {path}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("packbox"),
+            "the profile is named: {answer}"
+        );
+    }
+    let (_, still) = admin.get(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(still["status"], "stopped", "{still}");
+    let events = events_of(&admin, &id).await;
+    assert_eq!(
+        events.len(),
+        events_before,
+        "refused calls record nothing: {events:?}"
+    );
+    // An allowed call starts it again; the refused mkdir did nothing.
+    let out = exec(&admin, &id, json!({"command": "test -e made; echo $?"})).await;
+    assert_eq!(out["stdout"], "1\n", "{out}");
+    let (_, running) = admin.get(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(running["status"], "running", "{running}");
+
+    // Without the pack, the profile is gone for new sandboxes.
+    std::fs::remove_dir_all(server.packs_dir.join("profile-pack")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = admin
+            .post("/v1/sandboxes", json!({"profile": "packbox"}))
+            .await;
+        if status == 400 {
+            assert_eq!(body["error"]["code"], "validation_error", "{body}");
+            break;
+        }
+        assert_eq!(status, 201, "{body}");
+        // Created before the removal was noticed: clean up and ask again.
+        admin
+            .delete(&format!("/v1/sandboxes/{}", body["id"].as_str().unwrap()))
+            .await;
+        assert!(
+            Instant::now() < deadline,
+            "packbox still known after the pack was removed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

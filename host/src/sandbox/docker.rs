@@ -6,13 +6,19 @@
 //! `no-new-privileges`, no mount but the sandbox's own volume at the profile's
 //! workdir, engine-enforced cpu/memory/pids limits, and no network unless the
 //! profile asks for `bridge`. Execs run as the image's user (`sandbox`, uid
-//! 1000, in the base image) under `timeout -s KILL`, which kills the exec's
-//! whole process group when the time is up.
+//! 1000, in the base image). Where the image has python3, they go through the
+//! container's exec agent ([`docker_agent`]), which runs each command in a
+//! session of its own and kills that process group at the timeout and when
+//! the command ends; elsewhere through `docker exec` under `timeout -s KILL`,
+//! with the same group kill. File operations are `sh` scripts run with
+//! `docker exec`, streaming file bodies through the exec's stdin and stdout.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{StartExecOptions, StartExecResults};
@@ -28,6 +34,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 
+use super::docker_agent::{self, AgentConnection, Agents};
 use super::profiles::Network;
 use super::{
     ByteStream, DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, FileDownload,
@@ -58,6 +65,7 @@ pub struct DockerDriver {
     workdirs: Mutex<HashMap<String, String>>,
     /// Last `oom_kill` count read from each sandbox's cgroup.
     oom_counts: Mutex<HashMap<String, u64>>,
+    agents: Agents,
 }
 
 /// The object name of a sandbox's container and volume.
@@ -197,6 +205,7 @@ impl DockerDriver {
                 instance: instance.to_string(),
                 workdirs: Mutex::new(HashMap::new()),
                 oom_counts: Mutex::new(HashMap::new()),
+                agents: Agents::default(),
             }),
             _ => None,
         }
@@ -389,6 +398,164 @@ impl DockerDriver {
         file_op_result(raw, op, path)
     }
 
+    /// An exec through the sandbox's agent: one request on the attached
+    /// connection, no engine round trip.
+    async fn exec_with_agent(
+        &self,
+        agent: &AgentConnection,
+        sandbox_id: &str,
+        request: ExecRequest,
+    ) -> WharfResult<ExecOutput> {
+        let root = self.workdir(sandbox_id).await?;
+        let message = serde_json::json!({
+            "op": "exec",
+            "argv": request.argv,
+            "env": request.env.iter().cloned().collect::<HashMap<String, String>>(),
+            "root": root,
+            "cwd": request.cwd.as_ref().map(|cwd| cwd.to_string()),
+            "stdin": request.stdin.as_ref().map(|data| BASE64.encode(data)),
+            "timeout": request.timeout.as_secs_f64(),
+        });
+        let gone = || {
+            self.agents.forget(sandbox_id);
+            WharfError::new(
+                ErrorCode::SessionNotReady,
+                format!("the runtime of sandbox {sandbox_id} went away during the exec"),
+            )
+            .with_retry_after(Duration::from_millis(1000))
+        };
+        let started = Instant::now();
+        let mut replies = agent.request(message).await.map_err(|_| gone())?;
+        // The agent kills the group at the timeout; this is the safety net.
+        let deadline = tokio::time::Instant::now() + request.timeout + Duration::from_secs(3);
+        let mut out = ExecOutput::default();
+        let code = loop {
+            let reply = match tokio::time::timeout_at(deadline, replies.recv()).await {
+                Err(_) => {
+                    out.timed_out = true;
+                    break None;
+                }
+                Ok(None) => return Err(gone()),
+                Ok(Some(reply)) => reply,
+            };
+            if let Some(data) = &reply.data {
+                let kind = if reply.stream.as_deref() == Some("err") {
+                    StreamKind::Stderr
+                } else {
+                    StreamKind::Stdout
+                };
+                let data = BASE64
+                    .decode(data)
+                    .map_err(|err| WharfError::internal(format!("exec agent output: {err}")))?;
+                out.keep(kind, &data, request.output_cap, request.sink.as_ref());
+            } else if let Some(error) = &reply.error {
+                let message = reply.message.clone().unwrap_or_default();
+                return Err(match error.as_str() {
+                    "invalid_path" => WharfError::new(ErrorCode::InvalidPath, message),
+                    "file_not_found" => WharfError::new(ErrorCode::FileNotFound, message),
+                    "not_found" => WharfError::validation(message),
+                    _ => WharfError::internal(format!("exec agent: {message}")),
+                });
+            } else if let Some(code) = reply.exit {
+                out.timed_out = reply.timed_out == Some(true);
+                break Some(code);
+            }
+        };
+        out.duration = started.elapsed();
+        out.exit_code = if out.timed_out {
+            None
+        } else {
+            code.map(|c| c as i32)
+        };
+        if code == Some(137) && !out.timed_out {
+            out.oom_killed = self.oom_happened(sandbox_id).await;
+        }
+        Ok(out)
+    }
+
+    /// An exec through the engine (`docker exec`), for containers without
+    /// the agent.
+    async fn exec_with_engine(
+        &self,
+        sandbox_id: &str,
+        request: ExecRequest,
+    ) -> WharfResult<ExecOutput> {
+        let workdir = match &request.cwd {
+            Some(cwd) if !cwd.is_root() => {
+                String::from_utf8_lossy(&self.file_op(sandbox_id, cwd, "cwd", &[]).await?)
+                    .into_owned()
+            }
+            _ => self.workdir(sandbox_id).await?,
+        };
+        let secs = request.timeout.as_secs_f64().max(0.001);
+        let mut cmd: Vec<String> = ["sh", "-c", EXEC_WRAPPER, "sh", &format!("{secs:.3}")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        cmd.extend(request.argv.iter().cloned());
+        let env: Vec<String> = request
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let started = Instant::now();
+        let (exec_id, mut output, writer) = self
+            .attach_exec(
+                sandbox_id,
+                ExecConfig {
+                    cmd: Some(cmd),
+                    env: Some(env),
+                    working_dir: Some(workdir),
+                    ..Default::default()
+                },
+                request.stdin.clone().map(bytes_stream),
+            )
+            .await?;
+        let mut out = ExecOutput::default();
+        // `timeout` kills the group; the host deadline is a safety net for
+        // processes that left the group but hold the output open.
+        let deadline = tokio::time::Instant::now() + request.timeout + Duration::from_secs(3);
+        let mut host_deadline_hit = false;
+        loop {
+            let next = match tokio::time::timeout_at(deadline, output.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    host_deadline_hit = true;
+                    break;
+                }
+            };
+            let Some(chunk) = next else { break };
+            let (kind, message) = match chunk.map_err(|err| engine_error("exec output", err))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    (StreamKind::Stdout, message)
+                }
+                LogOutput::StdErr { message } => (StreamKind::Stderr, message),
+                LogOutput::StdIn { .. } => continue,
+            };
+            out.keep(kind, &message, request.output_cap, request.sink.as_ref());
+        }
+        writer.abort();
+        out.duration = started.elapsed();
+        let code = if host_deadline_hit {
+            None
+        } else {
+            self.exit_code(&exec_id).await?
+        };
+        // `timeout -s KILL` dies with its group: 137 at (or past) the deadline.
+        let killed = code == Some(137) || code == Some(124);
+        out.timed_out = host_deadline_hit
+            || (killed && out.duration + Duration::from_millis(20) >= request.timeout);
+        out.exit_code = if out.timed_out {
+            None
+        } else {
+            code.map(|c| c as i32)
+        };
+        if code == Some(137) && !out.timed_out {
+            out.oom_killed = self.oom_happened(sandbox_id).await;
+        }
+        Ok(out)
+    }
+
     /// Reads the cgroup's OOM-kill counter; true when it grew since last read.
     async fn oom_happened(&self, sandbox_id: &str) -> bool {
         // cgroup v2 `memory.events`, or v1 `memory.oom_control`: both have an `oom_kill N` line.
@@ -461,7 +628,10 @@ impl SandboxDriver for DockerDriver {
             };
             let body = ContainerCreateBody {
                 image: Some(profile.image.clone()),
-                cmd: Some(vec!["sleep".to_string(), "infinity".to_string()]),
+                cmd: Some(docker_agent::container_command()),
+                // The agent reads its requests from stdin, kept open between attaches.
+                open_stdin: Some(true),
+                stdin_once: Some(false),
                 working_dir: Some(profile.workdir.clone()),
                 labels: Some(labels.clone()),
                 host_config: Some(host_config),
@@ -475,6 +645,7 @@ impl SandboxDriver for DockerDriver {
                 )),
                 _ => engine_error("create container", err),
             })?;
+            docker_agent::install(&self.docker, &name).await.map_err(|err| engine_error("install the exec agent", err))?;
             self.docker.start_container(&name, None).await.map_err(|err| engine_error("start container", err))?;
             Ok(())
         }
@@ -538,10 +709,12 @@ impl SandboxDriver for DockerDriver {
         }
         self.workdirs.lock().remove(sandbox_id);
         self.oom_counts.lock().remove(sandbox_id);
+        self.agents.forget(sandbox_id);
         Ok(())
     }
 
     async fn stop(&self, sandbox_id: &str) -> WharfResult<()> {
+        self.agents.forget(sandbox_id);
         let options = StopContainerOptions {
             t: Some(1),
             ..Default::default()
@@ -560,6 +733,7 @@ impl SandboxDriver for DockerDriver {
     }
 
     async fn start(&self, sandbox_id: &str) -> WharfResult<()> {
+        self.agents.forget(sandbox_id);
         match self
             .docker
             .start_container(&object_name(sandbox_id), None)
@@ -635,90 +809,14 @@ impl SandboxDriver for DockerDriver {
         if request.argv.is_empty() {
             return Err(WharfError::validation("argv must not be empty"));
         }
-        let workdir = match &request.cwd {
-            Some(cwd) if !cwd.is_root() => {
-                String::from_utf8_lossy(&self.file_op(sandbox_id, cwd, "cwd", &[]).await?)
-                    .into_owned()
-            }
-            _ => self.workdir(sandbox_id).await?,
-        };
-        let secs = request.timeout.as_secs_f64().max(0.001);
-        let mut cmd: Vec<String> = ["sh", "-c", EXEC_WRAPPER, "sh", &format!("{secs:.3}")]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        cmd.extend(request.argv.iter().cloned());
-        let env: Vec<String> = request
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let started = Instant::now();
-        let (exec_id, mut output, writer) = self
-            .attach_exec(
-                sandbox_id,
-                ExecConfig {
-                    cmd: Some(cmd),
-                    env: Some(env),
-                    working_dir: Some(workdir),
-                    ..Default::default()
-                },
-                request.stdin.clone().map(bytes_stream),
-            )
-            .await?;
-        let cap = request.output_cap;
-        let mut out = ExecOutput::default();
-        // `timeout` kills the group; the host deadline is a safety net for
-        // processes that left the group but hold the output open.
-        let deadline = tokio::time::Instant::now() + request.timeout + Duration::from_secs(3);
-        let mut host_deadline_hit = false;
-        loop {
-            let next = match tokio::time::timeout_at(deadline, output.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    host_deadline_hit = true;
-                    break;
-                }
-            };
-            let Some(chunk) = next else { break };
-            let (kind, message) = match chunk.map_err(|err| engine_error("exec output", err))? {
-                LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    (StreamKind::Stdout, message)
-                }
-                LogOutput::StdErr { message } => (StreamKind::Stderr, message),
-                LogOutput::StdIn { .. } => continue,
-            };
-            if let Some(sink) = &request.sink {
-                let _ = sink.send((kind, message.to_vec()));
-            }
-            let (kept, truncated) = match kind {
-                StreamKind::Stdout => (&mut out.stdout, &mut out.stdout_truncated),
-                StreamKind::Stderr => (&mut out.stderr, &mut out.stderr_truncated),
-            };
-            let room = cap.saturating_sub(kept.len());
-            kept.extend_from_slice(&message[..message.len().min(room)]);
-            *truncated |= message.len() > room;
+        match self
+            .agents
+            .get(&self.docker, sandbox_id, &object_name(sandbox_id))
+            .await
+        {
+            Some(agent) => self.exec_with_agent(&agent, sandbox_id, request).await,
+            None => self.exec_with_engine(sandbox_id, request).await,
         }
-        writer.abort();
-        out.duration = started.elapsed();
-        let code = if host_deadline_hit {
-            None
-        } else {
-            self.exit_code(&exec_id).await?
-        };
-        // `timeout -s KILL` dies with its group: 137 at (or past) the deadline.
-        let killed = code == Some(137) || code == Some(124);
-        out.timed_out = host_deadline_hit
-            || (killed && out.duration + Duration::from_millis(20) >= request.timeout);
-        out.exit_code = if out.timed_out {
-            None
-        } else {
-            code.map(|c| c as i32)
-        };
-        if code == Some(137) && !out.timed_out {
-            out.oom_killed = self.oom_happened(sandbox_id).await;
-        }
-        Ok(out)
     }
 
     async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<FileDownload> {

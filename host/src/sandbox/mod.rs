@@ -5,6 +5,7 @@
 //! ownership and state in the store, and hands drivers the work.
 
 pub mod docker;
+mod docker_agent;
 pub mod gc;
 pub mod paths;
 pub mod process;
@@ -91,6 +92,29 @@ pub struct ExecOutput {
     /// The kernel's OOM killer ended a process of this exec (memory limit).
     pub oom_killed: bool,
     pub duration: Duration,
+}
+
+impl ExecOutput {
+    /// Keeps up to `cap` bytes of each stream, flags what was cut, and passes
+    /// every chunk on to `sink` (streaming).
+    pub(crate) fn keep(
+        &mut self,
+        kind: StreamKind,
+        chunk: &[u8],
+        cap: usize,
+        sink: Option<&OutputSink>,
+    ) {
+        if let Some(sink) = sink {
+            let _ = sink.send((kind, chunk.to_vec()));
+        }
+        let (kept, truncated) = match kind {
+            StreamKind::Stdout => (&mut self.stdout, &mut self.stdout_truncated),
+            StreamKind::Stderr => (&mut self.stderr, &mut self.stderr_truncated),
+        };
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        *truncated |= chunk.len() > room;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
