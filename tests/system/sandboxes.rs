@@ -1046,6 +1046,45 @@ fn metric_value(text: &str, series: &str) -> Option<f64> {
         .map(|value| value.trim().parse().unwrap())
 }
 
+/// Polls a sandbox's events until `check` accepts them (bounded). GC records an
+/// event just after the status change it explains, so a client that has seen
+/// the status may read the log a moment before the event is there.
+async fn wait_events(
+    client: &Client,
+    id: &str,
+    what: &str,
+    check: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = events_of(client, id).await;
+        if check(&events) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: events {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `/metrics` until `series` is exported (bounded; counted after the event).
+async fn wait_metric(server: &WharfProcess, series: &str) -> (f64, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = server.metrics().await;
+        if let Some(value) = metric_value(&text, series) {
+            return (value, text);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {series}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `GET /v1/sandboxes/{id}` until it answers 404 (bounded); returns that body.
 async fn wait_gone(client: &Client, id: &str, what: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1187,7 +1226,7 @@ async fn calls_on_a_sandbox_still_creating_get_session_not_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_deletes_sandboxes_past_their_max_ttl() {
-    let root = tempfile::Builder::new().prefix("ttlprobe").keep(true).tempdir_in("/tmp").unwrap();
+    let root = tempfile::tempdir().unwrap();
     let server = start(root.path());
     let admin = Client::new(&server, Some(ADMIN_KEY));
 
@@ -1224,7 +1263,10 @@ async fn gc_deletes_sandboxes_past_their_max_ttl() {
     );
 
     // The event log (kept for deleted sandboxes) says why.
-    let events = events_of(&admin, &id).await;
+    let events = wait_events(&admin, &id, "the gc event", |events| {
+        events.iter().any(|e| e["kind"] == "gc")
+    })
+    .await;
     let gc = events
         .iter()
         .find(|e| e["kind"] == "gc")
@@ -1234,12 +1276,12 @@ async fn gc_deletes_sandboxes_past_their_max_ttl() {
         json!({"reason": "expired", "max_ttl_secs": 1}),
         "{gc}"
     );
-    let text = server.metrics().await;
-    assert_eq!(
-        metric_value(&text, "wharf_sandbox_gc_actions_total{action=\"expired\"}"),
-        Some(1.0),
-        "metrics:\n{text}"
-    );
+    let (expired, text) = wait_metric(
+        &server,
+        "wharf_sandbox_gc_actions_total{action=\"expired\"}",
+    )
+    .await;
+    assert_eq!(expired, 1.0, "metrics:\n{text}");
 
     // The other sandbox is untouched.
     let (_, still) = admin.get(&format!("/v1/sandboxes/{kept}")).await;
@@ -1279,7 +1321,10 @@ async fn dead_container_without_restart_once_fails_at_once() {
         "{failed}"
     );
 
-    let events = events_of(&admin, &id).await;
+    let events = wait_events(&admin, &id, "the failed event", |events| {
+        events.iter().any(|e| e["kind"] == "failed")
+    })
+    .await;
     let kinds = kinds(&events);
     let died = kinds
         .iter()
@@ -1297,12 +1342,9 @@ async fn dead_container_without_restart_once_fails_at_once() {
         "runtime_died",
         "{events:?}"
     );
-    let text = server.metrics().await;
-    assert_eq!(
-        metric_value(&text, "wharf_sandbox_gc_actions_total{action=\"failed\"}"),
-        Some(1.0),
-        "metrics:\n{text}"
-    );
+    let (failures, text) =
+        wait_metric(&server, "wharf_sandbox_gc_actions_total{action=\"failed\"}").await;
+    assert_eq!(failures, 1.0, "metrics:\n{text}");
     assert_eq!(
         metric_value(
             &text,
@@ -1364,7 +1406,7 @@ async fn create_when_known(client: &Client, profile: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pack_contributed_profiles_run_sandboxes_with_their_env_and_capabilities() {
-    let root = tempfile::Builder::new().prefix("packprobe").keep(true).tempdir_in("/tmp").unwrap();
+    let root = tempfile::tempdir().unwrap();
     let server = start(root.path());
     let admin = Client::new(&server, Some(ADMIN_KEY));
 
