@@ -51,7 +51,16 @@ restart_once = false
 [profiles.ephemeral]
 driver = "process"
 max_ttl_secs = 1
+
+[profiles.nopython]
+driver = "docker"
+image = "wharf/test-no-python:1"
 "#;
+
+/// The base image without python3, so the Docker driver has no exec agent to
+/// run and falls back to the engine's exec. Made with `docker commit`, cached
+/// by tag.
+const NO_PYTHON_IMAGE: &str = "wharf/test-no-python:1";
 
 /// Whether Docker tests can run here; under `CI=true` a missing engine or
 /// image is a failure, not a skip.
@@ -419,7 +428,7 @@ async fn lifecycle(profile: &str) {
 
     // A timeout kills the whole process tree. Each driver's run sleeps for its
     // own durations: the host `ps` also shows the Docker suite's processes.
-    let (first, second) = if profile == "local" {
+    let (first_sleep, second_sleep) = if profile == "local" {
         ("sleep 31", "sleep 32")
     } else {
         ("sleep 41", "sleep 42")
@@ -427,7 +436,7 @@ async fn lifecycle(profile: &str) {
     let out = exec(
         &admin,
         &id,
-        json!({"command": format!("{first} & {second} & echo $! > bg.pid; wait"), "timeout_ms": 1000}),
+        json!({"command": format!("{first_sleep} & {second_sleep} & echo $! > bg.pid; wait"), "timeout_ms": 1000}),
     )
     .await;
     assert_eq!(
@@ -444,14 +453,15 @@ async fn lifecycle(profile: &str) {
         let ps = String::from_utf8_lossy(&ps.stdout);
         assert!(
             !ps.lines()
-                .any(|l| (l.contains(first) || l.contains(second)) && !l.starts_with('Z')),
+                .any(|l| (l.contains(first_sleep) || l.contains(second_sleep))
+                    && !l.starts_with('Z')),
             "leftover:\n{ps}"
         );
     } else {
         let ps = exec(&admin, &id, json!({"argv": ["ps", "-eo", "stat,args"]})).await;
         let ps = ps["stdout"].as_str().unwrap();
         assert!(
-            !ps.contains(first) && !ps.contains(second),
+            !ps.contains(first_sleep) && !ps.contains(second_sleep),
             "leftover in the container:\n{ps}"
         );
     }
@@ -1560,5 +1570,112 @@ async fn pack_contributed_profiles_run_sandboxes_with_their_env_and_capabilities
             "packbox still known after the pack was removed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn build_no_python_image() {
+    let present = Command::new("docker")
+        .args(["image", "inspect", NO_PYTHON_IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return;
+    }
+    let builder = format!("wharf-test-no-python-{}", std::process::id());
+    docker(&[
+        "run",
+        "--name",
+        &builder,
+        "--user",
+        "0",
+        "--network",
+        "none",
+        BASE_IMAGE,
+        "sh",
+        "-c",
+        "rm -f /usr/bin/python3*",
+    ]);
+    docker(&[
+        "commit",
+        "--change",
+        "USER 1000:1000",
+        "--change",
+        "CMD [\"sleep\", \"infinity\"]",
+        &builder,
+        NO_PYTHON_IMAGE,
+    ]);
+    docker(&["rm", &builder]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_execs_use_the_agent_and_fall_back_to_engine_exec_without_python() {
+    if !docker_ready() {
+        return;
+    }
+    build_no_python_image();
+    let root = tempfile::tempdir().unwrap();
+    let server = start(root.path());
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+
+    // With python3 in the image, an exec is a child of the agent, and the
+    // agent's source does not reach the command's environment.
+    let id = create(&admin, "docker").await;
+    let out = exec(
+        &admin,
+        &id,
+        json!({"command": "ps -o args= -p $PPID; env | grep -c WHARF_EXEC_AGENT"}),
+    )
+    .await;
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(
+        stdout.starts_with("python3 -u -c import os;") && stdout.ends_with("\n0\n"),
+        "{out}"
+    );
+
+    // Without python3: the container sleeps and execs go through the engine,
+    // with the same results, stdin, cwd checks and timeout kill.
+    let id2 = create(&admin, "nopython").await;
+    let out = exec(
+        &admin,
+        &id2,
+        json!({"command": "ps -eo args | grep -c '^sleep infinity$'; cat; exit 3", "stdin": "in"}),
+    )
+    .await;
+    assert_eq!(
+        (out["exit_code"].as_i64(), out["stdout"].as_str()),
+        (Some(3), Some("1\nin")),
+        "{out}"
+    );
+    let (status, body) = admin
+        .post(
+            &format!("/v1/sandboxes/{id2}/exec"),
+            json!({"argv": ["true"], "cwd": "missing"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("file_not_found")),
+        "{body}"
+    );
+    let out = exec(
+        &admin,
+        &id2,
+        json!({"command": "sleep 51 & sleep 52; echo never", "timeout_ms": 500}),
+    )
+    .await;
+    assert_eq!(
+        (out["timed_out"].as_bool(), out["exit_code"].as_i64()),
+        (Some(true), None),
+        "{out}"
+    );
+    let ps = exec(&admin, &id2, json!({"argv": ["ps", "-eo", "args"]})).await;
+    let ps = ps["stdout"].as_str().unwrap();
+    assert!(
+        !ps.contains("sleep 51") && !ps.contains("sleep 52"),
+        "leftover:\n{ps}"
+    );
+    for id in [id, id2] {
+        let (status, _) = admin.delete(&format!("/v1/sandboxes/{id}")).await;
+        assert_eq!(status, 204);
     }
 }

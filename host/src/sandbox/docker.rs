@@ -629,6 +629,7 @@ impl SandboxDriver for DockerDriver {
             let body = ContainerCreateBody {
                 image: Some(profile.image.clone()),
                 cmd: Some(docker_agent::container_command()),
+                env: Some(vec![docker_agent::source_variable()]),
                 // The agent reads its requests from stdin, kept open between attaches.
                 open_stdin: Some(true),
                 stdin_once: Some(false),
@@ -645,7 +646,6 @@ impl SandboxDriver for DockerDriver {
                 )),
                 _ => engine_error("create container", err),
             })?;
-            docker_agent::install(&self.docker, &name).await.map_err(|err| engine_error("install the exec agent", err))?;
             self.docker.start_container(&name, None).await.map_err(|err| engine_error("start container", err))?;
             Ok(())
         }

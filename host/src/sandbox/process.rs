@@ -262,7 +262,7 @@ impl SandboxDriver for ProcessDriver {
         let size = meta.len();
         let shown = path.to_string();
         // Exactly `size` bytes, even if the file grows while it is read.
-        let body = ReaderStream::new(file.take(size)).map(move |chunk| {
+        let body = ReaderStream::with_capacity(file.take(size), 256 * 1024).map(move |chunk| {
             chunk.map_err(|err| WharfError::internal(format!("reading {shown}: {err}")))
         });
         Ok(FileDownload {
