@@ -1549,6 +1549,9 @@ async fn pack_contributed_profiles_run_sandboxes_with_their_env_and_capabilities
     let (_, running) = admin.get(&format!("/v1/sandboxes/{id}")).await;
     assert_eq!(running["status"], "running", "{running}");
 
+    let brief = create_when_known(&admin, "packbrief").await;
+    let brief = brief["id"].as_str().unwrap().to_string();
+
     // Without the pack, the profile is gone for new sandboxes.
     std::fs::remove_dir_all(server.packs_dir.join("profile-pack")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1571,6 +1574,41 @@ async fn pack_contributed_profiles_run_sandboxes_with_their_env_and_capabilities
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A sandbox whose profile went with the pack says so, and can still be deleted...
+    let (status, body) = admin
+        .post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"argv": ["true"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer defined"),
+        "{body}"
+    );
+    let (status, _) = admin.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, 204);
+    // ...and GC still applies the lifetimes it was created with: it expires.
+    wait_gone(
+        &admin,
+        &brief,
+        "the expiry of a sandbox whose profile is gone",
+    )
+    .await;
+    let events = events_of(&admin, &brief).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "gc" && e["detail"]["reason"] == "expired"),
+        "{events:?}"
+    );
 }
 
 fn build_no_python_image() {

@@ -17,7 +17,33 @@ use super::DriverHealth;
 use super::service::{SandboxStatus, Sandboxes, now_ms};
 use crate::error::WharfResult;
 
+/// How long a sandbox may idle and live, and whether a dead runtime is
+/// restarted once.
+struct Lifetimes {
+    idle_timeout_secs: u64,
+    max_ttl_secs: u64,
+    restart_once: bool,
+}
+
 impl Sandboxes {
+    /// The lifetimes of the sandbox's profile as it is now configured, or as
+    /// it was at create when the profile has since gone. `None` for a row
+    /// from before lifetimes were recorded whose profile has gone.
+    fn lifetimes(&self, row: &sqlx::sqlite::SqliteRow) -> Option<Lifetimes> {
+        if let Ok(profile) = self.profiles().get(row.get::<&str, _>("profile")) {
+            return Some(Lifetimes {
+                idle_timeout_secs: profile.idle_timeout_secs,
+                max_ttl_secs: profile.max_ttl_secs,
+                restart_once: profile.restart_once,
+            });
+        }
+        Some(Lifetimes {
+            idle_timeout_secs: row.get::<Option<i64>, _>("idle_timeout_secs")? as u64,
+            max_ttl_secs: row.get::<Option<i64>, _>("max_ttl_secs")? as u64,
+            restart_once: row.get::<Option<bool>, _>("restart_once")?,
+        })
+    }
+
     /// Settles state left by a previous run. Call once, before serving.
     pub async fn reconcile(&self) -> WharfResult<()> {
         let rows = sqlx::query("SELECT id, driver FROM sandboxes WHERE status = 'creating'")
@@ -31,10 +57,8 @@ impl Sandboxes {
             {
                 tracing::warn!(sandbox = %id, error = %err.message, "cannot remove the runtime of an interrupted create");
             }
-            self.set_status(&id, SandboxStatus::Failed, Some("create_interrupted"))
-                .await?;
-            self.event(&id, "failed", serde_json::json!({"error_code": "create_interrupted", "reason": "server restarted mid-create"}))
-                .await;
+            self.transition(&id, SandboxStatus::Failed, Some("create_interrupted"), "failed", serde_json::json!({"error_code": "create_interrupted", "reason": "server restarted mid-create"}))
+                    .await?;
             self.metrics
                 .gc_actions
                 .with_label_values(&["interrupted"])
@@ -117,7 +141,7 @@ impl Sandboxes {
             };
             // Re-read under the lock: a transition may have finished since the scan.
             let Some(row) = sqlx::query(
-                "SELECT id, profile, driver, status, created_ms, last_active_ms, restarts FROM sandboxes WHERE id = ? AND status IN ('running', 'stopped')",
+                "SELECT id, profile, driver, status, created_ms, last_active_ms, restarts, idle_timeout_secs, max_ttl_secs, restart_once FROM sandboxes WHERE id = ? AND status IN ('running', 'stopped')",
             )
             .bind(&id)
             .fetch_optional(&self.db)
@@ -126,7 +150,7 @@ impl Sandboxes {
                 continue;
             };
             let status: String = row.get("status");
-            let Ok(profile) = self.profiles().get(row.get::<&str, _>("profile")) else {
+            let Some(lifetimes) = self.lifetimes(&row) else {
                 continue;
             };
             let Ok(driver) = self.driver(row.get::<&str, _>("driver")) else {
@@ -135,18 +159,21 @@ impl Sandboxes {
             let created_ms: i64 = row.get("created_ms");
             let last_active_ms: i64 = row.get("last_active_ms");
             let restarts: i64 = row.get("restarts");
-            if profile.max_ttl_secs > 0 && now - created_ms > (profile.max_ttl_secs * 1000) as i64 {
+            if lifetimes.max_ttl_secs > 0
+                && now - created_ms > (lifetimes.max_ttl_secs * 1000) as i64
+            {
                 if let Err(err) = driver.destroy(&id).await {
                     tracing::warn!(sandbox = %id, error = %err.message, "cannot remove expired sandbox");
                     continue;
                 }
-                self.set_status(&id, SandboxStatus::Deleted, None).await?;
-                self.event(
+                self.transition(
                     &id,
+                    SandboxStatus::Deleted,
+                    None,
                     "gc",
-                    serde_json::json!({"reason": "expired", "max_ttl_secs": profile.max_ttl_secs}),
+                    serde_json::json!({"reason": "expired", "max_ttl_secs": lifetimes.max_ttl_secs}),
                 )
-                .await;
+                .await?;
                 self.metrics
                     .gc_actions
                     .with_label_values(&["expired"])
@@ -156,16 +183,15 @@ impl Sandboxes {
             if status != "running" {
                 continue;
             }
-            if profile.idle_timeout_secs > 0
-                && now - last_active_ms > (profile.idle_timeout_secs * 1000) as i64
+            if lifetimes.idle_timeout_secs > 0
+                && now - last_active_ms > (lifetimes.idle_timeout_secs * 1000) as i64
             {
                 if let Err(err) = driver.stop(&id).await {
                     tracing::warn!(sandbox = %id, error = %err.message, "cannot stop idle sandbox");
                     continue;
                 }
-                self.set_status(&id, SandboxStatus::Stopped, None).await?;
-                self.event(&id, "stopped", serde_json::json!({"reason": "idle", "idle_timeout_secs": profile.idle_timeout_secs}))
-                    .await;
+                self.transition(&id, SandboxStatus::Stopped, None, "stopped", serde_json::json!({"reason": "idle", "idle_timeout_secs": lifetimes.idle_timeout_secs}))
+                    .await?;
                 self.metrics
                     .gc_actions
                     .with_label_values(&["idle_stopped"])
@@ -189,19 +215,23 @@ impl Sandboxes {
             };
             let missing = health == DriverHealth::Missing;
             self.event(&id, "died", serde_json::json!({"oom_killed": oom_killed, "exit_code": exit_code, "missing": missing})).await;
-            if profile.restart_once && restarts == 0 && !missing && driver.start(&id).await.is_ok()
+            if lifetimes.restart_once
+                && restarts == 0
+                && !missing
+                && driver.start(&id).await.is_ok()
             {
                 sqlx::query("UPDATE sandboxes SET restarts = restarts + 1 WHERE id = ?")
                     .bind(&id)
                     .execute(&self.db)
                     .await?;
-                self.set_status(&id, SandboxStatus::Running, None).await?;
-                self.event(
+                self.transition(
                     &id,
+                    SandboxStatus::Running,
+                    None,
                     "recovered",
                     serde_json::json!({"restarts": restarts + 1}),
                 )
-                .await;
+                .await?;
                 self.metrics
                     .gc_actions
                     .with_label_values(&["recovered"])
@@ -215,10 +245,14 @@ impl Sandboxes {
             } else {
                 "runtime_died"
             };
-            self.set_status(&id, SandboxStatus::Failed, Some(code))
-                .await?;
-            self.event(&id, "failed", serde_json::json!({"error_code": code}))
-                .await;
+            self.transition(
+                &id,
+                SandboxStatus::Failed,
+                Some(code),
+                "failed",
+                serde_json::json!({"error_code": code}),
+            )
+            .await?;
             self.metrics.gc_actions.with_label_values(&["failed"]).inc();
         }
         self.remove_orphans().await?;

@@ -326,7 +326,7 @@ impl Sandboxes {
         // After the key is decided: a replay needs no driver; dropping `tx` rolls the key back.
         let driver = self.driver(&profile.driver)?;
         sqlx::query(
-            "INSERT INTO sandboxes (id, owner, profile, driver, status, created_at, updated_at, created_ms, last_active_ms) VALUES (?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
+            "INSERT INTO sandboxes (id, owner, profile, driver, status, created_at, updated_at, created_ms, last_active_ms, idle_timeout_secs, max_ttl_secs, restart_once) VALUES (?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(owner)
@@ -336,6 +336,9 @@ impl Sandboxes {
         .bind(&stamp)
         .bind(now)
         .bind(now)
+        .bind(profile.idle_timeout_secs as i64)
+        .bind(profile.max_ttl_secs as i64)
+        .bind(profile.restart_once)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -355,18 +358,24 @@ impl Sandboxes {
         };
         match driver.create(&id, &spec).await {
             Ok(()) => {
-                self.set_status(&id, SandboxStatus::Running, None).await?;
-                self.event(&id, "started", serde_json::json!({})).await;
+                self.transition(
+                    &id,
+                    SandboxStatus::Running,
+                    None,
+                    "started",
+                    serde_json::json!({}),
+                )
+                .await?;
             }
             Err(err) => {
-                self.set_status(&id, SandboxStatus::Failed, Some(err.code.as_str()))
-                    .await?;
-                self.event(
+                self.transition(
                     &id,
+                    SandboxStatus::Failed,
+                    Some(err.code.as_str()),
                     "failed",
                     serde_json::json!({"error_code": err.code.as_str(), "message": err.message}),
                 )
-                .await;
+                .await?;
                 return Err(err);
             }
         }
@@ -374,20 +383,38 @@ impl Sandboxes {
         Ok((self.get(owner, &id).await?, false))
     }
 
-    pub(super) async fn set_status(
+    /// Moves a sandbox to `status` and records the event that says why, in
+    /// one transaction: a reader who sees the status also finds the event.
+    pub(super) async fn transition(
         &self,
         id: &str,
         status: SandboxStatus,
         error_code: Option<&str>,
+        kind: &str,
+        detail: serde_json::Value,
     ) -> WharfResult<()> {
+        let stamp = now_rfc3339();
+        let mut tx = self.db.begin().await?;
         sqlx::query("UPDATE sandboxes SET status = ?, error_code = ?, updated_at = ?, last_active_ms = ? WHERE id = ?")
             .bind(status.as_str())
             .bind(error_code)
-            .bind(now_rfc3339())
+            .bind(&stamp)
             .bind(now_ms())
             .bind(id)
-            .execute(&self.db)
+            .execute(&mut *tx)
             .await?;
+        let seq = sqlx::query(
+            "INSERT INTO sandbox_events (sandbox_id, ts, kind, detail) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&stamp)
+        .bind(kind)
+        .bind(detail.to_string())
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        tx.commit().await?;
+        self.events_seq.send_replace(seq);
         Ok(())
     }
 
@@ -469,7 +496,15 @@ impl Sandboxes {
         capability: &str,
     ) -> WharfResult<(Sandbox, Profile, Arc<dyn SandboxDriver>)> {
         let sandbox = self.get(owner, id).await?;
-        let profile = self.profiles.get(&sandbox.profile)?;
+        let profile = self.profiles.get(&sandbox.profile).map_err(|_| {
+            WharfError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "the profile {:?} of sandbox {id} is no longer defined (removed from wharf.toml, or with its pack); the sandbox can only be stopped or deleted",
+                    sandbox.profile
+                ),
+            )
+        })?;
         profile.require(capability)?;
         let sandbox = self.ensure_running(owner, id).await?;
         let driver = self.driver(&sandbox.driver)?;
@@ -512,9 +547,14 @@ impl Sandboxes {
         }
         let driver = self.driver(&sandbox.driver)?;
         driver.start(id).await?;
-        self.set_status(id, SandboxStatus::Running, None).await?;
-        self.event(id, "started", serde_json::json!({"reason": "start"}))
-            .await;
+        self.transition(
+            id,
+            SandboxStatus::Running,
+            None,
+            "started",
+            serde_json::json!({"reason": "start"}),
+        )
+        .await?;
         self.get(owner, id).await
     }
 
@@ -534,9 +574,14 @@ impl Sandboxes {
             }
         }
         self.driver(&sandbox.driver)?.stop(id).await?;
-        self.set_status(id, SandboxStatus::Stopped, None).await?;
-        self.event(id, "stopped", serde_json::json!({"reason": "request"}))
-            .await;
+        self.transition(
+            id,
+            SandboxStatus::Stopped,
+            None,
+            "stopped",
+            serde_json::json!({"reason": "request"}),
+        )
+        .await?;
         self.get(owner, id).await
     }
 
@@ -594,9 +639,14 @@ impl Sandboxes {
         let _guard = lock.lock().await;
         let sandbox = self.get(owner, id).await?;
         self.driver(&sandbox.driver)?.destroy(id).await?;
-        self.set_status(id, SandboxStatus::Deleted, None).await?;
-        self.event(id, "deleted", serde_json::json!({"reason": "request"}))
-            .await;
+        self.transition(
+            id,
+            SandboxStatus::Deleted,
+            None,
+            "deleted",
+            serde_json::json!({"reason": "request"}),
+        )
+        .await?;
         self.locks.lock().remove(id);
         Ok(())
     }
