@@ -146,16 +146,24 @@ async fn bench_profile(
         delete(id).await;
     }
     let before = rss_mib();
+    let containers_before = containers_memory_mib();
     let started = Instant::now();
     for _ in 0..held {
         ids.push(create().await);
     }
     let took = started.elapsed();
     println!(
-        "{profile}: {held} sandboxes held: host RSS {before:.1} -> {:.1} MiB ({:.2} MiB each), created in {took:.1?}",
+        "{profile}: {held} sandboxes held: server RSS {before:.1} -> {:.1} MiB ({:.2} MiB each), created in {took:.1?}",
         rss_mib(),
         (rss_mib() - before) / held as f64
     );
+    let containers = containers_memory_mib() - containers_before;
+    if containers > 0.0 {
+        println!(
+            "{profile}: their containers use {containers:.1} MiB more ({:.1} MiB each: init and the exec agent)",
+            containers / held as f64
+        );
+    }
     for id in ids.drain(..) {
         delete(id).await;
     }
@@ -163,6 +171,34 @@ async fn bench_profile(
         create_p50,
         exec_p50,
     }
+}
+
+/// Memory the engine counts for Wharf's sandbox containers (`docker stats`).
+fn containers_memory_mib() -> f64 {
+    let ids = docker_ok(&["ps", "-q", "--filter", "label=wharf.sandbox"]);
+    if ids.is_empty() {
+        return 0.0;
+    }
+    let mut args = vec!["stats", "--no-stream", "--format", "{{.MemUsage}}"];
+    args.extend(ids.lines());
+    docker_ok(&args)
+        .lines()
+        .filter_map(|line| line.split('/').next())
+        .map(|used| {
+            let used = used.trim();
+            let number: String = used
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let value: f64 = number.parse().unwrap_or(0.0);
+            match &used[number.len()..] {
+                "GiB" => value * 1024.0,
+                "MiB" => value,
+                "KiB" | "kB" => value / 1024.0,
+                _ => value / (1024.0 * 1024.0),
+            }
+        })
+        .sum()
 }
 
 fn docker_ok(args: &[&str]) -> String {

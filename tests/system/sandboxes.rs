@@ -695,11 +695,11 @@ async fn docker_sandbox_is_confined_and_limited() {
         "inspect",
         &format!("wharf-{id}"),
         "--format",
-        "{{.HostConfig.Privileged}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.HostConfig.NetworkMode}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.Config.User}}",
+        "{{.HostConfig.Privileged}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.HostConfig.NetworkMode}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.Config.User}} {{.HostConfig.LogConfig.Type}}",
     ]);
     assert_eq!(
         inspect.trim(),
-        "false [ALL] [no-new-privileges] none 67108864 64 1000:1000"
+        "false [ALL] [no-new-privileges] none 67108864 64 1000:1000 none"
     );
     let out = exec(
         &admin,

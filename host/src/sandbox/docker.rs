@@ -23,7 +23,8 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType, VolumeCreateRequest,
+    ContainerCreateBody, ExecConfig, HostConfig, HostConfigLogConfig, Mount, MountType,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, ListVolumesOptions, RemoveContainerOptions,
@@ -616,6 +617,12 @@ impl SandboxDriver for DockerDriver {
                 privileged: Some(false),
                 // A real PID 1 (the engine's tini) reaps what a timeout kill leaves.
                 init: Some(true),
+                // The agent's stdout carries every exec's output: the engine
+                // must not also keep it in a log file on the host's disk.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("none".to_string()),
+                    config: None,
+                }),
                 cap_drop: Some(vec!["ALL".to_string()]),
                 security_opt: Some(vec!["no-new-privileges".to_string()]),
                 mounts: Some(vec![Mount {
