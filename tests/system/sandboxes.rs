@@ -91,6 +91,23 @@ fn docker_ready() -> bool {
     false
 }
 
+/// A server with the test profiles and its admin client, for a Docker test;
+/// `None` when Docker tests are skipped (never under `CI=true`).
+fn docker_server() -> Option<(tempfile::TempDir, WharfProcess, Client)> {
+    docker_server_with(TEST_CONFIG)
+}
+
+/// [`docker_server`] with another `wharf.toml`.
+fn docker_server_with(config: &str) -> Option<(tempfile::TempDir, WharfProcess, Client)> {
+    if !docker_ready() {
+        return None;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let server = start_with(root.path(), config);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    Some((root, server, admin))
+}
+
 fn start(root: &std::path::Path) -> WharfProcess {
     start_with(root, TEST_CONFIG)
 }
@@ -152,6 +169,17 @@ async fn exec(client: &Client, id: &str, body: Value) -> Value {
     let (status, out) = client.post(&format!("/v1/sandboxes/{id}/exec"), body).await;
     assert_eq!(status, 200, "{out}");
     out
+}
+
+/// Posts an exec that must be refused with `status` and error `code`; returns the answer.
+async fn exec_refused(client: &Client, id: &str, body: Value, status: u16, code: &str) -> Value {
+    let (got, answer) = client.post(&format!("/v1/sandboxes/{id}/exec"), body).await;
+    assert_eq!(
+        (got, answer["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{answer}"
+    );
+    answer
 }
 
 /// `POST /v1/sandboxes/{id}/<action>` (stop, start, keepalive): status and answer.
@@ -534,17 +562,7 @@ async fn lifecycle(profile: &str) {
             "{method} {path}: {body}"
         );
     }
-    let (status, body) = mallory
-        .post(
-            &format!("/v1/sandboxes/{id}/exec"),
-            json!({"argv": ["true"]}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("not_found")),
-        "{body}"
-    );
+    exec_refused(&mallory, &id, json!({"argv": ["true"]}), 404, "not_found").await;
     let (_, theirs) = mallory.get("/v1/sandboxes").await;
     assert_eq!(theirs["items"], json!([]));
 
@@ -682,12 +700,9 @@ async fn lifecycle_on_the_docker_driver() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_sandbox_is_confined_and_limited() {
-    if !docker_ready() {
+    let Some((_root, server, admin)) = docker_server() else {
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    let server = start(root.path());
-    let admin = Client::new(&server, Some(ADMIN_KEY));
+    };
     let id = create(&admin, "small").await;
 
     // Isolation settings as the engine reports them.
@@ -1114,12 +1129,9 @@ async fn wait_gone(client: &Client, id: &str, what: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_a_sandbox_still_creating_get_session_not_ready() {
-    if !docker_ready() {
+    let Some((_root, server, admin)) = docker_server_with(NOT_READY_CONFIG) else {
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    let server = start_with(root.path(), NOT_READY_CONFIG);
-    let admin = Client::new(&server, Some(ADMIN_KEY));
+    };
 
     // The exec is sent as soon as the list shows the sandbox `creating`. If the
     // create finishes in between (a slow poll), the exec legitimately succeeds:
@@ -1248,17 +1260,7 @@ async fn gc_deletes_sandboxes_past_their_max_ttl() {
 
     let gone = wait_gone(&admin, &id, "expiry").await;
     assert_eq!(gone["error"]["code"], "not_found", "{gone}");
-    let (status, body) = admin
-        .post(
-            &format!("/v1/sandboxes/{id}/exec"),
-            json!({"argv": ["true"]}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("not_found")),
-        "{body}"
-    );
+    exec_refused(&admin, &id, json!({"argv": ["true"]}), 404, "not_found").await;
     let (_, page) = admin.get("/v1/sandboxes").await;
     let listed: Vec<&str> = page["items"]
         .as_array()
@@ -1302,12 +1304,9 @@ async fn gc_deletes_sandboxes_past_their_max_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_container_without_restart_once_fails_at_once() {
-    if !docker_ready() {
+    let Some((_root, server, admin)) = docker_server() else {
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    let server = start(root.path());
-    let admin = Client::new(&server, Some(ADMIN_KEY));
+    };
 
     // `norestart`: docker driver, restart_once = false, never idle-stopped.
     let id = create(&admin, "norestart").await;
@@ -1372,17 +1371,7 @@ async fn dead_container_without_restart_once_fails_at_once() {
         "{{.State.Running}}",
     ]);
     assert_eq!(state.trim(), "false", "the dead container stays down");
-    let (status, body) = admin
-        .post(
-            &format!("/v1/sandboxes/{id}/exec"),
-            json!({"argv": ["true"]}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("conflict")),
-        "{body}"
-    );
+    exec_refused(&admin, &id, json!({"argv": ["true"]}), 409, "conflict").await;
     let (status, _) = admin.delete(&format!("/v1/sandboxes/{id}")).await;
     assert_eq!(status, 204);
     assert!(containers_with_label(&format!("wharf.sandbox={id}")).is_empty());
@@ -1575,17 +1564,7 @@ async fn pack_contributed_profiles_run_sandboxes_with_their_env_and_capabilities
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A sandbox whose profile went with the pack says so, and can still be deleted...
-    let (status, body) = admin
-        .post(
-            &format!("/v1/sandboxes/{id}/exec"),
-            json!({"argv": ["true"]}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("conflict")),
-        "{body}"
-    );
+    let body = exec_refused(&admin, &id, json!({"argv": ["true"]}), 409, "conflict").await;
     assert!(
         body["error"]["message"]
             .as_str()
@@ -1647,13 +1626,10 @@ fn build_no_python_image() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_execs_use_the_agent_and_fall_back_to_engine_exec_without_python() {
-    if !docker_ready() {
+    let Some((_root, _server, admin)) = docker_server() else {
         return;
-    }
+    };
     build_no_python_image();
-    let root = tempfile::tempdir().unwrap();
-    let server = start(root.path());
-    let admin = Client::new(&server, Some(ADMIN_KEY));
 
     // With python3 in the image, an exec is a child of the agent, and the
     // agent's source does not reach the command's environment.
@@ -1684,17 +1660,14 @@ async fn docker_execs_use_the_agent_and_fall_back_to_engine_exec_without_python(
         (Some(3), Some("1\nin")),
         "{out}"
     );
-    let (status, body) = admin
-        .post(
-            &format!("/v1/sandboxes/{id2}/exec"),
-            json!({"argv": ["true"], "cwd": "missing"}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("file_not_found")),
-        "{body}"
-    );
+    exec_refused(
+        &admin,
+        &id2,
+        json!({"argv": ["true"], "cwd": "missing"}),
+        404,
+        "file_not_found",
+    )
+    .await;
     let out = exec(
         &admin,
         &id2,

@@ -463,6 +463,12 @@ impl DockerDriver {
             }
         };
         out.duration = started.elapsed();
+        Ok(self.settle(sandbox_id, out, code).await)
+    }
+
+    /// Sets the exit code from the command's `code` (none after a timeout)
+    /// and, for a command killed by SIGKILL, whether the OOM killer did it.
+    async fn settle(&self, sandbox_id: &str, mut out: ExecOutput, code: Option<i64>) -> ExecOutput {
         out.exit_code = if out.timed_out {
             None
         } else {
@@ -471,7 +477,7 @@ impl DockerDriver {
         if code == Some(137) && !out.timed_out {
             out.oom_killed = self.oom_happened(sandbox_id).await;
         }
-        Ok(out)
+        out
     }
 
     /// An exec through the engine (`docker exec`), for containers without
@@ -546,15 +552,7 @@ impl DockerDriver {
         let killed = code == Some(137) || code == Some(124);
         out.timed_out = host_deadline_hit
             || (killed && out.duration + Duration::from_millis(20) >= request.timeout);
-        out.exit_code = if out.timed_out {
-            None
-        } else {
-            code.map(|c| c as i32)
-        };
-        if code == Some(137) && !out.timed_out {
-            out.oom_killed = self.oom_happened(sandbox_id).await;
-        }
-        Ok(out)
+        Ok(self.settle(sandbox_id, out, code).await)
     }
 
     /// Reads the cgroup's OOM-kill counter; true when it grew since last read.
