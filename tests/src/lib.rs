@@ -165,6 +165,7 @@ fn free_port() -> u16 {
 }
 
 /// An HTTP client with a bearer key.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base_url: String,

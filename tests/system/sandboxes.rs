@@ -1646,6 +1646,35 @@ async fn docker_execs_use_the_agent_and_fall_back_to_engine_exec_without_python(
         "{out}"
     );
 
+    // Concurrent execs share the one agent connection; each gets its own output.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let admin = admin.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let body =
+                    json!({"command": format!("sleep 0.2; echo {i}; echo e{i} >&2; exit {i}")});
+                (i, exec(&admin, &id, body).await)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (i, out) = task.await.unwrap();
+        assert_eq!(
+            (
+                out["exit_code"].as_i64(),
+                out["stdout"].as_str(),
+                out["stderr"].as_str()
+            ),
+            (
+                Some(i),
+                Some(format!("{i}\n").as_str()),
+                Some(format!("e{i}\n").as_str())
+            ),
+            "{out}"
+        );
+    }
+
     // Without python3: the container sleeps and execs go through the engine,
     // with the same results, stdin, cwd checks and timeout kill.
     let id2 = create(&admin, "nopython").await;
