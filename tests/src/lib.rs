@@ -222,18 +222,36 @@ impl Client {
         what: &str,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let check = &check;
+        poll(what, || async move {
             let (status, body) = self.get(path).await;
             if status == 200 && check(&body) {
-                return body;
+                Ok(body)
+            } else {
+                Err(format!("last answer {status} {body}"))
             }
-            assert!(
+        })
+        .await
+    }
+}
+
+/// Runs `attempt` every 50 ms until it returns `Ok` (for at most 60 s). An
+/// `Err` describes the state seen, for the panic message when time runs out.
+pub async fn poll<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(state) => assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {what}: last answer {status} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+                "timed out waiting for {what}: {state}"
+            ),
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -15,7 +15,7 @@ use futures::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Digest;
-use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, build_pack, install_pack_active};
+use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, build_pack, install_pack_active, poll};
 
 const BASE_IMAGE: &str = "wharf/sandbox-base:1";
 
@@ -1080,51 +1080,41 @@ async fn wait_events(
     what: &str,
     check: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let check = &check;
+    poll(what, || async move {
         let events = events_of(client, id).await;
         if check(&events) {
-            return events;
+            Ok(events)
+        } else {
+            Err(format!("events {events:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: events {events:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Polls `/metrics` until `series` is exported (bounded; counted after the event).
 async fn wait_metric(server: &WharfProcess, series: &str) -> (f64, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll(series, || async move {
         let text = server.metrics().await;
-        if let Some(value) = metric_value(&text, series) {
-            return (value, text);
+        match metric_value(&text, series) {
+            Some(value) => Ok((value, text)),
+            None => Err(format!("metrics:\n{text}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {series}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Polls `GET /v1/sandboxes/{id}` until it answers 404 (bounded); returns that body.
 async fn wait_gone(client: &Client, id: &str, what: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll(what, || async move {
         let (status, body) = client.get(&format!("/v1/sandboxes/{id}")).await;
         if status == 404 {
-            return body;
+            return Ok(body);
         }
         assert_eq!(status, 200, "{body}");
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: last answer {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("last answer {status} {body}"))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1382,25 +1372,24 @@ const PROFILE_PACK: &str = "tests/fixtures/packs/profile-pack";
 /// Creates a sandbox of `profile` as soon as the server knows the profile
 /// (pack profiles are picked up right after the scan that activates the pack).
 async fn create_when_known(client: &Client, profile: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, body) = client
-            .post("/v1/sandboxes", json!({"profile": profile}))
-            .await;
-        if status == 201 {
-            return body;
-        }
-        assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (400, Some("validation_error")),
-            "{body}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "profile {profile} never became known: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        &format!("profile {profile} to become known"),
+        || async move {
+            let (status, body) = client
+                .post("/v1/sandboxes", json!({"profile": profile}))
+                .await;
+            if status == 201 {
+                return Ok(body);
+            }
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (400, Some("validation_error")),
+                "{body}"
+            );
+            Err(format!("last answer {body}"))
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1543,26 +1532,23 @@ async fn pack_contributed_profiles_run_sandboxes_with_their_env_and_capabilities
 
     // Without the pack, the profile is gone for new sandboxes.
     std::fs::remove_dir_all(server.packs_dir.join("profile-pack")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, body) = admin
+    let admin_ref = &admin;
+    poll("packbox to be forgotten with its pack", || async move {
+        let (status, body) = admin_ref
             .post("/v1/sandboxes", json!({"profile": "packbox"}))
             .await;
         if status == 400 {
             assert_eq!(body["error"]["code"], "validation_error", "{body}");
-            break;
+            return Ok(());
         }
         assert_eq!(status, 201, "{body}");
         // Created before the removal was noticed: clean up and ask again.
-        admin
+        admin_ref
             .delete(&format!("/v1/sandboxes/{}", body["id"].as_str().unwrap()))
             .await;
-        assert!(
-            Instant::now() < deadline,
-            "packbox still known after the pack was removed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err("packbox still known after the pack was removed".to_string())
+    })
+    .await;
     // A sandbox whose profile went with the pack says so, and can still be deleted...
     let body = exec_refused(&admin, &id, json!({"argv": ["true"]}), 409, "conflict").await;
     assert!(

@@ -104,17 +104,30 @@ impl ExecOutput {
         cap: usize,
         sink: Option<&OutputSink>,
     ) {
-        if let Some(sink) = sink {
-            let _ = sink.send((kind, chunk.to_vec()));
-        }
         let (kept, truncated) = match kind {
             StreamKind::Stdout => (&mut self.stdout, &mut self.stdout_truncated),
             StreamKind::Stderr => (&mut self.stderr, &mut self.stderr_truncated),
         };
-        let room = cap.saturating_sub(kept.len());
-        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        *truncated |= chunk.len() > room;
+        keep_capped(kept, truncated, kind, chunk, cap, sink);
     }
+}
+
+/// Appends what fits of `chunk` under `cap` to `kept`, flags a cut, and
+/// passes the whole chunk on to `sink` (streaming).
+pub(crate) fn keep_capped(
+    kept: &mut Vec<u8>,
+    truncated: &mut bool,
+    kind: StreamKind,
+    chunk: &[u8],
+    cap: usize,
+    sink: Option<&OutputSink>,
+) {
+    if let Some(sink) = sink {
+        let _ = sink.send((kind, chunk.to_vec()));
+    }
+    let room = cap.saturating_sub(kept.len());
+    kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    *truncated |= chunk.len() > room;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -189,6 +202,13 @@ pub(crate) fn check_upload_size(
     }
 }
 
+pub(crate) fn upload_too_large(limit: u64) -> WharfError {
+    WharfError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("uploads are limited to {limit} bytes"),
+    )
+}
+
 /// Passes `body` through until more than `limit` bytes have gone by; then
 /// ends it with `payload_too_large`.
 pub fn limit_stream(body: ByteStream, limit: u64) -> ByteStream {
@@ -197,7 +217,7 @@ pub fn limit_stream(body: ByteStream, limit: u64) -> ByteStream {
         let chunk = chunk?;
         seen += chunk.len() as u64;
         if seen > limit {
-            return Err(service::upload_too_large(limit));
+            return Err(upload_too_large(limit));
         }
         Ok(chunk)
     }))

@@ -26,7 +26,7 @@ use super::paths::resolve_local;
 use super::{
     DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, FileDownload, FileUpload,
     OutputSink, SandboxDriver, SandboxPath, SandboxSpec, StreamKind, check_upload_size,
-    refuse_root, upload_tmp_name,
+    keep_capped, refuse_root, upload_tmp_name,
 };
 use crate::error::{ErrorCode, WharfError, WharfResult};
 
@@ -500,14 +500,14 @@ async fn read_capped(
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if let Some(sink) = &sink {
-                    let _ = sink.send((kind, buf[..n].to_vec()));
-                }
-                let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                truncated |= n > room;
-            }
+            Ok(n) => keep_capped(
+                &mut kept,
+                &mut truncated,
+                kind,
+                &buf[..n],
+                cap,
+                sink.as_ref(),
+            ),
         }
     }
     (kept, truncated)

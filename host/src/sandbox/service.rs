@@ -16,7 +16,7 @@ use sqlx::Row;
 use super::profiles::{Profile, Profiles};
 use super::{
     DirEntry, ExecLimits, ExecOutput, ExecRequest, FileDownload, FileUpload, SandboxDriver,
-    SandboxPath, SandboxSpec, limit_stream,
+    SandboxPath, SandboxSpec, limit_stream, upload_too_large,
 };
 use crate::config::SandboxConfig;
 use crate::error::{ErrorCode, WharfError, WharfResult};
@@ -200,13 +200,6 @@ impl SandboxBinding {
             .await
             .map(|_| ())
     }
-}
-
-pub(crate) fn upload_too_large(limit: u64) -> WharfError {
-    WharfError::new(
-        ErrorCode::PayloadTooLarge,
-        format!("uploads are limited to {limit} bytes"),
-    )
 }
 
 /// An exec as the API receives it.
