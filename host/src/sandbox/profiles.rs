@@ -20,6 +20,19 @@ pub enum Network {
     Bridge,
 }
 
+/// How the process driver confines an exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Own user, mount, PID, IPC and UTS namespaces as an unprivileged uid, with
+    /// Landlock and seccomp as a second layer (the default).
+    #[default]
+    Namespaces,
+    /// No isolation: execs run as the server's user on the host. Only `wharf.toml`
+    /// may declare it, and only admin keys may use such a profile.
+    None,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
@@ -59,6 +72,17 @@ pub struct Profile {
     /// A dead runtime is restarted once before the sandbox is marked failed.
     #[serde(default = "default_true")]
     pub restart_once: bool,
+    /// Process driver: how execs are confined.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Docker driver: the `uid:gid` every process of the container runs as,
+    /// whatever the image's `USER` says.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Docker driver: the container's root filesystem is read-only (a tmpfs
+    /// `/tmp` and the workspace volume stay writable).
+    #[serde(default = "default_true")]
+    pub read_only_root: bool,
 }
 
 fn default_image() -> String {
@@ -81,6 +105,9 @@ fn default_ttl() -> u64 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_user() -> String {
+    "1000:1000".to_string()
 }
 
 impl Profile {
@@ -111,6 +138,9 @@ impl Profile {
             idle_timeout_secs: default_idle(),
             max_ttl_secs: default_ttl(),
             restart_once: true,
+            isolation: Isolation::Namespaces,
+            user: default_user(),
+            read_only_root: true,
         }
     }
 
