@@ -278,6 +278,11 @@ fn bench_docker_cli(creates: usize) -> Figures {
 async fn main() {
     let h = common::Harness::start(|config| {
         config.sandbox.gc_interval_ms = 60_000;
+        // The process driver without its confinement, measured in the same
+        // run as the confined `local` profile: what isolation costs.
+        let mut unconfined = wharf::sandbox::Profile::builtin_local();
+        unconfined.isolation = wharf::sandbox::profiles::Isolation::None;
+        config.profiles.insert("unconfined".into(), unconfined);
     })
     .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -288,7 +293,12 @@ async fn main() {
     let client = reqwest::Client::new();
     println!("drivers: {:?}", h.server.state.sandboxes.driver_names());
 
-    bench_profile(&client, &base, "local", 50, 200).await;
+    let before = bench_profile(&client, &base, "unconfined", 50, 200).await;
+    let after = bench_profile(&client, &base, "local", 50, 200).await;
+    println!(
+        "-- process driver isolation cost (p50): create {:.1?} -> {:.1?}, exec `true` {:.1?} -> {:.1?}",
+        before.create_p50, after.create_p50, before.exec_p50, after.exec_p50
+    );
     if !h.server.state.sandboxes.driver_names().contains(&"docker") {
         println!("docker driver unavailable: skipping the docker part");
         return;

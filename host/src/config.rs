@@ -85,6 +85,13 @@ pub struct SandboxConfig {
     pub gc_interval_ms: u64,
     /// Whether the Docker driver is used when a daemon answers.
     pub docker: bool,
+    /// Host uid and gid that confined process-driver execs run as when the
+    /// server runs as root (otherwise they run as the server's own uid/gid,
+    /// mapped to 1000 inside the sandbox).
+    pub process_uid: u32,
+    pub process_gid: u32,
+    /// Size of each confined exec's private `/tmp` (a tmpfs), in MiB.
+    pub process_tmp_mib: u64,
 }
 
 #[derive(Clone, Deserialize)]
@@ -198,6 +205,9 @@ impl Default for SandboxConfig {
             not_ready_wait_ms: 10_000,
             gc_interval_ms: 30_000,
             docker: true,
+            process_uid: 100_000,
+            process_gid: 100_000,
+            process_tmp_mib: 256,
         }
     }
 }

@@ -52,6 +52,7 @@ error_codes! {
     PluginUnavailable => ("plugin_unavailable", StatusCode::SERVICE_UNAVAILABLE, true, "The component's circuit is open after repeated traps; retry after the cool-down."),
     SessionNotReady => ("session_not_ready", StatusCode::SERVICE_UNAVAILABLE, true, "The sandbox is not running yet; retry after `retry_after_ms`."),
     DriverUnavailable => ("driver_unavailable", StatusCode::SERVICE_UNAVAILABLE, true, "The sandbox driver (e.g. the Docker engine) is unavailable or failed the operation."),
+    IsolationUnavailable => ("isolation_unavailable", StatusCode::SERVICE_UNAVAILABLE, false, "The process driver cannot confine execs on this host (the message names what is missing); an isolated profile cannot be used here."),
     Timeout => ("timeout", StatusCode::GATEWAY_TIMEOUT, true, "The operation did not finish within its time limit."),
     InternalError => ("internal_error", StatusCode::INTERNAL_SERVER_ERROR, true, "An unexpected failure inside the host; see the server log with the request id."),
 }

@@ -17,6 +17,7 @@ use crate::runtime::logs::PluginLogs;
 use crate::sandbox::SandboxDriver;
 use crate::sandbox::docker::DockerDriver;
 use crate::sandbox::gc;
+use crate::sandbox::isolation::IsolationSettings;
 use crate::sandbox::process::{ProcessDriver, ProcessLimits};
 use crate::sandbox::profiles::Profiles;
 use crate::sandbox::service::Sandboxes;
@@ -57,6 +58,11 @@ impl Server {
         let process = Arc::new(ProcessDriver::new(
             config.data_dir.join("sandboxes"),
             ProcessLimits::default(),
+            IsolationSettings {
+                uid: config.sandbox.process_uid,
+                gid: config.sandbox.process_gid,
+                tmp_size_mib: config.sandbox.process_tmp_mib,
+            },
         )?);
         let mut drivers: Vec<Arc<dyn SandboxDriver>> = vec![process];
         if config.sandbox.docker {
@@ -68,6 +74,12 @@ impl Server {
             }
         }
         let profiles = Profiles::new(&config.profiles).context("sandbox profiles")?;
+        for name in profiles.unisolated() {
+            tracing::warn!(
+                profile = %name,
+                "profile runs process sandboxes WITHOUT isolation (isolation = \"none\"): admin keys only"
+            );
+        }
         let sandboxes = Arc::new(Sandboxes::new(
             db.clone(),
             drivers,

@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody, Json, Path, Query};
 use crate::capabilities::{self, InvokeOutcome};
-use crate::error::WharfError;
+use crate::error::{ErrorCode, WharfError};
 use crate::sandbox::service::{
     ExecInput, LOCAL_PROFILE, Sandbox, SandboxEvent, SandboxPage, SandboxStatus,
 };
@@ -112,6 +112,13 @@ async fn create_sandbox(
         }
         None => None,
     };
+    if state.sandboxes.profiles().get(&profile)?.unconfined() && !principal.admin {
+        return Err(WharfError::new(
+            ErrorCode::Forbidden,
+            format!("profile {profile:?} runs without isolation: only admin keys may use it"),
+        )
+        .into());
+    }
     let normalized = serde_json::json!({ "profile": profile });
     let fingerprint = hex::encode(sha2::Sha256::digest(normalized.to_string().as_bytes()));
     let idempotency = key.as_deref().map(|key| (key, fingerprint.as_str()));

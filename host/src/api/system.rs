@@ -47,6 +47,11 @@ pub struct Info {
     plugin_api: String,
     /// Sandbox drivers available on this host.
     drivers: Vec<&'static str>,
+    /// What the process driver confines on this host.
+    process_isolation: Option<crate::sandbox::isolation::IsolationStatus>,
+    /// Configured profiles whose process sandboxes run WITHOUT isolation
+    /// (`isolation = "none"`; admin keys only).
+    unisolated_profiles: Vec<String>,
 }
 
 /// Server version, plugin API version and available sandbox drivers.
@@ -56,5 +61,7 @@ async fn info(State(state): State<AppState>) -> Json<Info> {
         version: env!("CARGO_PKG_VERSION"),
         plugin_api: crate::packs::manifest::PLUGIN_API_VERSION.to_string(),
         drivers: state.sandboxes.driver_names(),
+        process_isolation: state.sandboxes.process_isolation(),
+        unisolated_profiles: state.sandboxes.profiles().unisolated(),
     })
 }

@@ -7,6 +7,7 @@
 pub mod docker;
 mod docker_agent;
 pub mod gc;
+pub mod isolation;
 pub mod paths;
 pub mod process;
 pub mod profiles;
@@ -56,13 +57,23 @@ pub enum DriverHealth {
     Missing,
 }
 
-/// The profile's limits that a driver applies per exec (the process driver);
-/// the Docker driver has the engine enforce them on the container instead.
-#[derive(Debug, Clone, Copy, Default)]
+/// The profile's settings that a driver applies per exec (the process
+/// driver); the Docker driver has the engine enforce them on the container.
+#[derive(Debug, Clone)]
 pub struct ExecLimits {
     pub memory_mib: Option<u64>,
+    pub pids_limit: Option<i64>,
     /// The profile's network is `none`.
     pub isolate_network: bool,
+    pub isolation: profiles::Isolation,
+    /// Where the workspace is inside the sandbox (absolute).
+    pub workdir: String,
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        Profile::builtin_local().exec_limits()
+    }
 }
 
 /// One command to run inside a sandbox.
@@ -261,6 +272,11 @@ pub(crate) fn refuse_root(path: &SandboxPath, what: &str) -> WharfResult<()> {
 #[async_trait]
 pub trait SandboxDriver: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// What the driver confines here, for drivers that confine processes
+    /// themselves (the process driver).
+    fn isolation(&self) -> Option<isolation::IsolationStatus> {
+        None
+    }
     /// Prepares the sandbox's workspace and runtime, and starts it. On error
     /// nothing is left behind.
     async fn create(&self, sandbox_id: &str, spec: &SandboxSpec) -> WharfResult<()>;

@@ -1,28 +1,34 @@
-//! The process driver: a workspace directory on the host and a process group
-//! per exec, with rlimits and a group kill on timeout.
+//! The process driver: a workspace directory on the host, and each exec
+//! confined in namespaces of its own (see [`super::isolation`]): its own user,
+//! mount, PID, IPC and UTS namespaces as an unprivileged uid, a root
+//! filesystem with only the system directories (read-only), the workspace at
+//! the profile's workdir, a private `/tmp`, a minimal `/dev` and its own
+//! `/proc`; Landlock and seccomp as a second layer; rlimits for address
+//! space, processes, open files and file size. With `network = "none"` the
+//! exec also gets a network namespace with only loopback.
 //!
-//! Its isolation is weaker than a container's: processes run as the server's
-//! user and see the host filesystem. A profile's `memory_mib` caps each
-//! process's address space (RLIMIT_AS); `cpus` and `pids_limit` are not
-//! enforced (RLIMIT_NPROC counts every process of the server's user, and
-//! root is exempt from it). With
-//! `network = "none"`, each exec gets an empty network namespace where the
-//! host allows it (root, or unprivileged user namespaces); elsewhere it keeps
-//! the host's network, and the server says so at start-up. It is the embedded
-//! default for development and for machines without a container engine; use
-//! the Docker driver for untrusted code.
+//! A profile with `isolation = "none"` (only `wharf.toml` may declare one, and
+//! only admin keys may use it) runs execs as the server's user on the host
+//! instead, in a process group with the same rlimits.
+//!
+//! It is the embedded default, for machines without a container engine.
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
+use super::isolation::{ExecRlimits, IsolationSettings, IsolationStatus, Isolator, SetupReport};
 use super::paths::resolve_local;
+use super::profiles::Isolation;
 use super::{
     DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, FileDownload, FileUpload,
     OutputSink, SandboxDriver, SandboxPath, SandboxSpec, StreamKind, check_upload_size,
@@ -39,6 +45,8 @@ pub struct ProcessLimits {
     pub open_files: u64,
     /// RLIMIT_FSIZE, largest file a process may write.
     pub file_size_bytes: u64,
+    /// Processes of one exec when the profile sets no `pids_limit`.
+    pub processes: u64,
 }
 
 impl Default for ProcessLimits {
@@ -47,6 +55,7 @@ impl Default for ProcessLimits {
             address_space_bytes: 4 << 30,
             open_files: 1024,
             file_size_bytes: 1 << 30,
+            processes: 512,
         }
     }
 }
@@ -54,8 +63,15 @@ impl Default for ProcessLimits {
 pub struct ProcessDriver {
     root: PathBuf,
     limits: ProcessLimits,
-    /// Whether an exec can be put in a network namespace of its own.
+    /// Confinement of execs; `None` when it could not even be prepared.
+    isolator: Option<Arc<Isolator>>,
+    isolation: IsolationStatus,
+    /// Whether an unconfined exec (`isolation = "none"`) can be put in a
+    /// network namespace of its own.
     network_isolation: Option<NetworkIsolation>,
+    /// The process groups of the execs running in each sandbox, killed on
+    /// stop and delete.
+    running: Arc<Mutex<HashMap<String, HashSet<i32>>>>,
 }
 
 /// How an exec leaves the host's network behind.
@@ -105,8 +121,14 @@ fn unshare(flags: libc::c_int) -> std::io::Result<()> {
 }
 
 impl ProcessDriver {
-    /// Sandboxes live in `<root>/<sandbox id>/`.
-    pub fn new(root: impl Into<PathBuf>, limits: ProcessLimits) -> WharfResult<Self> {
+    /// Sandboxes live in `<root>/<sandbox id>/`. Confinement is set up and
+    /// tried once here; when it does not work, the driver still serves
+    /// unconfined profiles and refuses isolated ones with the reason.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        limits: ProcessLimits,
+        settings: IsolationSettings,
+    ) -> WharfResult<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|err| {
             WharfError::internal(format!(
@@ -114,17 +136,88 @@ impl ProcessDriver {
                 root.display()
             ))
         })?;
-        let network_isolation = NetworkIsolation::probe();
-        if network_isolation.is_none() {
-            tracing::warn!(
-                "the process sandbox driver cannot make network namespaces here: execs of profiles with network = \"none\" keep the host's network"
-            );
+        let (isolator, isolation) = match Isolator::new(settings, &root) {
+            Ok(isolator) => {
+                let isolator = Arc::new(isolator);
+                let status = isolator.self_test(&root.join(".isolation-test"));
+                (Some(isolator), status)
+            }
+            Err(err) => (
+                None,
+                IsolationStatus {
+                    available: false,
+                    problem: Some(format!("preparing the isolation: {err}")),
+                    host_uid: settings.uid,
+                    host_gid: settings.gid,
+                    landlock: false,
+                    seccomp: false,
+                },
+            ),
+        };
+        match &isolation.problem {
+            None => tracing::info!(
+                uid = isolation.host_uid,
+                landlock = isolation.landlock,
+                "process sandboxes are confined in namespaces"
+            ),
+            Some(problem) => tracing::error!(
+                %problem,
+                "process sandboxes cannot be confined on this host: isolated process profiles are refused"
+            ),
         }
         Ok(Self {
             root,
             limits,
-            network_isolation,
+            isolator,
+            isolation,
+            network_isolation: NetworkIsolation::probe(),
+            running: Default::default(),
         })
+    }
+
+    /// What the driver can enforce here (`GET /v1/info`).
+    pub fn isolation(&self) -> &IsolationStatus {
+        &self.isolation
+    }
+
+    fn isolator(&self) -> WharfResult<&Arc<Isolator>> {
+        match &self.isolator {
+            Some(isolator) if self.isolation.available => Ok(isolator),
+            _ => Err(WharfError::new(
+                ErrorCode::IsolationUnavailable,
+                format!(
+                    "process sandboxes cannot be confined on this host: {}",
+                    self.isolation
+                        .problem
+                        .as_deref()
+                        .unwrap_or("unknown reason")
+                ),
+            )),
+        }
+    }
+
+    /// Gives a path the server created in a workspace to the sandbox's uid,
+    /// so sandboxed code can change it.
+    fn hand_over(&self, path: &Path) -> WharfResult<()> {
+        if let Some(isolator) = self.isolator.as_ref().filter(|iso| iso.chowns()) {
+            let (uid, gid) = isolator.host_ids();
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|err| {
+                WharfError::internal(format!(
+                    "cannot hand {} to the sandbox: {err}",
+                    path.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Kills every exec still running in a sandbox (and, through its PID
+    /// namespace, everything they started).
+    fn kill_execs(&self, sandbox_id: &str) {
+        let groups = self.running.lock().remove(sandbox_id).unwrap_or_default();
+        for group in groups {
+            kill_group(Some(group));
+        }
     }
 
     fn workspace(&self, sandbox_id: &str) -> WharfResult<PathBuf> {
@@ -167,15 +260,24 @@ impl SandboxDriver for ProcessDriver {
         "process"
     }
 
-    async fn create(&self, sandbox_id: &str, _spec: &SandboxSpec) -> WharfResult<()> {
+    fn isolation(&self) -> Option<IsolationStatus> {
+        Some(self.isolation.clone())
+    }
+
+    async fn create(&self, sandbox_id: &str, spec: &SandboxSpec) -> WharfResult<()> {
+        if spec.profile.isolation == Isolation::Namespaces {
+            self.isolator()?;
+        }
         let dir = self.root.join(sandbox_id);
         tokio::fs::create_dir_all(&dir)
             .await
-            .map_err(|err| WharfError::internal(format!("cannot create workspace: {err}")))
+            .map_err(|err| WharfError::internal(format!("cannot create workspace: {err}")))?;
+        self.hand_over(&dir)
     }
 
     async fn stop(&self, sandbox_id: &str) -> WharfResult<()> {
-        // Nothing runs between execs: each exec's process group dies with it.
+        // Execs still running (and whatever they left behind) end now.
+        self.kill_execs(sandbox_id);
         self.workspace(sandbox_id).map(|_| ())
     }
 
@@ -224,11 +326,13 @@ impl SandboxDriver for ProcessDriver {
                 }
                 Err(err) => return Err(io_error(&step, err)),
             }
+            self.hand_over(&real)?;
         }
         Ok(())
     }
 
     async fn destroy(&self, sandbox_id: &str) -> WharfResult<()> {
+        self.kill_execs(sandbox_id);
         match tokio::fs::remove_dir_all(self.root.join(sandbox_id)).await {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -240,14 +344,62 @@ impl SandboxDriver for ProcessDriver {
 
     async fn exec(&self, sandbox_id: &str, request: ExecRequest) -> WharfResult<ExecOutput> {
         let workspace = self.workspace(sandbox_id)?;
-        let cwd = match &request.cwd {
+        // Checked on the host side first: it exists, and no link leads out.
+        let host_cwd = match &request.cwd {
             Some(cwd) => resolve_local(&workspace, cwd)?,
             None => workspace.clone(),
         };
-        let network = self
-            .network_isolation
-            .filter(|_| request.limits.isolate_network);
-        run_process(&workspace, &cwd, request, self.limits, network).await
+        let (command, report) = match request.limits.isolation {
+            Isolation::Namespaces => {
+                let isolator = self.isolator()?;
+                let workdir = request.limits.workdir.trim_end_matches('/').to_string();
+                let cwd = match &request.cwd {
+                    Some(cwd) if !cwd.is_root() => format!("{workdir}/{cwd}"),
+                    _ => workdir.clone(),
+                };
+                let rlimits = ExecRlimits {
+                    address_space_bytes: request
+                        .limits
+                        .memory_mib
+                        .map_or(self.limits.address_space_bytes, |mib| mib << 20),
+                    open_files: self.limits.open_files,
+                    file_size_bytes: self.limits.file_size_bytes,
+                    processes: request
+                        .limits
+                        .pids_limit
+                        .map_or(self.limits.processes, |pids| pids.max(1) as u64),
+                };
+                let (confinement, report) = isolator
+                    .confine(
+                        &workspace,
+                        &workdir,
+                        &cwd,
+                        request.limits.isolate_network,
+                        rlimits,
+                    )
+                    .map_err(|err| {
+                        WharfError::internal(format!("preparing the exec's confinement: {err}"))
+                    })?;
+                let mut command = base_command(&request, Path::new(&workdir))?;
+                confinement.apply_to(&mut command);
+                (command, Some(report))
+            }
+            Isolation::None => {
+                let network = self
+                    .network_isolation
+                    .filter(|_| request.limits.isolate_network);
+                let mut command = base_command(&request, &workspace)?;
+                command.current_dir(&host_cwd);
+                unconfined(&mut command, &request, self.limits, network);
+                (command, None)
+            }
+        };
+        let tracker = ExecTracker {
+            running: self.running.clone(),
+            sandbox_id: sandbox_id.to_string(),
+            group: None,
+        };
+        run_process(command, report, request, tracker).await
     }
 
     async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<FileDownload> {
@@ -290,6 +442,10 @@ impl SandboxDriver for ProcessDriver {
             .open(&tmp)
             .await
             .map_err(|err| io_error(path, err))?;
+        if let Err(err) = self.hand_over(&tmp) {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(err);
+        }
         let written: WharfResult<u64> = async {
             let mut written = 0u64;
             while let Some(chunk) = upload.body.next().await {
@@ -373,25 +529,18 @@ impl SandboxDriver for ProcessDriver {
     }
 }
 
-/// Runs one process group in `cwd` with a clean environment, capped output and
-/// a hard timeout that kills the whole group.
-async fn run_process(
-    workspace: &Path,
-    cwd: &Path,
-    request: ExecRequest,
-    limits: ProcessLimits,
-    network: Option<NetworkIsolation>,
-) -> WharfResult<ExecOutput> {
+/// The command of an exec with a clean environment and piped stdio; the
+/// caller confines it (or not) and sets where it starts.
+fn base_command(request: &ExecRequest, home: &Path) -> WharfResult<std::process::Command> {
     let Some(program) = request.argv.first() else {
         return Err(WharfError::validation("argv must not be empty"));
     };
     let mut command = std::process::Command::new(program);
     command
         .args(&request.argv[1..])
-        .current_dir(cwd)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", workspace)
+        .env("HOME", home)
         .env("LANG", "C.UTF-8")
         .envs(request.env.iter().map(|(k, v)| (k, v)))
         .stdin(if request.stdin.is_some() {
@@ -402,8 +551,19 @@ async fn run_process(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let profile = request.limits;
-    let address_space = profile
+    Ok(command)
+}
+
+/// An `isolation = "none"` exec: the server's user on the host, with rlimits
+/// and, for `network = "none"`, a network namespace where the host allows it.
+fn unconfined(
+    command: &mut std::process::Command,
+    request: &ExecRequest,
+    limits: ProcessLimits,
+    network: Option<NetworkIsolation>,
+) {
+    let address_space = request
+        .limits
         .memory_mib
         .map_or(limits.address_space_bytes, |mib| mib << 20);
     // SAFETY: only async-signal-safe libc calls between fork and exec.
@@ -419,19 +579,73 @@ async fn run_process(
             Ok(())
         });
     }
-    let started = Instant::now();
-    let mut child = tokio::process::Command::from(command)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|err| {
-            if err.kind() == std::io::ErrorKind::NotFound {
-                WharfError::validation(format!("program {program:?} not found in the sandbox"))
-            } else {
-                WharfError::internal(format!("cannot start {program:?}: {err}"))
+}
+
+/// Keeps the process group of a running exec in its sandbox's list, so stop
+/// and delete can kill it; forgets it when the exec ends.
+struct ExecTracker {
+    running: Arc<Mutex<HashMap<String, HashSet<i32>>>>,
+    sandbox_id: String,
+    group: Option<i32>,
+}
+
+impl ExecTracker {
+    fn track(&mut self, group: Option<i32>) {
+        if let Some(group) = group {
+            self.running
+                .lock()
+                .entry(self.sandbox_id.clone())
+                .or_default()
+                .insert(group);
+            self.group = Some(group);
+        }
+    }
+}
+
+impl Drop for ExecTracker {
+    fn drop(&mut self) {
+        if let Some(group) = self.group {
+            let mut running = self.running.lock();
+            if let Some(groups) = running.get_mut(&self.sandbox_id) {
+                groups.remove(&group);
+                if groups.is_empty() {
+                    running.remove(&self.sandbox_id);
+                }
             }
-        })?;
+        }
+    }
+}
+
+/// Runs one exec with capped output and a hard timeout that kills its whole
+/// process group (and, when confined, its PID namespace).
+async fn run_process(
+    command: std::process::Command,
+    report: Option<SetupReport>,
+    request: ExecRequest,
+    mut tracker: ExecTracker,
+) -> WharfResult<ExecOutput> {
+    let program = request.argv[0].clone();
+    let started = Instant::now();
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(true);
+    let spawned = command.spawn();
+    // The confinement's descriptors (workspace, report pipe) close here.
+    drop(command);
+    let mut child = spawned.map_err(|err| {
+        if let Some(step) = report.as_ref().and_then(SetupReport::failed_step) {
+            WharfError::new(
+                ErrorCode::IsolationUnavailable,
+                format!("the sandbox could not be set up at {step}: {err}"),
+            )
+        } else if err.kind() == std::io::ErrorKind::NotFound {
+            WharfError::validation(format!("program {program:?} not found in the sandbox"))
+        } else {
+            WharfError::internal(format!("cannot start {program:?}: {err}"))
+        }
+    })?;
     let pgid = child.id().map(|pid| pid as i32);
     let _group = GroupGuard(pgid);
+    tracker.track(pgid);
 
     if let (Some(mut stdin), Some(data)) = (child.stdin.take(), request.stdin) {
         tokio::spawn(async move {
@@ -555,6 +769,50 @@ mod tests {
         }
     }
 
+    fn driver(root: &Path) -> ProcessDriver {
+        let driver = ProcessDriver::new(
+            root,
+            ProcessLimits::default(),
+            IsolationSettings {
+                uid: 100_000,
+                gid: 100_000,
+                tmp_size_mib: 16,
+            },
+        )
+        .unwrap();
+        assert!(
+            driver.isolation.available,
+            "isolation must work on this host: {:?}",
+            driver.isolation.problem
+        );
+        driver
+    }
+
+    /// Host processes whose command line contains `marker` (not zombies).
+    fn host_processes_with(marker: &str) -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|stat| {
+                        stat.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('Z')
+                    })
+                    .unwrap_or(true);
+                !zombie
+                    && String::from_utf8_lossy(&cmdline)
+                        .replace('\0', " ")
+                        .contains(marker)
+            })
+            .collect()
+    }
+
     fn exec(argv: &[&str], timeout: Duration) -> ExecRequest {
         ExecRequest {
             argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -567,7 +825,7 @@ mod tests {
     #[tokio::test]
     async fn runs_in_workspace_and_caps_output() {
         let root = tempfile::tempdir().unwrap();
-        let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
+        let driver = driver(root.path());
         driver.create("sbx_a", &spec()).await.unwrap();
         let out = driver
             .exec(
@@ -580,55 +838,132 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.exit_code, Some(0));
-        assert!(
-            String::from_utf8_lossy(&out.stdout)
-                .trim_end()
-                .ends_with("sbx_a")
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "/workspace\n");
         assert_eq!(out.stderr.len(), 1024);
         assert!(out.stderr_truncated && !out.stdout_truncated);
     }
 
     #[tokio::test]
-    async fn timeout_kills_the_whole_group() {
+    async fn timeout_kills_everything_the_exec_started() {
         let root = tempfile::tempdir().unwrap();
-        let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
+        let driver = driver(root.path());
         driver.create("sbx_t", &spec()).await.unwrap();
-        let marker = root.path().join("sbx_t/child.pid");
-        let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
+        // A plain child, one in a new session and a double-forked nohup one.
+        let script =
+            "sleep 30.101 & setsid sleep 30.102 & (nohup sleep 30.103 >/dev/null 2>&1 &); wait";
         let out = driver
             .exec(
                 "sbx_t",
-                exec(&["sh", "-c", &script], Duration::from_millis(300)),
+                exec(&["sh", "-c", script], Duration::from_millis(500)),
             )
             .await
             .unwrap();
         assert!(out.timed_out);
         assert_eq!(out.exit_code, None);
-        let pid: i32 = std::fs::read_to_string(&marker)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // A killed child may linger as a zombie until reaped: count it as gone.
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| {
-                !stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false);
-        assert!(!alive, "background child {pid} survived the timeout");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for marker in ["sleep 30.101", "sleep 30.102", "sleep 30.103"] {
+            assert_eq!(
+                host_processes_with(marker),
+                Vec::<i32>::new(),
+                "{marker} survived"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn delete_kills_a_running_exec_and_its_escaped_children() {
+        let root = tempfile::tempdir().unwrap();
+        let driver = Arc::new(driver(root.path()));
+        driver.create("sbx_d", &spec()).await.unwrap();
+        let running = tokio::spawn({
+            let driver = driver.clone();
+            async move {
+                driver
+                    .exec(
+                        "sbx_d",
+                        exec(
+                            &["sh", "-c", "setsid sleep 30.201 & sleep 30.202"],
+                            Duration::from_secs(60),
+                        ),
+                    )
+                    .await
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while host_processes_with("sleep 30.201").is_empty() {
+            assert!(Instant::now() < deadline, "the sleeper never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        driver.destroy("sbx_d").await.unwrap();
+        let out = running.await.unwrap().unwrap();
+        assert_ne!(out.exit_code, Some(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(host_processes_with("sleep 30.201").is_empty());
+        assert!(host_processes_with("sleep 30.202").is_empty());
+    }
+
+    /// What a confined exec can see and do: the sandbox's own files only.
+    #[tokio::test]
+    async fn a_confined_exec_sees_only_its_workspace_and_the_system() {
+        let root = tempfile::tempdir().unwrap();
+        let driver = driver(root.path());
+        driver.create("sbx_a", &spec()).await.unwrap();
+        driver.create("sbx_b", &spec()).await.unwrap();
+        std::fs::write(root.path().join("wharf.db"), "server data").unwrap();
+        std::fs::write(root.path().join("sbx_b/secret"), "b's data").unwrap();
+        let run = |script: String| {
+            let driver = &driver;
+            async move {
+                driver
+                    .exec(
+                        "sbx_a",
+                        exec(&["sh", "-c", &script], Duration::from_secs(10)),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let host_root = root.path().display().to_string();
+        let out = run("id -u; id -g; ls /; ls /proc | grep -c '^[0-9]'; hostname".into()).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(&lines[..2], ["1000", "1000"], "{stdout}");
+        assert!(
+            !stdout.contains("root\n") && !stdout.contains("home"),
+            "{stdout}"
+        );
+        assert!(
+            lines.contains(&"workspace") && lines.contains(&"usr"),
+            "{stdout}"
+        );
+        // Only this exec's own processes: sh, ls|grep pipeline.
+        let process_count: usize = lines[lines.len() - 2].parse().unwrap();
+        assert!(process_count <= 4, "{stdout}");
+        assert_eq!(lines.last(), Some(&"sandbox"));
+        for attempt in [
+            format!("cat {host_root}/wharf.db"),
+            format!("cat {host_root}/sbx_b/secret"),
+            "cat /etc/shadow".into(),
+            "ls /var/run/docker.sock /run/docker.sock".into(),
+            "echo x > /usr/x".into(),
+            "echo x > /x".into(),
+            "echo x > /etc/passwd".into(),
+            "mount -t tmpfs none /workspace".into(),
+            "unshare -r true".into(),
+        ] {
+            let out = run(attempt.clone()).await;
+            assert_ne!(out.exit_code, Some(0), "{attempt} succeeded: {out:?}");
+        }
+        assert!(!root.path().join("x").exists());
+        let out = run("echo ok > here && cat here && echo t > /tmp/t && cat /tmp/t".into()).await;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\nt\n");
+        assert!(root.path().join("sbx_a/here").exists());
     }
 
     #[tokio::test]
     async fn profile_memory_caps_the_address_space() {
         let root = tempfile::tempdir().unwrap();
-        let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
+        let driver = driver(root.path());
         driver.create("sbx_m", &spec()).await.unwrap();
         let mut request = exec(
             &[
@@ -650,7 +985,7 @@ mod tests {
     #[tokio::test]
     async fn network_none_leaves_only_loopback() {
         let root = tempfile::tempdir().unwrap();
-        let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
+        let driver = driver(root.path());
         if driver.network_isolation.is_none() && std::env::var("CI").as_deref() != Ok("true") {
             eprintln!("skipping: this host cannot make network namespaces");
             return;
@@ -680,7 +1015,7 @@ mod tests {
     #[tokio::test]
     async fn an_upload_cut_short_leaves_the_old_file_and_no_partial() {
         let root = tempfile::tempdir().unwrap();
-        let driver = ProcessDriver::new(root.path(), ProcessLimits::default()).unwrap();
+        let driver = driver(root.path());
         driver.create("sbx_u", &spec()).await.unwrap();
         let path = SandboxPath::parse("data.bin").unwrap();
         driver

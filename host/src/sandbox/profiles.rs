@@ -147,8 +147,16 @@ impl Profile {
     pub fn exec_limits(&self) -> super::ExecLimits {
         super::ExecLimits {
             memory_mib: self.memory_mib,
+            pids_limit: self.pids_limit,
             isolate_network: self.network == Network::None,
+            isolation: self.isolation,
+            workdir: self.workdir.clone(),
         }
+    }
+
+    /// A process profile whose execs run on the host without confinement.
+    pub fn unconfined(&self) -> bool {
+        self.driver == "process" && self.isolation == Isolation::None
     }
 
     pub fn allows(&self, capability: &str) -> bool {
@@ -181,6 +189,37 @@ impl Profile {
         }
         if !self.workdir.starts_with('/') {
             return Err(format!("profile {:?}: workdir must be absolute", self.name));
+        }
+        // The process driver builds the sandbox's root around the workdir:
+        // it cannot be the root, a system directory, /tmp, /dev or /proc.
+        let reserved = [
+            "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "tmp", "dev", "proc",
+        ];
+        let first = std::path::Path::new(&self.workdir)
+            .components()
+            .find_map(|part| match part {
+                std::path::Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+                _ => None,
+            });
+        let escapes = self
+            .workdir
+            .split('/')
+            .any(|part| part == ".." || part == ".");
+        match first {
+            _ if escapes => {
+                return Err(format!(
+                    "profile {:?}: workdir must not contain . or ..",
+                    self.name
+                ));
+            }
+            None => return Err(format!("profile {:?}: workdir must not be /", self.name)),
+            Some(first) if reserved.contains(&first.as_str()) => {
+                return Err(format!(
+                    "profile {:?}: workdir must not be under /{first} (a system directory of the sandbox)",
+                    self.name
+                ));
+            }
+            Some(_) => {}
         }
         if let Some(cpus) = self.cpus
             && !(cpus > 0.0 && cpus <= 256.0)
@@ -216,6 +255,18 @@ impl Profiles {
             by_name,
             from_packs: Default::default(),
         })
+    }
+
+    /// Configured process profiles that run execs unconfined, by name.
+    pub fn unisolated(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .by_name
+            .values()
+            .filter(|profile| profile.unconfined())
+            .map(|profile| profile.name.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     pub fn get(&self, name: &str) -> WharfResult<Profile> {

@@ -179,7 +179,7 @@ impl SandboxBinding {
         let mut env = self.env.clone();
         env.append(&mut request.env);
         request.env = env;
-        request.limits = self.limits;
+        request.limits = self.limits.clone();
         self.driver.exec(&self.sandbox_id, request).await
     }
 
@@ -808,6 +808,13 @@ impl Sandboxes {
             limits: profile.exec_limits(),
             env: profile.env.into_iter().collect(),
         })
+    }
+
+    /// What the process driver confines on this host.
+    pub fn process_isolation(&self) -> Option<super::isolation::IsolationStatus> {
+        self.drivers
+            .get("process")
+            .and_then(|driver| driver.isolation())
     }
 
     pub fn driver_names(&self) -> Vec<&'static str> {
