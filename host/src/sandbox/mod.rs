@@ -63,6 +63,7 @@ pub enum DriverHealth {
 pub struct ExecLimits {
     pub memory_mib: Option<u64>,
     pub pids_limit: Option<i64>,
+    pub cpus: Option<f64>,
     /// The profile's network is `none`.
     pub isolate_network: bool,
     pub isolation: profiles::Isolation,

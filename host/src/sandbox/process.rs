@@ -26,7 +26,9 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::isolation::{ExecRlimits, IsolationSettings, IsolationStatus, Isolator, SetupReport};
+use super::isolation::{
+    CgroupLimits, ExecRlimits, IsolationSettings, IsolationStatus, Isolator, SetupReport,
+};
 use super::paths::resolve_local;
 use super::profiles::Isolation;
 use super::{
@@ -151,6 +153,7 @@ impl ProcessDriver {
                     host_gid: settings.gid,
                     landlock: false,
                     seccomp: false,
+                    cgroups: false,
                 },
             ),
         };
@@ -333,6 +336,10 @@ impl SandboxDriver for ProcessDriver {
 
     async fn destroy(&self, sandbox_id: &str) -> WharfResult<()> {
         self.kill_execs(sandbox_id);
+        if let Some(isolator) = self.isolator.clone() {
+            let id = sandbox_id.to_string();
+            let _ = tokio::task::spawn_blocking(move || isolator.forget(&id)).await;
+        }
         match tokio::fs::remove_dir_all(self.root.join(sandbox_id)).await {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -369,6 +376,11 @@ impl SandboxDriver for ProcessDriver {
                         .pids_limit
                         .map_or(self.limits.processes, |pids| pids.max(1) as u64),
                 };
+                let cgroup = CgroupLimits {
+                    memory_bytes: request.limits.memory_mib.map(|mib| mib << 20),
+                    pids: request.limits.pids_limit.map(|pids| pids.max(1) as u64),
+                    cpus: request.limits.cpus,
+                };
                 let (confinement, report) = isolator
                     .confine(
                         &workspace,
@@ -376,6 +388,7 @@ impl SandboxDriver for ProcessDriver {
                         &cwd,
                         request.limits.isolate_network,
                         rlimits,
+                        Some((sandbox_id, cgroup)),
                     )
                     .map_err(|err| {
                         WharfError::internal(format!("preparing the exec's confinement: {err}"))
@@ -958,6 +971,72 @@ mod tests {
         let out = run("echo ok > here && cat here && echo t > /tmp/t && cat /tmp/t".into()).await;
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\nt\n");
         assert!(root.path().join("sbx_a/here").exists());
+    }
+
+    #[tokio::test]
+    async fn profile_limits_apply_to_the_sandbox_cgroups() {
+        let root = tempfile::tempdir().unwrap();
+        let driver = driver(root.path());
+        if !driver.isolation.cgroups {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI runs as root on cgroup v1: cgroups must be used"
+            );
+            eprintln!("skipping: the server cannot use cgroups here");
+            return;
+        }
+        driver.create("sbx_c", &spec()).await.unwrap();
+        let mut request = exec(
+            &[
+                "sh",
+                "-c",
+                "cat /proc/self/cgroup; for i in $(seq 40); do sleep 2 & done; wait",
+            ],
+            Duration::from_secs(10),
+        );
+        request.limits.pids_limit = Some(20);
+        request.limits.memory_mib = Some(128);
+        request.limits.cpus = Some(0.5);
+        let out = driver.exec("sbx_c", request).await.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for controller in ["memory", "pids", "cpu"] {
+            let line = stdout
+                .lines()
+                .find(|line| {
+                    line.split(':')
+                        .nth(1)
+                        .is_some_and(|names| names.split(',').any(|n| n == controller))
+                })
+                .unwrap_or_else(|| panic!("no {controller} line in {stdout}"));
+            assert!(line.ends_with("/wharf/sbx_c"), "{line}");
+        }
+        // The 40 sleepers could not all start under a pids limit of 20.
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("fork")
+                || String::from_utf8_lossy(&out.stderr).contains("Resource"),
+            "{out:?}"
+        );
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let pids_base = own
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(&format!("{}:pids:", line.split(':').next().unwrap()))
+            })
+            .unwrap()
+            .trim_start_matches('/')
+            .to_string();
+        let group = Path::new("/sys/fs/cgroup/pids")
+            .join(pids_base)
+            .join("wharf/sbx_c");
+        assert_eq!(
+            std::fs::read_to_string(group.join("pids.max"))
+                .unwrap()
+                .trim(),
+            "20"
+        );
+        driver.destroy("sbx_c").await.unwrap();
+        assert!(!group.exists(), "the sandbox's cgroup is removed with it");
     }
 
     #[tokio::test]

@@ -148,6 +148,7 @@ impl Profile {
         super::ExecLimits {
             memory_mib: self.memory_mib,
             pids_limit: self.pids_limit,
+            cpus: self.cpus,
             isolate_network: self.network == Network::None,
             isolation: self.isolation,
             workdir: self.workdir.clone(),

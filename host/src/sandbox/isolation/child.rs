@@ -37,6 +37,9 @@ pub(super) fn enter(confinement: &mut Confinement) -> std::io::Result<()> {
 
 fn enter_steps(c: &mut Confinement) -> Step<()> {
     let isolator = c.isolator.clone();
+    for procs in &c.cgroup_procs {
+        write_file(procs, b"0", "joining the sandbox's cgroup")?;
+    }
     if isolator.drop_privileges {
         stage_as_root(c)?;
         let uid = Uid::from_raw(isolator.host_uid);

@@ -25,8 +25,11 @@
 //! watches a "lifeline" pipe whose write end only the server holds, so when the
 //! server dies (even by `kill -9`) every sandboxed process dies with it.
 
+mod cgroups;
 mod child;
 mod seccomp;
+
+pub use cgroups::CgroupLimits;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -85,6 +88,9 @@ pub struct IsolationStatus {
     pub landlock: bool,
     /// The seccomp filter is applied.
     pub seccomp: bool,
+    /// Per-sandbox memory, pids and cpu limits are enforced by cgroups (v1,
+    /// server running as root); otherwise only the rlimits apply.
+    pub cgroups: bool,
 }
 
 /// One step of building a sandbox's root filesystem, prepared once at start-up.
@@ -128,6 +134,7 @@ pub struct Isolator {
     /// of its own; a root server stages on a private tmpfs instead).
     newroot: CString,
     tmp_size_mib: u64,
+    cgroups: Option<cgroups::Cgroups>,
     status: std::sync::OnceLock<IsolationStatus>,
 }
 
@@ -154,6 +161,8 @@ pub struct Confinement {
     cwd: CString,
     isolate_network: bool,
     rlimits: Vec<(nix::sys::resource::Resource, u64)>,
+    /// `cgroup.procs` files of the sandbox's cgroups, joined while still root.
+    cgroup_procs: Vec<CString>,
     /// Where the child writes the name of the step that failed.
     report: OwnedFd,
 }
@@ -196,6 +205,7 @@ impl Isolator {
             _lifeline_write: lifeline_write,
             newroot: c_path(&newroot)?,
             tmp_size_mib: settings.tmp_size_mib,
+            cgroups: cgroups::Cgroups::detect(),
             status: std::sync::OnceLock::new(),
         })
     }
@@ -236,7 +246,7 @@ impl Isolator {
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null());
                 let (confinement, report) =
-                    self.confine(scratch, "/workspace", "/workspace", true, limits)?;
+                    self.confine(scratch, "/workspace", "/workspace", true, limits, None)?;
                 confinement.apply_to(&mut command);
                 let status = command.status().map_err(|err| report.explain(err))?;
                 if !status.success() {
@@ -253,17 +263,23 @@ impl Isolator {
                 host_gid: self.host_gid,
                 landlock: landlock_supported(),
                 seccomp: true,
+                cgroups: self.cgroups.is_some(),
             }
         });
         status.clone()
     }
 
-    pub fn status(&self) -> Option<&IsolationStatus> {
-        self.status.get()
+    /// Removes a deleted sandbox's cgroups (killing anything left in them).
+    pub fn forget(&self, sandbox_id: &str) {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove(sandbox_id);
+        }
     }
 
     /// Prepares one exec: `workspace` is the host directory mounted read-write
-    /// at `workdir`; the command starts in `cwd` (inside the sandbox).
+    /// at `workdir`; the command starts in `cwd` (inside the sandbox). With
+    /// `cgroup`, the exec joins its sandbox's cgroups (created with those
+    /// limits) where the host allows cgroups.
     pub fn confine(
         self: &Arc<Self>,
         workspace: &Path,
@@ -271,7 +287,12 @@ impl Isolator {
         cwd: &str,
         isolate_network: bool,
         limits: ExecRlimits,
+        cgroup: Option<(&str, CgroupLimits)>,
     ) -> std::io::Result<(Confinement, SetupReport)> {
+        let cgroup_procs = match (&self.cgroups, cgroup) {
+            (Some(cgroups), Some((sandbox_id, limits))) => cgroups.prepare(sandbox_id, limits)?,
+            _ => Vec::new(),
+        };
         let workspace = c_path(workspace)?;
         let relative = workdir.trim_start_matches('/');
         let mut workdir_parents = Vec::new();
@@ -298,6 +319,7 @@ impl Isolator {
                 cwd: c_path(Path::new(cwd))?,
                 isolate_network,
                 rlimits,
+                cgroup_procs,
                 report: report_write,
             },
             SetupReport(report_read),
