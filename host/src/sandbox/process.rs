@@ -500,14 +500,17 @@ async fn read_capped(
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => keep_capped(
-                &mut kept,
-                &mut truncated,
-                kind,
-                &buf[..n],
-                cap,
-                sink.as_ref(),
-            ),
+            Ok(n) => {
+                keep_capped(
+                    &mut kept,
+                    &mut truncated,
+                    kind,
+                    &buf[..n],
+                    cap,
+                    sink.as_ref(),
+                )
+                .await
+            }
         }
     }
     (kept, truncated)
