@@ -27,6 +27,7 @@ pub struct Config {
     pub packs: PacksConfig,
     pub sandbox: SandboxConfig,
     pub probes: ProbesConfig,
+    pub quotas: QuotasConfig,
     /// Sandbox profiles beside (or overriding) the built-in `local` and `docker`.
     pub profiles: std::collections::BTreeMap<String, crate::sandbox::Profile>,
 }
@@ -92,6 +93,54 @@ pub struct SandboxConfig {
     pub process_gid: u32,
     /// Size of each confined exec's private `/tmp` (a tmpfs), in MiB.
     pub process_tmp_mib: u64,
+    /// Events kept per sandbox; GC deletes older ones (at least 1 is kept).
+    pub events_per_sandbox: u32,
+    /// How long a deleted sandbox's row and event log stay readable before GC removes them.
+    pub deleted_retention_secs: u64,
+}
+
+impl SandboxConfig {
+    /// The timeout of an exec: the configured default when none is asked
+    /// for, never more than the maximum, never zero.
+    pub fn exec_timeout(&self, requested_ms: Option<u64>) -> std::time::Duration {
+        let ms = requested_ms
+            .unwrap_or(self.exec_default_timeout_ms)
+            .min(self.exec_max_timeout_ms);
+        std::time::Duration::from_millis(ms.max(1))
+    }
+}
+
+/// What one owner may hold at once. Admin keys are exempt: an admin can mint
+/// keys for any number of owners, so a per-owner cap would bound nothing for
+/// them; the operator bounds admins by handing out admin keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Sandboxes an owner may hold that are not deleted (creating, running, stopped or failed).
+    pub sandboxes_per_owner: u32,
+    /// Probe targets an owner may register.
+    pub probe_targets_per_owner: u32,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            sandboxes_per_owner: 20,
+            probe_targets_per_owner: 100,
+        }
+    }
+}
+
+impl QuotasConfig {
+    /// The sandbox cap for a caller; `None` for admin keys.
+    pub fn sandboxes_for(&self, admin: bool) -> Option<u32> {
+        (!admin).then_some(self.sandboxes_per_owner)
+    }
+
+    /// The probe-target cap for a caller; `None` for admin keys.
+    pub fn probe_targets_for(&self, admin: bool) -> Option<u32> {
+        (!admin).then_some(self.probe_targets_per_owner)
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -166,6 +215,7 @@ impl Default for Config {
             packs: PacksConfig::default(),
             sandbox: SandboxConfig::default(),
             probes: ProbesConfig::default(),
+            quotas: QuotasConfig::default(),
             profiles: Default::default(),
         }
     }
@@ -208,6 +258,8 @@ impl Default for SandboxConfig {
             process_uid: 100_000,
             process_gid: 100_000,
             process_tmp_mib: 256,
+            events_per_sandbox: 1_000,
+            deleted_retention_secs: 7 * 24 * 3600,
         }
     }
 }

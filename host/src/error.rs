@@ -40,6 +40,7 @@ error_codes! {
     CapabilityNotSupported => ("capability_not_supported", StatusCode::BAD_REQUEST, false, "No active adapter provides the capability or operation, or the profile does not allow it."),
     Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED, false, "Missing, unknown or revoked API key."),
     Forbidden => ("forbidden", StatusCode::FORBIDDEN, false, "The API key is valid but may not do this (admin only)."),
+    QuotaExceeded => ("quota_exceeded", StatusCode::FORBIDDEN, false, "The owner already holds as many sandboxes or probe targets as its quota (`[quotas]`) allows; delete one first."),
     NotFound => ("not_found", StatusCode::NOT_FOUND, false, "The resource does not exist or belongs to another owner."),
     FileNotFound => ("file_not_found", StatusCode::NOT_FOUND, false, "The file does not exist in the sandbox."),
     MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED, false, "The route exists but not with this HTTP method."),

@@ -143,6 +143,22 @@ impl WharfProcess {
         format!("{}{}", read("stdout.log"), read("stderr.log"))
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory (`VmRSS` of `/proc/<pid>/status`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line")
+    }
+
     /// Kills the server hard, like `kill -9`.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -252,6 +268,28 @@ where
             ),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Records that the running test skipped (part of) itself, and why: a line
+/// on stderr, and a line in `$WHARF_TEST_SKIP_LOG` when set, which
+/// `scripts/test` counts so a local run says what it did not test.
+pub fn note_skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_string();
+    eprintln!("skipping {test}: {why}");
+    if let Some(path) = std::env::var_os("WHARF_TEST_SKIP_LOG") {
+        use std::io::Write;
+        // One short append per line: concurrent test processes do not interleave.
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = file.write_all(format!("{test}\t{why}\n").as_bytes());
+        }
     }
 }
 

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, build_pack, install_pack_active, poll};
 
+mod bounds;
+
 const BASE_IMAGE: &str = "wharf/sandbox-base:1";
 
 /// Profiles the tests use, beside the built-in `local` and `docker`.
@@ -87,7 +89,7 @@ fn docker_ready() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("Docker sandbox tests are required in CI: {why}");
     }
-    eprintln!("skipping Docker sandbox test: {why}");
+    wharf_e2e::note_skip(&why);
     false
 }
 
@@ -635,7 +637,12 @@ fn ws_request(url: &str) -> tokio_tungstenite::tungstenite::http::Request<()> {
     request
 }
 
-async fn exec_stream(server: &WharfProcess, id: &str, body: Value) -> Vec<Value> {
+/// Opens an exec stream and sends `body` as its first message.
+async fn open_exec_stream(
+    server: &WharfProcess,
+    id: &str,
+    body: Value,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let url = ws_url(&server.base_url, &format!("/v1/sandboxes/{id}/exec/stream"));
     let (mut socket, _) = tokio_tungstenite::connect_async(ws_request(&url))
         .await
@@ -646,6 +653,11 @@ async fn exec_stream(server: &WharfProcess, id: &str, body: Value) -> Vec<Value>
         ))
         .await
         .unwrap();
+    socket
+}
+
+async fn exec_stream(server: &WharfProcess, id: &str, body: Value) -> Vec<Value> {
+    let mut socket = open_exec_stream(server, id, body).await;
     let mut records = Vec::new();
     while let Some(Ok(message)) = socket.next().await {
         if let tokio_tungstenite::tungstenite::Message::Text(text) = message {

@@ -62,6 +62,7 @@ async fn get_probe(
 #[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget, responses(
     (status = 201, body = Target),
     (status = 400, body = ErrorBody),
+    (status = 403, body = ErrorBody, description = "quota_exceeded: `[quotas] probe_targets_per_owner` (admin keys exempt)"),
     (status = 404, body = ErrorBody, description = "not_found: unknown provider"),
 ))]
 async fn create_target(
@@ -71,7 +72,16 @@ async fn create_target(
 ) -> ApiResult<(StatusCode, Json<Target>)> {
     Ok((
         StatusCode::CREATED,
-        Json(state.probes.create_target(&principal.owner, body).await?),
+        Json(
+            state
+                .probes
+                .create_target(
+                    &principal.owner,
+                    body,
+                    state.config.quotas.probe_targets_for(principal.admin),
+                )
+                .await?,
+        ),
     ))
 }
 

@@ -3,6 +3,7 @@
 //! another owner's sandbox is `not_found`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Body;
@@ -76,13 +77,18 @@ pub struct CreateSandbox {
 
 /// Creates a sandbox owned by the caller's key owner. With an
 /// `Idempotency-Key` header, repeating the same body returns the same
-/// sandbox (200); a different body with the same key is `idempotency_conflict`.
+/// sandbox (200) while it exists; a different body with the same key is
+/// `idempotency_conflict`. A key whose sandbox was deleted, or whose create
+/// failed, is forgotten: the next request with it creates anew. Past
+/// `[quotas] sandboxes_per_owner` (admin keys exempt) the answer is
+/// `quota_exceeded`.
 #[utoipa::path(post, path = "/v1/sandboxes", request_body = CreateSandbox,
     params(("Idempotency-Key" = Option<String>, Header)),
     responses(
         (status = 201, body = Sandbox),
         (status = 200, body = Sandbox, description = "idempotent replay"),
         (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "quota_exceeded"),
         (status = 409, body = ErrorBody, description = "idempotency_conflict"),
         (status = 503, body = ErrorBody, description = "session_not_ready or driver_unavailable"),
     ))]
@@ -122,9 +128,10 @@ async fn create_sandbox(
     let normalized = serde_json::json!({ "profile": profile });
     let fingerprint = hex::encode(sha2::Sha256::digest(normalized.to_string().as_bytes()));
     let idempotency = key.as_deref().map(|key| (key, fingerprint.as_str()));
+    let quota = state.config.quotas.sandboxes_for(principal.admin);
     let (sandbox, replay) = state
         .sandboxes
-        .create(&principal.owner, &profile, idempotency)
+        .create(&principal.owner, &profile, idempotency, quota)
         .await?;
     Ok((
         if replay {
@@ -330,7 +337,11 @@ async fn exec(
 
 /// WebSocket: the first client message is an exec body (JSON); the server
 /// answers with one JSON record per output line, `{type:"line", ts, stream,
-/// level, line}`, then `{type:"exit", ...}` (or `{type:"error", code, message}`).
+/// level, line, partial}`, then `{type:"exit", ...}` (or `{type:"error", code,
+/// message}`). A line longer than 64 KiB comes in pieces, `partial: true` on
+/// all but the last. Output flows at the client's pace: a slow reader slows
+/// the command. Closing the socket (or taking no message for the exec's
+/// timeout) kills the command.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/exec/stream", params(("id" = String, Path)), responses(
     (status = 101, description = "WebSocket upgrade; then line records and a final exit record"),
     (status = 404, body = ErrorBody),
@@ -356,6 +367,16 @@ fn error_record(err: &WharfError) -> serde_json::Value {
     serde_json::json!({"type": "error", "code": err.code.as_str(), "message": err.message})
 }
 
+/// Output chunks in flight between a streamed exec and its WebSocket. When
+/// they are all waiting, the driver's reader waits too, so a slow client
+/// slows the command (its pipe fills) instead of growing the server's memory.
+const STREAM_CHUNKS_BUFFERED: usize = 16;
+
+/// The longest `line` record: a longer line goes out in pieces of at most
+/// this many bytes, each marked `partial` but the last, so the server never
+/// holds more than this of an unfinished line.
+pub const LINE_RECORD_MAX_BYTES: usize = 64 * 1024;
+
 async fn run_exec_stream(state: AppState, owner: String, id: String, mut socket: WebSocket) {
     let first = loop {
         match socket.recv().await {
@@ -375,25 +396,43 @@ async fn run_exec_stream(state: AppState, owner: String, id: String, mut socket:
             return;
         }
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // A client that takes no message for as long as the exec may run is
+    // stalled: it is dropped and the command killed.
+    let stall_limit = state.config.sandbox.exec_timeout(input.timeout_ms);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS_BUFFERED);
     input.sink = Some(tx);
     let sandboxes = state.sandboxes.clone();
     let task = tokio::spawn(async move { sandboxes.exec(&owner, &id, input).await });
-    let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-    let mut open = true;
-    while let Some((kind, chunk)) = rx.recv().await {
-        let index = if kind == StreamKind::Stdout { 0 } else { 1 };
-        partial[index].extend_from_slice(&chunk);
-        while let Some(pos) = partial[index].iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = partial[index].drain(..=pos).collect();
-            if open && !send_json(&mut socket, line_record(kind, &line[..line.len() - 1])).await {
-                open = false;
+    let mut lines = [LineSplitter::default(), LineSplitter::default()];
+    loop {
+        tokio::select! {
+            chunk = rx.recv() => {
+                let Some((kind, chunk)) = chunk else { break };
+                let records = lines[stream_index(kind)].push(&chunk);
+                for (line, partial) in records {
+                    if !send_within(&mut socket, line_record(kind, &line, partial), stall_limit).await {
+                        // The client went away or stalled: stop the command.
+                        task.abort();
+                        return;
+                    }
+                }
             }
+            message = socket.recv() => match message {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    // Closing the stream ends the command, as hanging up a terminal does.
+                    task.abort();
+                    return;
+                }
+                Some(Ok(_)) => {}
+            },
         }
     }
-    for (index, kind) in [(0, StreamKind::Stdout), (1, StreamKind::Stderr)] {
-        if open && !partial[index].is_empty() {
-            open = send_json(&mut socket, line_record(kind, &partial[index])).await;
+    let mut open = true;
+    for kind in [StreamKind::Stdout, StreamKind::Stderr] {
+        if let Some(rest) = lines[stream_index(kind)].finish()
+            && open
+        {
+            open = send_within(&mut socket, line_record(kind, &rest, false), stall_limit).await;
         }
     }
     let record = match task.await {
@@ -409,19 +448,83 @@ async fn run_exec_stream(state: AppState, owner: String, id: String, mut socket:
         Ok(Err(err)) => error_record(&err),
         Err(_) => error_record(&WharfError::internal("exec task failed")),
     };
-    if open {
-        send_json(&mut socket, record).await;
+    if open && send_within(&mut socket, record, stall_limit).await {
         let _ = socket.send(Message::Close(None)).await;
     }
 }
 
-fn line_record(kind: StreamKind, line: &[u8]) -> serde_json::Value {
+fn stream_index(kind: StreamKind) -> usize {
+    match kind {
+        StreamKind::Stdout => 0,
+        StreamKind::Stderr => 1,
+    }
+}
+
+/// Sends one JSON record; false when the client is gone or took none within `limit`.
+async fn send_within(socket: &mut WebSocket, value: serde_json::Value, limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, send_json(socket, value)).await,
+        Ok(true)
+    )
+}
+
+/// Cuts one output stream into lines, holding at most
+/// [`LINE_RECORD_MAX_BYTES`] of an unfinished one.
+#[derive(Default)]
+struct LineSplitter {
+    unfinished: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// The records that `chunk` completes: (bytes without the newline, partial).
+    fn push(&mut self, mut chunk: &[u8]) -> Vec<(Vec<u8>, bool)> {
+        let mut records = Vec::new();
+        while !chunk.is_empty() {
+            let room = LINE_RECORD_MAX_BYTES - self.unfinished.len();
+            let take = &chunk[..chunk.len().min(room)];
+            match take.iter().position(|b| *b == b'\n') {
+                Some(pos) => {
+                    self.unfinished.extend_from_slice(&take[..pos]);
+                    records.push((std::mem::take(&mut self.unfinished), false));
+                    chunk = &chunk[pos + 1..];
+                }
+                None => {
+                    self.unfinished.extend_from_slice(take);
+                    chunk = &chunk[take.len()..];
+                    if self.unfinished.len() == LINE_RECORD_MAX_BYTES {
+                        let cut = utf8_cut(&self.unfinished);
+                        let rest = self.unfinished.split_off(cut);
+                        records.push((std::mem::replace(&mut self.unfinished, rest), true));
+                    }
+                }
+            }
+        }
+        records
+    }
+
+    /// What is left after the stream ended (a last line without a newline).
+    fn finish(&mut self) -> Option<Vec<u8>> {
+        (!self.unfinished.is_empty()).then(|| std::mem::take(&mut self.unfinished))
+    }
+}
+
+/// Where to cut `bytes` so no UTF-8 character is split: before a character
+/// that is incomplete at the end (the whole length when none is).
+fn utf8_cut(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Err(err) if err.error_len().is_none() && err.valid_up_to() > 0 => err.valid_up_to(),
+        _ => bytes.len(),
+    }
+}
+
+fn line_record(kind: StreamKind, line: &[u8], partial: bool) -> serde_json::Value {
     serde_json::json!({
         "type": "line",
         "ts": crate::store::now_rfc3339(),
         "stream": kind,
         "level": if kind == StreamKind::Stdout { "info" } else { "warn" },
         "line": String::from_utf8_lossy(line),
+        "partial": partial,
     })
 }
 
@@ -728,4 +831,43 @@ async fn invoke_capability(
     Ok(Json(
         capabilities::invoke(&state.packs, binding, &capability, &operation, input).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_and_long_lines_come_in_bounded_pieces() {
+        let mut lines = LineSplitter::default();
+        assert_eq!(
+            lines.push(b"one\ntw"),
+            vec![(b"one".to_vec(), false)],
+            "an unfinished line waits"
+        );
+        assert_eq!(lines.push(b"o\n"), vec![(b"two".to_vec(), false)]);
+        let long = vec![b'x'; 2 * LINE_RECORD_MAX_BYTES + 10];
+        let records = lines.push(&long);
+        assert_eq!(records.len(), 2);
+        assert!(
+            records
+                .iter()
+                .all(|(line, partial)| line.len() == LINE_RECORD_MAX_BYTES && *partial)
+        );
+        assert_eq!(lines.push(b"\n"), vec![(vec![b'x'; 10], false)]);
+        assert_eq!(lines.finish(), None);
+        lines.push(b"tail");
+        assert_eq!(lines.finish(), Some(b"tail".to_vec()));
+    }
+
+    #[test]
+    fn a_piece_never_splits_a_utf8_character() {
+        let mut lines = LineSplitter::default();
+        let mut text = vec![b'a'; LINE_RECORD_MAX_BYTES - 1];
+        text.extend_from_slice("\u{e9}\n".as_bytes());
+        let records = lines.push(&text);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0], (vec![b'a'; LINE_RECORD_MAX_BYTES - 1], true));
+        assert_eq!(records[1], ("\u{e9}".as_bytes().to_vec(), false));
+    }
 }

@@ -127,7 +127,13 @@ impl ProbeService {
         targets::result(&self.db, owner, id).await
     }
 
-    pub async fn create_target(&self, owner: &str, spec: CreateTarget) -> WharfResult<Target> {
+    /// Registers a target; `quota` caps the owner's targets (`None`: no cap).
+    pub async fn create_target(
+        &self,
+        owner: &str,
+        spec: CreateTarget,
+        quota: Option<u32>,
+    ) -> WharfResult<Target> {
         let interval = spec.interval_secs.unwrap_or(DEFAULT_INTERVAL_SECS);
         let min = self.config.min_interval_secs.max(1);
         if !(min..=MAX_INTERVAL_SECS).contains(&interval) {
@@ -156,6 +162,7 @@ impl ProbeService {
                 created_at: &created_at,
                 first_due_at,
             },
+            quota,
         )
         .await?;
         targets::get(&self.db, owner, &id).await

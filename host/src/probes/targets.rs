@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::runner::ProbeResult;
-use crate::error::{WharfError, WharfResult};
+use crate::error::{ErrorCode, WharfError, WharfResult};
 use crate::store::Db;
 
 /// `POST /v1/targets`.
@@ -88,7 +88,12 @@ pub struct NewTarget<'a> {
     pub first_due_at: f64,
 }
 
-pub async fn insert(db: &Db, new: NewTarget<'_>) -> WharfResult<()> {
+/// Stores a new target. With a `quota`, an owner who would then hold more
+/// targets gets `quota_exceeded` and nothing is stored: the count is taken
+/// after the insert, inside the write transaction, so concurrent creates
+/// cannot both take the last slot.
+pub async fn insert(db: &Db, new: NewTarget<'_>, quota: Option<u32>) -> WharfResult<()> {
+    let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO probe_targets (id, owner, provider, base_url, direct_base_url, model, stream, key_sealed, key_fingerprint, interval_secs, created_at, next_due_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -105,8 +110,26 @@ pub async fn insert(db: &Db, new: NewTarget<'_>) -> WharfResult<()> {
     .bind(new.interval_secs as i64)
     .bind(new.created_at)
     .bind(new.first_due_at)
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
+    if let Some(quota) = quota {
+        let held: i64 = sqlx::query("SELECT COUNT(*) AS n FROM probe_targets WHERE owner = ?")
+            .bind(new.owner)
+            .fetch_one(&mut *tx)
+            .await?
+            .get("n");
+        if held > i64::from(quota) {
+            tx.rollback().await?;
+            return Err(WharfError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this owner already has {} probe targets, the most its quota allows; delete one to add another",
+                    held - 1
+                ),
+            ));
+        }
+    }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -271,4 +294,49 @@ pub async fn result(db: &Db, owner: &str, id: &str) -> WharfResult<ProbeResult> 
 fn decode(text: String) -> WharfResult<ProbeResult> {
     serde_json::from_str(&text)
         .map_err(|err| WharfError::internal(format!("a stored probe result is unreadable: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn add(db: &Db, owner: &str, id: &str, quota: Option<u32>) -> WharfResult<()> {
+        let spec = CreateTarget {
+            provider: "kimi".into(),
+            base_url: "http://relay.invalid/v1".into(),
+            api_key: "sk-test".into(),
+            model: None,
+            stream: None,
+            direct_base_url: None,
+            interval_secs: None,
+        };
+        let new = NewTarget {
+            id,
+            owner,
+            spec: &spec,
+            key_sealed: b"sealed",
+            key_fingerprint: "sk-t",
+            interval_secs: 60,
+            created_at: "2026-01-01T00:00:00Z",
+            first_due_at: 0.0,
+        };
+        insert(db, new, quota).await
+    }
+
+    #[tokio::test]
+    async fn an_owner_past_its_target_quota_gets_quota_exceeded_until_one_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open(dir.path()).await.unwrap();
+        add(&db, "alice", "tgt_1", Some(2)).await.unwrap();
+        add(&db, "alice", "tgt_2", Some(2)).await.unwrap();
+        let refused = add(&db, "alice", "tgt_3", Some(2)).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::QuotaExceeded, "{refused:?}");
+        assert_eq!(list(&db, "alice").await.unwrap().len(), 2, "nothing stored");
+        // Another owner, and an uncapped caller (an admin key), are not held.
+        add(&db, "bob", "tgt_4", Some(2)).await.unwrap();
+        add(&db, "alice", "tgt_5", None).await.unwrap();
+        delete(&db, "alice", "tgt_5").await.unwrap();
+        delete(&db, "alice", "tgt_1").await.unwrap();
+        add(&db, "alice", "tgt_6", Some(2)).await.unwrap();
+    }
 }

@@ -448,7 +448,8 @@ impl DockerDriver {
                 let data = BASE64
                     .decode(data)
                     .map_err(|err| WharfError::internal(format!("exec agent output: {err}")))?;
-                out.keep(kind, &data, request.output_cap, request.sink.as_ref());
+                out.keep(kind, &data, request.output_cap, request.sink.as_ref())
+                    .await;
             } else if let Some(error) = &reply.error {
                 let message = reply.message.clone().unwrap_or_default();
                 return Err(match error.as_str() {
@@ -539,7 +540,8 @@ impl DockerDriver {
                 LogOutput::StdErr { message } => (StreamKind::Stderr, message),
                 LogOutput::StdIn { .. } => continue,
             };
-            out.keep(kind, &message, request.output_cap, request.sink.as_ref());
+            out.keep(kind, &message, request.output_cap, request.sink.as_ref())
+                .await;
         }
         writer.abort();
         out.duration = started.elapsed();

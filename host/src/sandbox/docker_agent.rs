@@ -66,7 +66,12 @@ impl Reply {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Reply>>>>;
+type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Reply>>>>;
+
+/// Replies buffered per request. The reader waits when a request's consumer
+/// is slow (a streamed exec), so the agent's output backs up into the
+/// container instead of the server's memory.
+const REPLIES_BUFFERED: usize = 16;
 
 /// Request ids are unique across connections: two connections to one
 /// container both see every reply, and each keeps only its own.
@@ -128,12 +133,12 @@ impl AgentConnection {
     pub(super) async fn request(
         &self,
         mut message: serde_json::Value,
-    ) -> std::io::Result<mpsc::UnboundedReceiver<Reply>> {
+    ) -> std::io::Result<mpsc::Receiver<Reply>> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         message["id"] = id.into();
         let mut line = serde_json::to_vec(&message)?;
         line.push(b'\n');
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::channel(REPLIES_BUFFERED);
         self.pending.lock().insert(id, sender);
         let mut input = self.input.lock().await;
         let written = match input.write_all(&line).await {
@@ -182,12 +187,16 @@ async fn read_replies(
             };
             let Some(id) = reply.id else { continue };
             let last = reply.is_last();
-            let mut pending = pending.lock();
-            if let Some(sender) = pending.get(&id) {
-                let _ = sender.send(reply);
-            }
-            if last {
-                pending.remove(&id);
+            let sender = {
+                let mut pending = pending.lock();
+                let sender = pending.get(&id).cloned();
+                if last {
+                    pending.remove(&id);
+                }
+                sender
+            };
+            if let Some(sender) = sender {
+                let _ = sender.send(reply).await;
             }
         }
     }

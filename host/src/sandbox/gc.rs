@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::Row;
@@ -16,6 +17,7 @@ use sqlx::Row;
 use super::DriverHealth;
 use super::service::{SandboxStatus, Sandboxes, now_ms};
 use crate::error::WharfResult;
+use crate::store::sandboxes as store_sandboxes;
 
 /// How long a sandbox may idle and live, and whether a dead runtime is
 /// restarted once.
@@ -119,6 +121,7 @@ impl Sandboxes {
                         tracing::warn!(sandbox = %id, error = %err.message, "cannot remove orphan runtime")
                     }
                 }
+                self.forget_lock(&id);
             }
         }
         Ok(())
@@ -174,6 +177,7 @@ impl Sandboxes {
                     serde_json::json!({"reason": "expired", "max_ttl_secs": lifetimes.max_ttl_secs}),
                 )
                 .await?;
+                self.forget_lock(&id);
                 self.metrics
                     .gc_actions
                     .with_label_values(&["expired"])
@@ -256,6 +260,7 @@ impl Sandboxes {
             self.metrics.gc_actions.with_label_values(&["failed"]).inc();
         }
         self.remove_orphans().await?;
+        self.apply_retention().await?;
         let counts = sqlx::query("SELECT status, COUNT(*) AS n FROM sandboxes GROUP BY status")
             .fetch_all(&self.db)
             .await?;
@@ -266,6 +271,39 @@ impl Sandboxes {
                 .map(|r| r.get::<i64, _>("n"))
                 .unwrap_or(0);
             self.metrics.sandboxes.with_label_values(&[status]).set(n);
+        }
+        Ok(())
+    }
+
+    /// Deletes what retention no longer keeps: idempotency keys past
+    /// `idempotency_ttl_secs` (and keys whose sandbox is gone), deleted
+    /// sandboxes past `deleted_retention_secs` with their event logs, and each
+    /// sandbox's events beyond its newest `events_per_sandbox`.
+    pub async fn apply_retention(&self) -> WharfResult<()> {
+        let now = now_ms();
+        let keys = store_sandboxes::purge_idempotency_keys(
+            &self.db,
+            now - (self.config.idempotency_ttl_secs * 1000) as i64,
+        )
+        .await?;
+        let deleted = store_sandboxes::purge_deleted_sandboxes(
+            &self.db,
+            now - (self.config.deleted_retention_secs * 1000) as i64,
+        )
+        .await?;
+        let after = self.events_trimmed_through.load(Ordering::Relaxed);
+        let (events, newest) =
+            store_sandboxes::trim_events(&self.db, after, self.config.events_per_sandbox).await?;
+        self.events_trimmed_through.store(newest, Ordering::Relaxed);
+        for (action, rows) in [
+            ("idempotency_keys_purged", keys),
+            ("deleted_purged", deleted),
+            ("events_trimmed", events),
+        ] {
+            self.metrics
+                .gc_actions
+                .with_label_values(&[action])
+                .inc_by(rows);
         }
         Ok(())
     }

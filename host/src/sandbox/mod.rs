@@ -34,8 +34,10 @@ pub enum StreamKind {
 }
 
 /// Receives exec output as it is produced (for streaming); capped output is
-/// still collected in [`ExecOutput`].
-pub type OutputSink = tokio::sync::mpsc::UnboundedSender<(StreamKind, Vec<u8>)>;
+/// still collected in [`ExecOutput`]. Bounded: a driver's output reader waits
+/// for room, so a slow consumer slows the command (its pipe fills) instead of
+/// growing the server's memory.
+pub type OutputSink = tokio::sync::mpsc::Sender<(StreamKind, Vec<u8>)>;
 
 /// What a driver needs to create a sandbox.
 #[derive(Debug, Clone)]
@@ -108,8 +110,8 @@ pub struct ExecOutput {
 
 impl ExecOutput {
     /// Keeps up to `cap` bytes of each stream, flags what was cut, and passes
-    /// every chunk on to `sink` (streaming).
-    pub(crate) fn keep(
+    /// every chunk on to `sink` (streaming), waiting while it is full.
+    pub(crate) async fn keep(
         &mut self,
         kind: StreamKind,
         chunk: &[u8],
@@ -120,13 +122,14 @@ impl ExecOutput {
             StreamKind::Stdout => (&mut self.stdout, &mut self.stdout_truncated),
             StreamKind::Stderr => (&mut self.stderr, &mut self.stderr_truncated),
         };
-        keep_capped(kept, truncated, kind, chunk, cap, sink);
+        keep_capped(kept, truncated, kind, chunk, cap, sink).await;
     }
 }
 
 /// Appends what fits of `chunk` under `cap` to `kept`, flags a cut, and
-/// passes the whole chunk on to `sink` (streaming).
-pub(crate) fn keep_capped(
+/// passes the whole chunk on to `sink` (streaming), waiting while it is full.
+/// A sink whose receiver went away is ignored.
+pub(crate) async fn keep_capped(
     kept: &mut Vec<u8>,
     truncated: &mut bool,
     kind: StreamKind,
@@ -135,7 +138,7 @@ pub(crate) fn keep_capped(
     sink: Option<&OutputSink>,
 ) {
     if let Some(sink) = sink {
-        let _ = sink.send((kind, chunk.to_vec()));
+        let _ = sink.send((kind, chunk.to_vec())).await;
     }
     let room = cap.saturating_sub(kept.len());
     kept.extend_from_slice(&chunk[..chunk.len().min(room)]);

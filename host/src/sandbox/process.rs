@@ -356,6 +356,14 @@ impl SandboxDriver for ProcessDriver {
             Some(cwd) => resolve_local(&workspace, cwd)?,
             None => workspace.clone(),
         };
+        if let Some(cwd) = &request.cwd
+            && !host_cwd.is_dir()
+        {
+            return Err(WharfError::new(
+                ErrorCode::FileNotFound,
+                format!("working directory {cwd} does not exist in the sandbox"),
+            ));
+        }
         let (command, report) = match request.limits.isolation {
             Isolation::Namespaces => {
                 let isolator = self.isolator()?;
@@ -638,6 +646,7 @@ async fn run_process(
     mut tracker: ExecTracker,
 ) -> WharfResult<ExecOutput> {
     let program = request.argv[0].clone();
+    let confined = report.is_some();
     let started = Instant::now();
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(true);
@@ -691,9 +700,17 @@ async fn run_process(
         }
     };
     let duration = started.elapsed();
-    // A background child may still hold the pipes open: give them a moment, then stop reading.
+    // Unconfined, a background child may still hold the pipes open: give it
+    // a moment, then stop reading. Confined, every holder died with the PID
+    // namespace, so the readers end as soon as a slow stream consumer has
+    // taken what is left (bounded by the exec's timeout).
+    let drain = if confined {
+        request.timeout
+    } else {
+        Duration::from_millis(200)
+    };
     let collect = |handle: tokio::task::JoinHandle<(Vec<u8>, bool)>| async move {
-        match tokio::time::timeout(Duration::from_millis(200), handle).await {
+        match tokio::time::timeout(drain, handle).await {
             Ok(Ok(out)) => out,
             _ => (Vec::new(), true),
         }
@@ -727,14 +744,17 @@ async fn read_capped(
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => keep_capped(
-                &mut kept,
-                &mut truncated,
-                kind,
-                &buf[..n],
-                cap,
-                sink.as_ref(),
-            ),
+            Ok(n) => {
+                keep_capped(
+                    &mut kept,
+                    &mut truncated,
+                    kind,
+                    &buf[..n],
+                    cap,
+                    sink.as_ref(),
+                )
+                .await
+            }
         }
     }
     (kept, truncated)

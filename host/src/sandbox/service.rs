@@ -1,10 +1,12 @@
 //! Sandbox records, ownership and lifecycle, backed by the store.
 //!
 //! State machine: `creating -> running <-> stopped`, any -> `failed` (with an
-//! `error_code`) or `deleted`. One async lock per sandbox serialises
-//! lifecycle transitions (create, start, stop, delete, recovery), so
-//! concurrent requests never start two runtimes; idempotent creates are
-//! decided by a unique row in `sandbox_idempotency`.
+//! `error_code`) or `deleted`; a create whose driver fails goes straight to
+//! `deleted` (the caller never got its id). One async lock per sandbox
+//! serialises lifecycle transitions (create, start, stop, delete, recovery),
+//! so concurrent requests never start two runtimes; idempotent creates are
+//! decided by a unique row in `sandbox_idempotency`, which names only a
+//! sandbox that exists. Creates are capped per owner (`[quotas]`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use super::{
 use crate::config::SandboxConfig;
 use crate::error::{ErrorCode, WharfError, WharfResult};
 use crate::store::keys::new_id;
+use crate::store::sandboxes::{self as store_sandboxes, KeyClaim};
 use crate::store::{Db, now_rfc3339};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -91,12 +94,28 @@ pub struct SandboxPage {
     pub next_cursor: Option<String>,
 }
 
+/// How a create ended: a new sandbox, or the one its idempotency key names.
+enum Created {
+    New(Sandbox),
+    Replay(String),
+}
+
+/// What the create's transaction decided.
+enum Claim {
+    /// The row is in: start the runtime with this driver.
+    Fresh(Arc<dyn SandboxDriver>),
+    /// The key names this sandbox.
+    Replay(String),
+}
+
 /// The built-in profile served by the process driver.
 pub const LOCAL_PROFILE: &str = "local";
 
 /// Sandbox metrics (registered by the server).
 pub struct SandboxMetrics {
-    /// GC and recovery actions by kind (`idle_stopped`, `expired`, `orphan_removed`, `recovered`, `failed`, `interrupted`).
+    /// GC and recovery actions by kind (`idle_stopped`, `expired`, `orphan_removed`, `recovered`,
+    /// `failed`, `interrupted`), and rows removed by retention (`idempotency_keys_purged`,
+    /// `deleted_purged`, `events_trimmed`).
     pub gc_actions: prometheus::IntCounterVec,
     /// Sandboxes by status, as of the last GC sweep.
     pub sandboxes: prometheus::IntGaugeVec,
@@ -144,6 +163,8 @@ pub struct Sandboxes {
     profiles: Profiles,
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events_seq: tokio::sync::watch::Sender<i64>,
+    /// The newest event seq that GC's retention pass has looked at.
+    pub(super) events_trimmed_through: std::sync::atomic::AtomicI64,
     pub metrics: SandboxMetrics,
 }
 
@@ -165,10 +186,7 @@ impl SandboxBinding {
 
     /// Applies the configured default and cap to a requested timeout.
     pub fn exec_timeout(&self, requested_ms: Option<u64>) -> Duration {
-        let ms = requested_ms
-            .unwrap_or(self.config.exec_default_timeout_ms)
-            .min(self.config.exec_max_timeout_ms);
-        Duration::from_millis(ms.max(1))
+        self.config.exec_timeout(requested_ms)
     }
 
     pub fn output_cap(&self) -> usize {
@@ -238,6 +256,7 @@ impl Sandboxes {
             profiles,
             locks: parking_lot::Mutex::new(HashMap::new()),
             events_seq: tokio::sync::watch::channel(0).0,
+            events_trimmed_through: std::sync::atomic::AtomicI64::new(0),
             metrics: SandboxMetrics::new(),
         }
     }
@@ -248,6 +267,12 @@ impl Sandboxes {
 
     pub(super) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks.lock().entry(id.to_string()).or_default().clone()
+    }
+
+    /// Drops the lock of a sandbox that is gone (or never was), so the map
+    /// holds only live sandboxes.
+    pub(super) fn forget_lock(&self, id: &str) {
+        self.locks.lock().remove(id);
     }
 
     pub(super) fn driver(&self, name: &str) -> WharfResult<Arc<dyn SandboxDriver>> {
@@ -264,77 +289,67 @@ impl Sandboxes {
     }
 
     /// Creates a sandbox. With an idempotency key, the same key and
-    /// fingerprint return the first sandbox (`true`: a replay); another
-    /// fingerprint is `idempotency_conflict`.
+    /// fingerprint return the first sandbox while it exists (`true`: a
+    /// replay); another fingerprint is `idempotency_conflict`. A key whose
+    /// sandbox is gone (deleted, or its create failed) is forgotten: the next
+    /// request with it creates anew. `quota` caps the owner's sandboxes that
+    /// are not deleted (`None`: no cap, for admin keys).
     pub async fn create(
         &self,
         owner: &str,
         profile_name: &str,
         idempotency: Option<(&str, &str)>,
+        quota: Option<u32>,
     ) -> WharfResult<(Sandbox, bool)> {
+        // A replay may find its sandbox gone once it is ready (its create
+        // failed, or it was deleted meanwhile): the key is free again, so the
+        // create is tried again, a bounded number of times.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let existing = match self
+                .create_once(owner, profile_name, idempotency, quota)
+                .await?
+            {
+                Created::New(sandbox) => return Ok((sandbox, false)),
+                Created::Replay(existing) => existing,
+            };
+            match self.wait_ready(owner, &existing).await {
+                Ok(sandbox) => return Ok((sandbox, true)),
+                Err(err) if err.code == ErrorCode::NotFound && attempts < 3 => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn create_once(
+        &self,
+        owner: &str,
+        profile_name: &str,
+        idempotency: Option<(&str, &str)>,
+        quota: Option<u32>,
+    ) -> WharfResult<Created> {
         let profile = self.profiles.get(profile_name)?;
         let id = new_id("sbx");
         let lock = self.lock_for(&id);
         let guard = lock.lock_owned().await;
         let now = now_ms();
-        let stamp = now_rfc3339();
-        let mut tx = self.db.begin().await?;
-        if let Some((key, fingerprint)) = idempotency {
-            let ttl_ms = (self.config.idempotency_ttl_secs * 1000) as i64;
-            sqlx::query("DELETE FROM sandbox_idempotency WHERE owner = ? AND created_ms < ?")
-                .bind(owner)
-                .bind(now - ttl_ms)
-                .execute(&mut *tx)
-                .await?;
-            let inserted = sqlx::query(
-                "INSERT OR IGNORE INTO sandbox_idempotency (owner, key, fingerprint, sandbox_id, created_ms) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(owner)
-            .bind(key)
-            .bind(fingerprint)
-            .bind(&id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                let row = sqlx::query("SELECT fingerprint, sandbox_id FROM sandbox_idempotency WHERE owner = ? AND key = ?")
-                    .bind(owner)
-                    .bind(key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                tx.rollback().await?;
+        let driver = match self
+            .insert_creating(&id, owner, &profile, idempotency, quota, now)
+            .await
+        {
+            Ok(Claim::Fresh(driver)) => driver,
+            Ok(Claim::Replay(existing)) => {
                 drop(guard);
-                self.locks.lock().remove(&id);
-                if row.get::<String, _>("fingerprint") != fingerprint {
-                    return Err(WharfError::new(
-                        ErrorCode::IdempotencyConflict,
-                        "this Idempotency-Key was used with a different request body",
-                    ));
-                }
-                let existing: String = row.get("sandbox_id");
-                return Ok((self.wait_ready(owner, &existing).await?, true));
+                self.forget_lock(&id);
+                return Ok(Created::Replay(existing));
             }
-        }
-        // After the key is decided: a replay needs no driver; dropping `tx` rolls the key back.
-        let driver = self.driver(&profile.driver)?;
-        sqlx::query(
-            "INSERT INTO sandboxes (id, owner, profile, driver, status, created_at, updated_at, created_ms, last_active_ms, idle_timeout_secs, max_ttl_secs, restart_once) VALUES (?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(owner)
-        .bind(&profile.name)
-        .bind(driver.name())
-        .bind(&stamp)
-        .bind(&stamp)
-        .bind(now)
-        .bind(now)
-        .bind(profile.idle_timeout_secs as i64)
-        .bind(profile.max_ttl_secs as i64)
-        .bind(profile.restart_once)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+            Err(err) => {
+                drop(guard);
+                self.forget_lock(&id);
+                return Err(err);
+            }
+        };
         self.event(
             &id,
             "created",
@@ -349,31 +364,110 @@ impl Sandboxes {
             owner: owner.to_string(),
             profile,
         };
-        match driver.create(&id, &spec).await {
-            Ok(()) => {
-                self.transition(
-                    &id,
-                    SandboxStatus::Running,
-                    None,
-                    "started",
-                    serde_json::json!({}),
-                )
-                .await?;
-            }
-            Err(err) => {
-                self.transition(
-                    &id,
-                    SandboxStatus::Failed,
-                    Some(err.code.as_str()),
-                    "failed",
-                    serde_json::json!({"error_code": err.code.as_str(), "message": err.message}),
-                )
-                .await?;
-                return Err(err);
+        if let Err(err) = driver.create(&id, &spec).await {
+            // The driver left nothing behind, and the caller gets the error,
+            // never this id: the sandbox is deleted at once (its event log
+            // says why), so it frees its idempotency key and quota slot.
+            self.transition(
+                &id,
+                SandboxStatus::Deleted,
+                Some(err.code.as_str()),
+                "failed",
+                serde_json::json!({"error_code": err.code.as_str(), "message": err.message, "removed": true}),
+            )
+            .await?;
+            drop(guard);
+            self.forget_lock(&id);
+            return Err(err);
+        }
+        self.transition(
+            &id,
+            SandboxStatus::Running,
+            None,
+            "started",
+            serde_json::json!({}),
+        )
+        .await?;
+        drop(guard);
+        Ok(Created::New(self.get(owner, &id).await?))
+    }
+
+    /// Decides the idempotency key and the quota, and records the new
+    /// sandbox as `creating`, in one transaction: a refused create leaves no
+    /// row and no key.
+    async fn insert_creating(
+        &self,
+        id: &str,
+        owner: &str,
+        profile: &Profile,
+        idempotency: Option<(&str, &str)>,
+        quota: Option<u32>,
+        now: i64,
+    ) -> WharfResult<Claim> {
+        let stamp = now_rfc3339();
+        let mut tx = self.db.begin().await?;
+        if let Some((key, fingerprint)) = idempotency {
+            let ttl_ms = (self.config.idempotency_ttl_secs * 1000) as i64;
+            let claim = store_sandboxes::claim_idempotency_key(
+                &mut tx,
+                owner,
+                key,
+                fingerprint,
+                id,
+                now,
+                ttl_ms,
+            )
+            .await?;
+            if let KeyClaim::Taken {
+                fingerprint: first,
+                sandbox_id,
+            } = claim
+            {
+                tx.rollback().await?;
+                if first != fingerprint {
+                    return Err(WharfError::new(
+                        ErrorCode::IdempotencyConflict,
+                        "this Idempotency-Key was used with a different request body",
+                    ));
+                }
+                return Ok(Claim::Replay(sandbox_id));
             }
         }
-        drop(guard);
-        Ok((self.get(owner, &id).await?, false))
+        // After the key is decided: a replay needs no driver; dropping `tx` rolls the key back.
+        let driver = self.driver(&profile.driver)?;
+        sqlx::query(
+            "INSERT INTO sandboxes (id, owner, profile, driver, status, created_at, updated_at, created_ms, last_active_ms, idle_timeout_secs, max_ttl_secs, restart_once) VALUES (?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(&profile.name)
+        .bind(driver.name())
+        .bind(&stamp)
+        .bind(&stamp)
+        .bind(now)
+        .bind(now)
+        .bind(profile.idle_timeout_secs as i64)
+        .bind(profile.max_ttl_secs as i64)
+        .bind(profile.restart_once)
+        .execute(&mut *tx)
+        .await?;
+        // Counted after the insert, inside the write transaction: concurrent
+        // creates of one owner cannot both take the last slot.
+        if let Some(quota) = quota {
+            let held = store_sandboxes::count_held(&mut tx, owner).await?;
+            if held > i64::from(quota) {
+                tx.rollback().await?;
+                return Err(WharfError::new(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "this owner already holds {} sandboxes (creating, running, stopped or failed), the most its quota allows; delete one to create another",
+                        held - 1
+                    ),
+                ));
+            }
+        }
+        tx.commit().await?;
+        Ok(Claim::Fresh(driver))
     }
 
     /// Moves a sandbox to `status` and records the event that says why, in
@@ -396,6 +490,10 @@ impl Sandboxes {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        if status == SandboxStatus::Deleted {
+            // A key must not name a sandbox that is gone: a replay creates anew.
+            store_sandboxes::forget_idempotency_keys(&mut tx, id).await?;
+        }
         let seq = sqlx::query(
             "INSERT INTO sandbox_events (sandbox_id, ts, kind, detail) VALUES (?, ?, ?, ?)",
         )
@@ -640,7 +738,7 @@ impl Sandboxes {
             serde_json::json!({"reason": "request"}),
         )
         .await?;
-        self.locks.lock().remove(id);
+        self.forget_lock(id);
         Ok(())
     }
 
@@ -651,10 +749,6 @@ impl Sandboxes {
                 "give `argv` (non-empty) or `command`",
             ));
         }
-        let ms = input
-            .timeout_ms
-            .unwrap_or(self.config.exec_default_timeout_ms)
-            .clamp(1, self.config.exec_max_timeout_ms);
         let mut env: Vec<(String, String)> = profile
             .env
             .iter()
@@ -667,7 +761,7 @@ impl Sandboxes {
             env,
             cwd: input.cwd,
             stdin: input.stdin,
-            timeout: Duration::from_millis(ms),
+            timeout: self.config.exec_timeout(input.timeout_ms),
             output_cap: self.config.exec_output_cap_bytes,
             sink: input.sink,
             limits: profile.exec_limits(),

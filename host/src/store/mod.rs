@@ -1,6 +1,7 @@
 //! State: SQLite through sqlx, with migrations embedded and run at start.
 
 pub mod keys;
+pub mod sandboxes;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -126,7 +126,10 @@ impl Harness {
 
     pub async fn sandbox(&self) -> SandboxBinding {
         let sandboxes = &self.server.state.sandboxes;
-        let (sandbox, _) = sandboxes.create("tester", "local", None).await.unwrap();
+        let (sandbox, _) = sandboxes
+            .create("tester", "local", None, None)
+            .await
+            .unwrap();
         sandboxes.bind("tester", &sandbox.id, "test").await.unwrap()
     }
 
