@@ -31,7 +31,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Runs the provider's probe plan against `base_url` now. The answer's `verdict` is `ready`
 /// only when every step passed. An upstream failure is a verdict (HTTP 200), not an error.
-#[utoipa::path(post, path = "/v1/probes", request_body = ProbeRequest, responses(
+#[utoipa::path(post, path = "/v1/probes", request_body = ProbeRequest,
+    extensions(("x-wharf-outbound" = json!(true))),
+    responses(
     (status = 200, body = ProbeResult),
     (status = 400, body = ErrorBody, description = "validation_error"),
     (status = 404, body = ErrorBody, description = "not_found: no active pack serves the provider (nearest ids in the message)"),
@@ -59,7 +61,9 @@ async fn get_probe(
 
 /// Registers a target that the scheduler probes every `interval_secs` (with jitter). The key is
 /// stored sealed and shown only as a fingerprint.
-#[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget, responses(
+#[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget,
+    extensions(("x-wharf-outbound" = json!(true))),
+    responses(
     (status = 201, body = Target),
     (status = 400, body = ErrorBody),
     (status = 404, body = ErrorBody, description = "not_found: unknown provider"),
@@ -115,6 +119,7 @@ async fn delete_target(
 #[serde(deny_unknown_fields)]
 pub struct StatusQuery {
     /// How many latest results to include (default 10, at most 100).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
 }
 
