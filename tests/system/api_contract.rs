@@ -295,6 +295,41 @@ async fn the_server_enforces_the_documented_constraints() {
         assert_eq!(refused(&answer), validation, "exec {body}: {}", answer.1);
     }
 
+    // A file name past what filesystems take is the caller's mistake, not a server failure.
+    let longest = "n".repeat(255);
+    let (status, made) = admin
+        .send(admin.request(Method::PUT, &format!("/v1/sandboxes/{id}/dirs/{longest}")))
+        .await;
+    assert_eq!(status, 201, "a 255-byte name: {made}");
+    for path in [
+        format!("dirs/{longest}n"),
+        format!("files/{longest}n"),
+        "dirs/a/".repeat(600),
+    ] {
+        let answer = admin
+            .send(admin.request(Method::PUT, &format!("/v1/sandboxes/{id}/{path}")))
+            .await;
+        assert_eq!(
+            refused(&answer),
+            (400, json!("invalid_path")),
+            "PUT {}...: {}",
+            &path[..40],
+            answer.1
+        );
+    }
+    let answer = admin
+        .post(
+            &exec,
+            json!({"argv": ["true"], "cwd": format!("{longest}n")}),
+        )
+        .await;
+    assert_eq!(
+        refused(&answer),
+        (400, json!("invalid_path")),
+        "{}",
+        answer.1
+    );
+
     let too_long = "k".repeat(257);
     let answer = admin
         .send(
@@ -425,25 +460,31 @@ fn schemathesis() -> Option<PathBuf> {
     }
 }
 
-/// The sum of `wharf_http_requests_total`: requests the server answered.
-async fn requests_served(server: &WharfProcess) -> u64 {
+/// The sum of the metric lines that start with `prefix`.
+async fn metric_sum(server: &WharfProcess, prefix: &str) -> u64 {
     server
         .metrics()
         .await
         .lines()
-        .filter(|line| line.starts_with("wharf_http_requests_total{"))
+        .filter(|line| line.starts_with(prefix))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
 
-/// Runs `schemathesis run` against the server's document with `key` (in a
-/// fresh folder under `root`), prints the request count and duration, and
-/// fails on any finding or when it did not test `operations` operations.
+/// Requests the server answered.
+async fn requests_served(server: &WharfProcess) -> u64 {
+    metric_sum(server, "wharf_http_requests_total{").await
+}
+
+/// Runs `schemathesis run` against the server's document with `key` and the
+/// schemathesis `config` (TOML; in a fresh folder under `root`), prints the
+/// request count and duration, and fails on any finding or when it did not
+/// test `operations` operations.
 async fn check_contract(
     st: &Path,
     server: &WharfProcess,
     root: &Path,
-    (label, key): (&str, &str),
+    (label, key, config): (&str, &str, &str),
     filters: &[&str],
     operations: usize,
 ) {
@@ -451,10 +492,11 @@ async fn check_contract(
     let work = root.join(label.replace(|c: char| !c.is_ascii_alphanumeric(), "-"));
     std::fs::create_dir_all(&work).unwrap();
     let log = work.join("schemathesis.log");
+    std::fs::write(work.join("schemathesis.toml"), config).unwrap();
     let before = requests_served(server).await;
     let started = Instant::now();
     let mut child = tokio::process::Command::new(st)
-        .arg("run")
+        .args(["--config-file", "schemathesis.toml", "run"])
         .arg(server.url("/openapi.json"))
         .args(["--checks", CHECKS])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
@@ -542,12 +584,29 @@ async fn schemathesis_finds_no_answer_that_breaks_the_document() {
 
     // As a new user would: a non-admin key, every route but those that send requests out.
     let user = owner_key(&admin, "contract").await;
+    // Capability calls on random ids all end in `not_found`: aim them at a real sandbox
+    // and the shell adapter, so the generated bodies reach the plugin.
+    let (status, sandbox) = Client::new(&server, Some(&user))
+        .post("/v1/sandboxes", json!({}))
+        .await;
+    assert_eq!(status, 201, "{sandbox}");
+    let config = format!(
+        "[[operations]]\ninclude-path-regex = \"/capabilities/\"\n\
+         parameters = {{ \"path.id\" = \"{}\", \"path.capability\" = \"shell\", \"path.operation\" = \"run\" }}\n",
+        sandbox["id"].as_str().unwrap()
+    );
     let operations = all.len() - outbound;
     let label = format!("non-admin key, {operations} operations");
-    check_contract(&st, &server, root.path(), (&label, &user), &[], operations).await;
+    let user_run = (label.as_str(), user.as_str(), config.as_str());
+    check_contract(&st, &server, root.path(), user_run, &[], operations).await;
+    let shell_calls = metric_sum(&server, "wharf_plugin_calls_total{component=\"shell\"").await;
+    assert!(
+        shell_calls > 0,
+        "no generated capability call reached the shell plugin"
+    );
 
     // Key creation is admin-only: an admin pass fuzzes its body (never revoking keys).
     let filters = ["--include-path-regex", "^/v1/keys$"];
-    let admin_run = ("admin key, /v1/keys", ADMIN_KEY);
+    let admin_run = ("admin key, /v1/keys", ADMIN_KEY, "");
     check_contract(&st, &server, root.path(), admin_run, &filters, 2).await;
 }

@@ -569,7 +569,7 @@ fn parse_path(raw: &str) -> Result<SandboxPath, ApiError> {
 
 /// Downloads a file's bytes, streamed, with its `Content-Length`.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/files/{path}",
-    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`; at most 3072 bytes, each name at most 255")),
     responses(
         (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
         FileErrors,
@@ -603,7 +603,7 @@ pub struct Written {
 /// Streams the request body into the file (its parent must exist). Past
 /// `sandbox.max_upload_bytes` the answer is 413 and the old file stays.
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/files/{path}",
-    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`; at most 3072 bytes, each name at most 255")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 201, body = Written),
@@ -650,7 +650,7 @@ struct RemoveQuery {
 
 /// Removes a file (or a directory: empty, or any with `?recursive=true`).
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}/files/{path}",
-    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`"), RemoveQuery),
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`; at most 3072 bytes, each name at most 255"), RemoveQuery),
     responses(
         (status = 204),
         FileErrors,
@@ -696,7 +696,7 @@ async fn list_root(
 
 /// Lists a directory of the workspace.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/dirs/{path}",
-    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`; at most 3072 bytes, each name at most 255")),
     responses(
         (status = 200, body = Listing),
         FileErrors,
@@ -719,7 +719,7 @@ async fn list_dir(
 
 /// Creates a directory and its missing parents.
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/dirs/{path}",
-    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`; at most 3072 bytes, each name at most 255")),
     responses(
         (status = 201),
         FileErrors,
