@@ -255,6 +255,18 @@ mod tests {
     }
 
     #[test]
+    fn probes_are_marked_as_sending_requests_out() {
+        // The mark is spelled out in `#[utoipa::path]` (it takes no constant).
+        let doc = serde_json::to_value(super::super::openapi()).unwrap();
+        for path in ["/v1/probes", "/v1/targets"] {
+            assert_eq!(
+                doc["paths"][path]["post"][SENDS_OUTBOUND], true,
+                "POST {path}"
+            );
+        }
+    }
+
+    #[test]
     fn a_route_keeps_its_own_description_of_a_common_status() {
         let doc = serde_json::to_value(super::super::openapi()).unwrap();
         let described = &doc["paths"]["/v1/sandboxes/{id}/files/{path}"]["get"]["responses"]["400"];

@@ -8,6 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::contract::error_set;
 use super::error::{ApiResult, ErrorBody, Json, Path, Query};
 use crate::error::WharfError;
 use crate::probes::TargetStatus;
@@ -17,6 +18,12 @@ use crate::store::keys::Principal;
 
 /// Results a status answer may carry at most.
 const MAX_STATUS_RESULTS: u32 = 100;
+
+error_set!(
+    /// A call into the provider plugin of the active pack (plan, judge, resolve a model).
+    ProviderCallErrors: ValidationError, CapabilityNotSupported, NotFound, PluginError, PluginTrap,
+        PluginUnavailable, PluginTimeout
+);
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -35,8 +42,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     extensions(("x-wharf-outbound" = json!(true))),
     responses(
     (status = 200, body = ProbeResult),
-    (status = 400, body = ErrorBody, description = "validation_error"),
-    (status = 404, body = ErrorBody, description = "not_found: no active pack serves the provider (nearest ids in the message)"),
+    ProviderCallErrors,
 ))]
 async fn run_probe(
     State(state): State<AppState>,
@@ -156,8 +162,7 @@ async fn list_providers(State(state): State<AppState>) -> Json<Vec<String>> {
 /// nearest ids.
 #[utoipa::path(get, path = "/v1/providers/{provider}/models/{name}", params(("provider" = String, Path), ("name" = String, Path)), responses(
     (status = 200, body = ModelResolution),
-    (status = 400, body = ErrorBody),
-    (status = 404, body = ErrorBody, description = "not_found: unknown provider"),
+    ProviderCallErrors,
 ))]
 async fn resolve_model(
     State(state): State<AppState>,
