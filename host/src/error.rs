@@ -48,6 +48,7 @@ error_codes! {
     IdempotencyConflict => ("idempotency_conflict", StatusCode::CONFLICT, false, "The Idempotency-Key was already used with a different request body."),
     PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, false, "The request body exceeds the configured limit."),
     PluginError => ("plugin_error", StatusCode::UNPROCESSABLE_ENTITY, false, "The plugin ran and returned an error; `message` carries the plugin's code and text."),
+    UpgradeRequired => ("upgrade_required", StatusCode::UPGRADE_REQUIRED, false, "The route is a WebSocket: send the GET with the WebSocket upgrade headers."),
     PluginTrap => ("plugin_trap", StatusCode::BAD_GATEWAY, true, "The plugin trapped (panic, out of memory, invalid state). The host kept serving."),
     PluginTimeout => ("plugin_timeout", StatusCode::GATEWAY_TIMEOUT, true, "The plugin exceeded its per-call deadline and was stopped."),
     PluginUnavailable => ("plugin_unavailable", StatusCode::SERVICE_UNAVAILABLE, true, "The component's circuit is open after repeated traps; retry after the cool-down."),

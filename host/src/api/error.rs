@@ -61,7 +61,15 @@ impl IntoResponse for ApiError {
                 retry_after_ms: err.retry_after_ms,
             },
         };
+        let upgrade = err.code == ErrorCode::UpgradeRequired;
         let mut response = (status, axum::Json(body)).into_response();
+        if upgrade {
+            // RFC 9110: a 426 names the protocol to switch to.
+            response.headers_mut().insert(
+                axum::http::header::UPGRADE,
+                HeaderValue::from_static("websocket"),
+            );
+        }
         if let Some(ms) = err.retry_after_ms {
             let secs = ms.div_ceil(1000).max(1);
             response

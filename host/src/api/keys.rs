@@ -7,10 +7,27 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiResult, ErrorBody, Json, Path};
+use super::contract::error_set;
+use super::error::{ApiResult, Json, Path};
 use super::{AppState, require_admin};
 use crate::error::WharfError;
 use crate::store::keys::{self as key_store, ApiKey, Principal};
+
+error_set!(
+    /// Creating a key: admin only, and the owner must be valid.
+    CreateKeyErrors: ValidationError, Forbidden
+);
+error_set!(
+    /// Listing keys: admin only.
+    AdminOnly: Forbidden
+);
+error_set!(
+    /// Revoking a key: admin only, and the key must exist.
+    RevokeKeyErrors: Forbidden, NotFound
+);
+
+/// The longest owner name, in characters (the OpenAPI schema says the same).
+const MAX_OWNER_CHARS: usize = 128;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -21,7 +38,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
-    /// Sandboxes created with the key belong to this owner.
+    /// Sandboxes created with the key belong to this owner: 1 to 128 characters, no control
+    /// characters, not only whitespace (which is trimmed).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     owner: String,
     #[serde(default)]
     admin: bool,
@@ -38,7 +61,7 @@ pub struct CreatedKey {
 /// Creates an API key for an owner. The secret is returned once, in `key`.
 #[utoipa::path(post, path = "/v1/keys", request_body = CreateKey, responses(
     (status = 201, body = CreatedKey),
-    (status = 403, body = ErrorBody),
+    CreateKeyErrors,
 ))]
 async fn create_key(
     State(state): State<AppState>,
@@ -47,8 +70,14 @@ async fn create_key(
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     require_admin(&principal)?;
     let owner = body.owner.trim();
-    if owner.is_empty() || owner.len() > 128 || owner.chars().any(char::is_control) {
-        return Err(WharfError::validation("owner must be 1-128 printable characters").into());
+    if owner.is_empty()
+        || body.owner.chars().count() > MAX_OWNER_CHARS
+        || body.owner.chars().any(char::is_control)
+    {
+        return Err(WharfError::validation(format!(
+            "owner must be 1-{MAX_OWNER_CHARS} printable characters, not only whitespace"
+        ))
+        .into());
     }
     let (meta, key) = key_store::create(&state.db, owner, body.admin).await?;
     tracing::info!(key_id = %meta.id, owner = %meta.owner, fingerprint = %key_store::fingerprint(&key), "API key created");
@@ -56,7 +85,7 @@ async fn create_key(
 }
 
 /// Lists API keys (never their secrets).
-#[utoipa::path(get, path = "/v1/keys", responses((status = 200, body = Vec<ApiKey>), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/keys", responses((status = 200, body = Vec<ApiKey>), AdminOnly))]
 async fn list_keys(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -68,7 +97,7 @@ async fn list_keys(
 /// Revokes a key: it is rejected from the next request on.
 #[utoipa::path(delete, path = "/v1/keys/{id}", params(("id" = String, Path)), responses(
     (status = 204),
-    (status = 404, body = ErrorBody),
+    RevokeKeyErrors,
 ))]
 async fn revoke_key(
     State(state): State<AppState>,

@@ -1,6 +1,7 @@
 //! The HTTP API (axum). Routes are declared with utoipa so `/openapi.json`
 //! is generated from the same code that serves them.
 
+pub mod contract;
 pub mod error;
 pub mod keys;
 pub mod packs;
@@ -61,20 +62,35 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The router and the OpenAPI document it was built with.
-pub fn router(state: AppState) -> Router {
+/// Every documented route: the public ones, and the others wrapped by
+/// `behind_key` (the API-key check; the document is the same either way).
+fn documented_routes(
+    behind_key: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+) -> OpenApiRouter<AppState> {
     let authenticated = OpenApiRouter::new()
         .merge(packs::routes())
         .merge(keys::routes())
         .merge(sandboxes::routes())
         .merge(probes::routes())
-        .merge(system::authenticated_routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
-    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(system::authenticated_routes());
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(system::public_routes())
-        .merge(authenticated)
-        .split_for_parts();
-    let openapi = Arc::new(openapi);
+        .merge(behind_key(authenticated))
+}
+
+/// The document served at `/openapi.json`, with the responses every route
+/// shares (see [`contract`]).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, openapi) = documented_routes(|routes| routes).split_for_parts();
+    contract::complete(openapi)
+}
+
+/// The router and the OpenAPI document it was built with.
+pub fn router(state: AppState) -> Router {
+    let key_check = middleware::from_fn_with_state(state.clone(), require_key);
+    let (router, openapi) =
+        documented_routes(|routes| routes.route_layer(key_check)).split_for_parts();
+    let openapi = Arc::new(contract::complete(openapi));
     router
         .route(
             "/openapi.json",

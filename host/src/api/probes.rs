@@ -8,6 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::contract::error_set;
 use super::error::{ApiResult, ErrorBody, Json, Path, Query};
 use crate::error::WharfError;
 use crate::probes::TargetStatus;
@@ -17,6 +18,12 @@ use crate::store::keys::Principal;
 
 /// Results a status answer may carry at most.
 const MAX_STATUS_RESULTS: u32 = 100;
+
+error_set!(
+    /// A call into the provider plugin of the active pack (plan, judge, resolve a model).
+    ProviderCallErrors: ValidationError, CapabilityNotSupported, NotFound, PluginError, PluginTrap,
+        PluginUnavailable, PluginTimeout
+);
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -31,10 +38,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Runs the provider's probe plan against `base_url` now. The answer's `verdict` is `ready`
 /// only when every step passed. An upstream failure is a verdict (HTTP 200), not an error.
-#[utoipa::path(post, path = "/v1/probes", request_body = ProbeRequest, responses(
+#[utoipa::path(post, path = "/v1/probes", request_body = ProbeRequest,
+    extensions(("x-wharf-outbound" = json!(true))),
+    responses(
     (status = 200, body = ProbeResult),
-    (status = 400, body = ErrorBody, description = "validation_error"),
-    (status = 404, body = ErrorBody, description = "not_found: no active pack serves the provider (nearest ids in the message)"),
+    ProviderCallErrors,
 ))]
 async fn run_probe(
     State(state): State<AppState>,
@@ -59,7 +67,9 @@ async fn get_probe(
 
 /// Registers a target that the scheduler probes every `interval_secs` (with jitter). The key is
 /// stored sealed and shown only as a fingerprint.
-#[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget, responses(
+#[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget,
+    extensions(("x-wharf-outbound" = json!(true))),
+    responses(
     (status = 201, body = Target),
     (status = 400, body = ErrorBody),
     (status = 403, body = ErrorBody, description = "quota_exceeded: `[quotas] probe_targets_per_owner` (admin keys exempt)"),
@@ -125,6 +135,7 @@ async fn delete_target(
 #[serde(deny_unknown_fields)]
 pub struct StatusQuery {
     /// How many latest results to include (default 10, at most 100).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
 }
 
@@ -161,8 +172,7 @@ async fn list_providers(State(state): State<AppState>) -> Json<Vec<String>> {
 /// nearest ids.
 #[utoipa::path(get, path = "/v1/providers/{provider}/models/{name}", params(("provider" = String, Path), ("name" = String, Path)), responses(
     (status = 200, body = ModelResolution),
-    (status = 400, body = ErrorBody),
-    (status = 404, body = ErrorBody, description = "not_found: unknown provider"),
+    ProviderCallErrors,
 ))]
 async fn resolve_model(
     State(state): State<AppState>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,11 +16,14 @@ use axum::routing::get;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::error::{ApiError, ApiResult, ErrorBody, Json, Path, Query};
+use super::contract::{self, error_set};
+use super::error::{ApiError, ApiResult, Json, Path, Query};
 use crate::capabilities::{self, InvokeOutcome};
 use crate::error::{ErrorCode, WharfError};
 use crate::sandbox::service::{
@@ -42,6 +46,40 @@ use crate::store::keys::Principal;
     events_stream
 ))]
 struct WildcardAndSocketRoutes;
+
+error_set!(
+    /// Reading a sandbox's record or events.
+    SandboxLookup: NotFound
+);
+error_set!(
+    /// Creating a sandbox (a replay waits for the sandbox it created).
+    CreateErrors: ValidationError, CapabilityNotSupported, Forbidden, QuotaExceeded, IdempotencyConflict, SessionNotReady, DriverUnavailable, IsolationUnavailable
+);
+error_set!(
+    /// Stopping, starting or deleting a sandbox's runtime.
+    LifecycleErrors: NotFound, Conflict, SessionNotReady, DriverUnavailable
+);
+error_set!(
+    /// Using a sandbox (exec): it is started first if stopped.
+    UseErrors: ValidationError, InvalidPath, CapabilityNotSupported, NotFound, FileNotFound, Conflict, SessionNotReady, DriverUnavailable, IsolationUnavailable
+);
+error_set!(
+    /// Reading or changing the workspace's files.
+    FileErrors: ValidationError, InvalidPath, CapabilityNotSupported, NotFound, FileNotFound, Conflict, SessionNotReady, DriverUnavailable
+);
+error_set!(
+    /// Uploading a file.
+    UploadErrors: ValidationError, InvalidPath, CapabilityNotSupported, NotFound, FileNotFound, Conflict, PayloadTooLarge, SessionNotReady, DriverUnavailable
+);
+error_set!(
+    /// A capability call: the sandbox is used, then a plugin runs.
+    InvokeErrors: ValidationError, InvalidPath, CapabilityNotSupported, NotFound, FileNotFound, Conflict, PluginError,
+        PluginTrap, PluginUnavailable, SessionNotReady, DriverUnavailable, IsolationUnavailable, PluginTimeout, Timeout
+);
+error_set!(
+    /// A WebSocket route asked without the upgrade headers, or for a sandbox that does not exist.
+    SocketErrors: NotFound, UpgradeRequired
+);
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(<WildcardAndSocketRoutes as utoipa::OpenApi>::openapi())
@@ -83,14 +121,13 @@ pub struct CreateSandbox {
 /// `[quotas] sandboxes_per_owner` (admin keys exempt) the answer is
 /// `quota_exceeded`.
 #[utoipa::path(post, path = "/v1/sandboxes", request_body = CreateSandbox,
-    params(("Idempotency-Key" = Option<String>, Header)),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256,
+        pattern = "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$",
+        description = "Makes the create safe to retry: printable ASCII, 1 to 256 characters")),
     responses(
         (status = 201, body = Sandbox),
         (status = 200, body = Sandbox, description = "idempotent replay"),
-        (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody, description = "quota_exceeded"),
-        (status = 409, body = ErrorBody, description = "idempotency_conflict"),
-        (status = 503, body = ErrorBody, description = "session_not_ready or driver_unavailable"),
+        CreateErrors,
     ))]
 async fn create_sandbox(
     State(state): State<AppState>,
@@ -109,10 +146,11 @@ async fn create_sandbox(
                 .map_err(|_| WharfError::validation("Idempotency-Key must be ASCII"))?
                 .trim()
                 .to_string();
-            if key.is_empty() || key.len() > 256 {
-                return Err(
-                    WharfError::validation("Idempotency-Key must be 1 to 256 characters").into(),
-                );
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+                return Err(WharfError::validation(format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+                ))
+                .into());
             }
             Some(key)
         }
@@ -143,13 +181,32 @@ async fn create_sandbox(
     ))
 }
 
+/// The longest `Idempotency-Key` accepted (the OpenAPI parameter says the same).
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+/// The largest page of `GET /v1/sandboxes` (the OpenAPI parameter says the same).
+const MAX_SANDBOX_PAGE: usize = 500;
+/// The largest page of `GET /v1/sandboxes/{id}/events` (the OpenAPI parameter says the same).
+const MAX_EVENT_PAGE: usize = 1000;
+
+/// `Some(limit)` within `1..=max`, else the `validation_error` naming the range.
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, WharfError> {
+    match limit.unwrap_or(default) {
+        limit if (1..=max).contains(&limit) => Ok(limit),
+        _ => Err(WharfError::validation(format!(
+            "`limit` must be within 1..={max}"
+        ))),
+    }
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<SandboxStatus>,
     profile: Option<String>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -160,13 +217,14 @@ async fn list_sandboxes(
     Extension(principal): Extension<Principal>,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<SandboxPage>> {
+    let limit = page_limit(query.limit, 100, MAX_SANDBOX_PAGE)?;
     let page = state
         .sandboxes
         .list(
             &principal.owner,
             query.status,
             query.profile.as_deref(),
-            query.limit.unwrap_or(100),
+            limit,
             query.cursor.as_deref(),
         )
         .await?;
@@ -176,7 +234,7 @@ async fn list_sandboxes(
 /// One sandbox; another owner's sandbox is `not_found`.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}", params(("id" = String, Path)), responses(
     (status = 200, body = Sandbox),
-    (status = 404, body = ErrorBody),
+    SandboxLookup,
 ))]
 async fn get_sandbox(
     State(state): State<AppState>,
@@ -189,7 +247,7 @@ async fn get_sandbox(
 /// Deletes a sandbox, its runtime and its workspace.
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path)), responses(
     (status = 204),
-    (status = 404, body = ErrorBody),
+    LifecycleErrors,
 ))]
 async fn delete_sandbox(
     State(state): State<AppState>,
@@ -202,7 +260,7 @@ async fn delete_sandbox(
 
 /// Stops the sandbox's runtime; its files stay. Any later use starts it again.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/stop", params(("id" = String, Path)), responses(
-    (status = 200, body = Sandbox), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    (status = 200, body = Sandbox), LifecycleErrors,
 ))]
 async fn stop_sandbox(
     State(state): State<AppState>,
@@ -214,7 +272,7 @@ async fn stop_sandbox(
 
 /// Starts a stopped sandbox.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/start", params(("id" = String, Path)), responses(
-    (status = 200, body = Sandbox), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    (status = 200, body = Sandbox), LifecycleErrors,
 ))]
 async fn start_sandbox(
     State(state): State<AppState>,
@@ -226,7 +284,7 @@ async fn start_sandbox(
 
 /// Pushes back the idle deadline (the profile's `idle_timeout_secs`).
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/keepalive", params(("id" = String, Path)), responses(
-    (status = 200, body = Sandbox), (status = 404, body = ErrorBody),
+    (status = 200, body = Sandbox), SandboxLookup,
 ))]
 async fn keepalive_sandbox(
     State(state): State<AppState>,
@@ -238,25 +296,77 @@ async fn keepalive_sandbox(
     ))
 }
 
+/// A string without NUL (programs take C strings). Used by [`ExecFields`]' schema.
+const NO_NUL: &str = "^[^\\x00]*$";
+/// An environment variable name: not empty, no `=`, no NUL.
+const ENV_NAME: &str = "^[^=\\x00]+$";
+
+fn string_without_nul() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(NO_NUL))
+}
+
+fn argv_schema() -> ArrayBuilder {
+    ArrayBuilder::new()
+        .items(string_without_nul())
+        .min_items(Some(1))
+        .description(Some("The program and its arguments."))
+}
+
+fn command_schema() -> ObjectBuilder {
+    string_without_nul().description(Some(
+        "A shell command line, run with `sh -c` (instead of `argv`).",
+    ))
+}
+
+fn env_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(ENV_NAME)),
+        ))
+        .additional_properties(Some(string_without_nul()))
+        .description(Some("Environment variables added to the profile's."))
+}
+
+/// A command to run: exactly one of `argv` and `command`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ExecBody {
-    /// The program and its arguments.
+pub struct ExecFields {
+    #[schema(schema_with = argv_schema)]
     argv: Option<Vec<String>>,
-    /// A shell command line, run with `sh -c` (instead of `argv`).
+    #[schema(schema_with = command_schema)]
     command: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = env_schema)]
     env: BTreeMap<String, String>,
     /// Working directory relative to the workspace.
     cwd: Option<String>,
     /// Text written to the process's standard input.
     stdin: Option<String>,
+    /// Kill the command after this long (capped by `sandbox.exec_max_timeout_ms`).
     timeout_ms: Option<u64>,
 }
 
+/// An exec request: [`ExecFields`] with exactly one of `argv` and `command`.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct ExecBody(ExecFields);
+
+impl utoipa::PartialSchema for ExecBody {
+    fn schema() -> RefOr<Schema> {
+        contract::exactly_one_of(ExecFields::schema(), &["argv", "command"])
+    }
+}
+
+impl utoipa::ToSchema for ExecBody {}
+
 impl ExecBody {
     fn into_input(self) -> Result<ExecInput, WharfError> {
-        let argv = match (self.argv, self.command) {
+        let ExecBody(fields) = self;
+        let argv = match (fields.argv, fields.command) {
             (Some(argv), None) => argv,
             (None, Some(command)) => vec!["sh".to_string(), "-c".to_string(), command],
             _ => {
@@ -265,19 +375,36 @@ impl ExecBody {
                 ));
             }
         };
-        for name in self.env.keys() {
+        if argv.iter().any(|arg| arg.contains('\0')) {
+            return Err(WharfError::validation(
+                "`argv` and `command` may not contain NUL",
+            ));
+        }
+        for (name, value) in &fields.env {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
                 return Err(WharfError::validation(format!(
                     "invalid environment variable name {name:?}"
                 )));
             }
+            if value.contains('\0') {
+                return Err(WharfError::validation(format!(
+                    "environment variable {name:?} contains NUL"
+                )));
+            }
         }
+        let ExecFields {
+            env,
+            cwd,
+            stdin,
+            timeout_ms,
+            ..
+        } = fields;
         Ok(ExecInput {
             argv,
-            env: self.env.into_iter().collect(),
-            cwd: self.cwd.as_deref().map(SandboxPath::parse).transpose()?,
-            stdin: self.stdin.map(String::into_bytes),
-            timeout_ms: self.timeout_ms,
+            env: env.into_iter().collect(),
+            cwd: cwd.as_deref().map(SandboxPath::parse).transpose()?,
+            stdin: stdin.map(String::into_bytes),
+            timeout_ms,
             sink: None,
         })
     }
@@ -315,9 +442,7 @@ impl From<ExecOutput> for ExecResult {
 /// Runs a command in the sandbox and returns its capped output.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", params(("id" = String, Path)), request_body = ExecBody, responses(
     (status = 200, body = ExecResult),
-    (status = 400, body = ErrorBody, description = "validation_error, invalid_path or capability_not_supported"),
-    (status = 404, body = ErrorBody),
-    (status = 503, body = ErrorBody, description = "session_not_ready"),
+    UseErrors,
 ))]
 async fn exec(
     State(state): State<AppState>,
@@ -344,16 +469,35 @@ async fn exec(
 /// timeout) kills the command.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/exec/stream", params(("id" = String, Path)), responses(
     (status = 101, description = "WebSocket upgrade; then line records and a final exit record"),
-    (status = 404, body = ErrorBody),
+    SocketErrors,
 ))]
 async fn exec_stream(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     state.sandboxes.get(&principal.owner, &id).await?;
+    let ws = upgrade(ws)?;
     Ok(ws.on_upgrade(move |socket| run_exec_stream(state, principal.owner, id, socket)))
+}
+
+/// The upgrade, or `upgrade_required` (JSON, like every error) when the
+/// request is not a WebSocket handshake. Asked after the sandbox is found,
+/// so a plain GET learns first whether the sandbox exists.
+fn upgrade(
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<WebSocketUpgrade, WharfError> {
+    ws.map_err(|rejection| {
+        WharfError::new(
+            ErrorCode::UpgradeRequired,
+            format!(
+                "this route is a WebSocket: {} (send `Connection: upgrade`, `Upgrade: websocket`, \
+                 `Sec-WebSocket-Version: 13` and `Sec-WebSocket-Key`)",
+                rejection.body_text()
+            ),
+        )
+    })
 }
 
 async fn send_json(socket: &mut WebSocket, value: serde_json::Value) -> bool {
@@ -534,11 +678,10 @@ fn parse_path(raw: &str) -> Result<SandboxPath, ApiError> {
 
 /// Downloads a file's bytes, streamed, with its `Content-Length`.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/files/{path}",
-    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`; at most 3072 bytes, each name at most 255")),
     responses(
         (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, body = ErrorBody, description = "invalid_path, or the path is a directory"),
-        (status = 404, body = ErrorBody, description = "not_found or file_not_found"),
+        FileErrors,
     ))]
 async fn download(
     State(state): State<AppState>,
@@ -569,13 +712,11 @@ pub struct Written {
 /// Streams the request body into the file (its parent must exist). Past
 /// `sandbox.max_upload_bytes` the answer is 413 and the old file stays.
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/files/{path}",
-    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`; at most 3072 bytes, each name at most 255")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 201, body = Written),
-        (status = 400, body = ErrorBody, description = "invalid_path, or the body ended short of its Content-Length"),
-        (status = 404, body = ErrorBody, description = "not_found, or file_not_found for a missing parent directory"),
-        (status = 413, body = ErrorBody, description = "payload_too_large"),
+        UploadErrors,
     ))]
 async fn upload(
     State(state): State<AppState>,
@@ -618,12 +759,10 @@ struct RemoveQuery {
 
 /// Removes a file (or a directory: empty, or any with `?recursive=true`).
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}/files/{path}",
-    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`"), RemoveQuery),
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`; at most 3072 bytes, each name at most 255"), RemoveQuery),
     responses(
         (status = 204),
-        (status = 400, body = ErrorBody, description = "invalid_path"),
-        (status = 404, body = ErrorBody, description = "not_found or file_not_found"),
-        (status = 409, body = ErrorBody, description = "a non-empty directory without `recursive`"),
+        FileErrors,
     ))]
 async fn delete_file(
     State(state): State<AppState>,
@@ -647,7 +786,7 @@ pub struct Listing {
 
 /// Lists the workspace root. `GET /v1/sandboxes/{id}/dirs/{path}` lists a directory.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/dirs", params(("id" = String, Path)), responses(
-    (status = 200, body = Listing), (status = 404, body = ErrorBody),
+    (status = 200, body = Listing), FileErrors,
 ))]
 async fn list_root(
     State(state): State<AppState>,
@@ -666,11 +805,10 @@ async fn list_root(
 
 /// Lists a directory of the workspace.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/dirs/{path}",
-    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`; at most 3072 bytes, each name at most 255")),
     responses(
         (status = 200, body = Listing),
-        (status = 400, body = ErrorBody, description = "invalid_path, or not a directory"),
-        (status = 404, body = ErrorBody, description = "not_found or file_not_found"),
+        FileErrors,
     ))]
 async fn list_dir(
     State(state): State<AppState>,
@@ -690,12 +828,10 @@ async fn list_dir(
 
 /// Creates a directory and its missing parents.
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/dirs/{path}",
-    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`")),
+    params(("id" = String, Path), ("path" = String, Path, description = "Relative to the workspace; may contain `/`; at most 3072 bytes, each name at most 255")),
     responses(
         (status = 201),
-        (status = 400, body = ErrorBody, description = "invalid_path"),
-        (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "a file is in the way"),
+        FileErrors,
     ))]
 async fn make_dir(
     State(state): State<AppState>,
@@ -712,6 +848,8 @@ pub struct EventsQuery {
     /// Only events with a larger `seq`.
     #[serde(default)]
     after: i64,
+    /// Page size, 1 to 1000 (default 500; the stream sends pages of 500).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -725,7 +863,7 @@ pub struct EventPage {
 /// The sandbox's event log after `after`. `GET .../events/stream?after=N`
 /// (WebSocket) streams the same records live.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/events", params(("id" = String, Path), EventsQuery), responses(
-    (status = 200, body = EventPage), (status = 404, body = ErrorBody),
+    (status = 200, body = EventPage), SandboxLookup,
 ))]
 async fn list_events(
     State(state): State<AppState>,
@@ -733,14 +871,10 @@ async fn list_events(
     Path(id): Path<String>,
     Query(query): Query<EventsQuery>,
 ) -> ApiResult<Json<EventPage>> {
+    let limit = page_limit(query.limit, 500, MAX_EVENT_PAGE)?;
     let items = state
         .sandboxes
-        .events(
-            &principal.owner,
-            &id,
-            query.after,
-            query.limit.unwrap_or(500),
-        )
+        .events(&principal.owner, &id, query.after, limit)
         .await?;
     let next_after = items.last().map(|e| e.seq).unwrap_or(query.after);
     Ok(Json(EventPage { items, next_after }))
@@ -751,16 +885,18 @@ async fn list_events(
 /// `seq` seen as `after` to miss nothing.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/events/stream", params(("id" = String, Path), EventsQuery), responses(
     (status = 101, description = "WebSocket upgrade; then event records"),
-    (status = 404, body = ErrorBody),
+    SocketErrors,
 ))]
 async fn events_stream(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     Query(query): Query<EventsQuery>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    page_limit(query.limit, MAX_EVENT_PAGE, MAX_EVENT_PAGE)?;
     state.sandboxes.events(&principal.owner, &id, 0, 1).await?;
+    let ws = upgrade(ws)?;
     Ok(ws.on_upgrade(move |socket| {
         run_events_stream(state, principal.owner, id, query.after, socket)
     }))
@@ -813,10 +949,7 @@ async fn run_events_stream(
     request_body(content = Object, description = "The operation's input document"),
     responses(
         (status = 200, body = InvokeOutcome),
-        (status = 400, body = ErrorBody, description = "validation_error or capability_not_supported"),
-        (status = 404, body = ErrorBody),
-        (status = 502, body = ErrorBody, description = "plugin_trap"),
-        (status = 504, body = ErrorBody, description = "plugin_timeout"),
+        InvokeErrors,
     ))]
 async fn invoke_capability(
     State(state): State<AppState>,

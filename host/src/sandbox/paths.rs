@@ -7,16 +7,37 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::error::{ErrorCode, WharfError, WharfResult};
 
-/// A path relative to the sandbox workspace: not absolute, no `..`, no NUL.
+/// The longest file name (one path segment) Linux filesystems take, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+/// The longest sandbox path, in bytes: the kernel's 4096 less room for the
+/// workspace's own location on the host.
+pub const MAX_PATH_BYTES: usize = 3072;
+
+/// A path relative to the sandbox workspace: not absolute, no `..`, no NUL,
+/// names and the whole within what the filesystem takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxPath(PathBuf);
 
 impl SandboxPath {
     pub fn parse(raw: &str) -> WharfResult<Self> {
-        let invalid =
-            |why: &str| WharfError::new(ErrorCode::InvalidPath, format!("path {raw:?} {why}"));
+        let invalid = |why: &str| {
+            let shown: String = raw.chars().take(64).collect();
+            let more = if shown.len() < raw.len() { "..." } else { "" };
+            WharfError::new(
+                ErrorCode::InvalidPath,
+                format!("path {shown:?}{more} {why}"),
+            )
+        };
         if raw.contains('\0') {
             return Err(invalid("contains NUL"));
+        }
+        if raw.len() > MAX_PATH_BYTES {
+            return Err(invalid(&format!("is longer than {MAX_PATH_BYTES} bytes")));
+        }
+        if raw.split('/').any(|name| name.len() > MAX_NAME_BYTES) {
+            return Err(invalid(&format!(
+                "has a name longer than {MAX_NAME_BYTES} bytes"
+            )));
         }
         let path = Path::new(raw);
         if path.is_absolute() {
@@ -119,6 +140,18 @@ mod tests {
             assert_eq!(err.code, ErrorCode::InvalidPath, "{bad:?}");
         }
         assert_eq!(SandboxPath::parse("./a/b").unwrap().to_string(), "a/b");
+        let longest_name = "n".repeat(MAX_NAME_BYTES);
+        assert!(SandboxPath::parse(&longest_name).is_ok());
+        let err = SandboxPath::parse(&format!("{longest_name}é")).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidPath, "{}", err.message);
+        assert!(
+            err.message.len() < 200,
+            "the message shows a prefix: {}",
+            err.message
+        );
+        let deep = format!("{longest_name}/").repeat(MAX_PATH_BYTES / 256 + 1);
+        let err = SandboxPath::parse(&deep).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidPath, "{}", err.message);
         assert!(SandboxPath::parse("").unwrap().is_root());
     }
 
