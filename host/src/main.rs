@@ -218,11 +218,8 @@ fn probe(config_path: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<bool> 
             config.packs.log_lines_per_pack,
             config.packs.log_owners_per_pack,
         ));
-        let settings = wharf::packs::PackSettings::new(
-            &config.packs,
-            pack_data,
-            config.profiles.keys().map(String::as_str),
-        );
+        let profiles = wharf::sandbox::profiles::Profiles::new(&config.profiles)?;
+        let settings = wharf::packs::PackSettings::new(&config.packs, pack_data, profiles.names());
         let packs = std::sync::Arc::new(wharf::packs::Packs::new(
             packs_dir,
             std::sync::Arc::new(engine),

@@ -227,7 +227,7 @@ async fn a_second_pack_with_a_served_capability_is_in_conflict_until_pinned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adapter_looping_on_exec_answers_plugin_timeout_at_the_wall_clock_bound() {
-    let (_root, server, admin) =
+    let (_root, _server, admin) =
         serving_test_pack("[runtime]\ncall_wall_timeout_ms = 1500\n").await;
     let sbx = sandbox(&admin).await;
 
