@@ -85,7 +85,7 @@ async fn main() {
         for _ in 0..500 {
             let started = Instant::now();
             component
-                .provider_call(|store, p| {
+                .provider_call(None, |store, p| {
                     p.wharf_plugin_provider()
                         .call_probe_plan(store, "kimi", &target)
                 })
@@ -94,7 +94,7 @@ async fn main() {
             plan.push(started.elapsed());
             let started = Instant::now();
             component
-                .provider_call(|store, p| {
+                .provider_call(None, |store, p| {
                     p.wharf_plugin_provider()
                         .call_resolve_model(store, "kimi", "kimi 2.6")
                 })

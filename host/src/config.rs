@@ -28,6 +28,7 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub probes: ProbesConfig,
     pub quotas: QuotasConfig,
+    pub metrics: MetricsConfig,
     /// Sandbox profiles beside (or overriding) the built-in `local` and `docker`.
     pub profiles: std::collections::BTreeMap<String, crate::sandbox::Profile>,
 }
@@ -56,6 +57,9 @@ pub struct RuntimeConfig {
     pub circuit_trap_threshold: u32,
     /// How long an open circuit refuses calls.
     pub circuit_cooldown_ms: u64,
+    /// Wall-clock bound of one plugin call, time in host calls (sandbox exec, file I/O)
+    /// included: an adapter that loops on `exec` still ends, with `plugin_timeout`.
+    pub call_wall_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,8 +67,42 @@ pub struct RuntimeConfig {
 pub struct PacksConfig {
     /// Quiet period after the last file event before the packs dir is rescanned.
     pub debounce_ms: u64,
-    /// Plugin log lines kept per pack.
+    /// Plugin log lines kept per pack and owner.
     pub log_lines_per_pack: usize,
+    /// Owners whose plugin log lines are kept per pack; the owner written to least
+    /// recently is dropped first. Bounds plugin logs at owners x lines x 4 KiB per pack.
+    pub log_owners_per_pack: usize,
+    /// Whether a pack's `profiles/*.toml` may ask for `network = "bridge"`.
+    pub allow_profile_network: bool,
+    /// The most memory a pack profile may ask for (`memory_mib`).
+    pub max_profile_memory_mib: u64,
+    /// The most processes a pack profile may ask for (`pids_limit`).
+    pub max_profile_pids: i64,
+    /// The most CPU cores a pack profile may ask for (`cpus`).
+    pub max_profile_cpus: f64,
+    /// Which pack serves a capability, provider or pack profile name that several packs
+    /// provide (`shell = "core-adapters"`). Without a pin the pack already serving keeps it.
+    pub pins: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `/metrics` without any key (for a scraper on a trusted network).
+    pub public: bool,
+    /// A bearer token that may read `/metrics` (besides admin keys) (`WHARF_METRICS_TOKEN`).
+    /// Secret: never logged.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for MetricsConfig {
+    // Hand-written so the token can never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("public", &self.public)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +254,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             probes: ProbesConfig::default(),
             quotas: QuotasConfig::default(),
+            metrics: MetricsConfig::default(),
             profiles: Default::default(),
         }
     }
@@ -231,6 +270,7 @@ impl Default for RuntimeConfig {
             max_instances: 1_000,
             circuit_trap_threshold: 5,
             circuit_cooldown_ms: 30_000,
+            call_wall_timeout_ms: 300_000,
         }
     }
 }
@@ -240,6 +280,12 @@ impl Default for PacksConfig {
         Self {
             debounce_ms: 100,
             log_lines_per_pack: 200,
+            log_owners_per_pack: 32,
+            allow_profile_network: false,
+            max_profile_memory_mib: 8192,
+            max_profile_pids: 4096,
+            max_profile_cpus: 8.0,
+            pins: Default::default(),
         }
     }
 }
@@ -296,6 +342,9 @@ impl Config {
         }
         if let Some(key) = var("WHARF_ADMIN_KEY").filter(|k| !k.is_empty()) {
             self.admin_key = Some(key);
+        }
+        if let Some(token) = var("WHARF_METRICS_TOKEN").filter(|t| !t.is_empty()) {
+            self.metrics.token = Some(token);
         }
         if let Some(key) = var("WHARF_PROBE_KEY").filter(|k| !k.is_empty()) {
             self.probes.encryption_key = Some(key);

@@ -204,6 +204,9 @@ fn probe(config_path: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<bool> 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // Data snapshots go to the scratch dir (a dot name: never scanned as a pack), never
+    // to a data dir a running server may share.
+    let pack_data = scratch.join(".pack-data");
     let result = runtime.block_on(async move {
         let metrics = std::sync::Arc::new(wharf::metrics::Metrics::new());
         let engine = wharf::runtime::Runtime::new(
@@ -213,11 +216,15 @@ fn probe(config_path: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<bool> 
         )?;
         let logs = std::sync::Arc::new(wharf::runtime::logs::PluginLogs::new(
             config.packs.log_lines_per_pack,
+            config.packs.log_owners_per_pack,
         ));
+        let profiles = wharf::sandbox::profiles::Profiles::new(&config.profiles)?;
+        let settings = wharf::packs::PackSettings::new(&config.packs, pack_data, profiles.names());
         let packs = std::sync::Arc::new(wharf::packs::Packs::new(
             packs_dir,
             std::sync::Arc::new(engine),
             logs,
+            settings,
         )?);
         packs.rescan().await;
         for row in packs.snapshot().rows().iter().filter(|r| r.error.is_some()) {

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::packs::{Packs, watcher};
+use crate::packs::{PackSettings, Packs, watcher};
 use crate::probes::ProbeService;
 use crate::probes::scheduler::{self, SchedulerHandle};
 use crate::runtime::Runtime;
@@ -47,8 +47,17 @@ impl Server {
             )
             .context("starting the wasm runtime")?,
         );
-        let logs = Arc::new(PluginLogs::new(config.packs.log_lines_per_pack));
-        let packs = Arc::new(Packs::new(config.packs_dir(), runtime, logs)?);
+        let logs = Arc::new(PluginLogs::new(
+            config.packs.log_lines_per_pack,
+            config.packs.log_owners_per_pack,
+        ));
+        let profiles = Profiles::new(&config.profiles).context("sandbox profiles")?;
+        let settings = PackSettings::new(
+            &config.packs,
+            config.data_dir.join("pack-data"),
+            profiles.names(),
+        );
+        let packs = Arc::new(Packs::new(config.packs_dir(), runtime, logs, settings)?);
         // Watch first, then scan: nothing dropped in between is missed.
         let watcher = watcher::watch(
             packs.clone(),
@@ -73,7 +82,6 @@ impl Server {
                 ),
             }
         }
-        let profiles = Profiles::new(&config.profiles).context("sandbox profiles")?;
         for name in profiles.unisolated() {
             tracing::warn!(
                 profile = %name,
@@ -93,22 +101,27 @@ impl Server {
             .reconcile()
             .await
             .map_err(|err| anyhow::anyhow!("reconciling sandboxes: {}", err.message))?;
-        // Profiles contributed by active packs (`profiles/*.toml`), kept in step with every scan.
-        let pack_dirs = |packs: &Packs| -> Vec<std::path::PathBuf> {
+        // Profiles contributed by active packs (accepted by the operator's policy when each
+        // pack loaded), kept in step with every scan.
+        let pack_profiles = |packs: &Packs| {
             packs
                 .snapshot()
-                .active
+                .profiles
                 .values()
-                .map(|pack| pack.dir.clone())
-                .collect()
+                .cloned()
+                .collect::<Vec<_>>()
         };
-        sandboxes.profiles().set_pack_dirs(&pack_dirs(&packs));
+        sandboxes
+            .profiles()
+            .set_pack_profiles(pack_profiles(&packs));
         tokio::spawn({
             let (packs, sandboxes) = (packs.clone(), sandboxes.clone());
             let mut scans = packs.scans();
             async move {
                 while scans.changed().await.is_ok() {
-                    sandboxes.profiles().set_pack_dirs(&pack_dirs(&packs));
+                    sandboxes
+                        .profiles()
+                        .set_pack_profiles(pack_profiles(&packs));
                 }
             }
         });

@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 use common::Harness;
 use serde_json::json;
 use wharf::error::ErrorCode;
+use wharf::runtime::logs::LogViewer;
+use wharf::sandbox::service::SandboxBinding;
+
+/// After a stopped call, the next call on the same component answers.
+async fn assert_still_serving(h: &Harness, sandbox: &SandboxBinding) {
+    assert_eq!(
+        h.invoke(sandbox, "echo", json!("alive"))
+            .await
+            .unwrap()
+            .output,
+        json!("alive")
+    );
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn infinite_loop_ends_at_its_deadline_and_the_host_keeps_serving() {
@@ -25,13 +38,7 @@ async fn infinite_loop_ends_at_its_deadline_and_the_host_keeps_serving() {
         took < Duration::from_secs(10),
         "the loop was not stopped: {took:?}"
     );
-    assert_eq!(
-        h.invoke(&sandbox, "echo", json!("alive"))
-            .await
-            .unwrap()
-            .output,
-        json!("alive")
-    );
+    assert_still_serving(&h, &sandbox).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,12 +109,21 @@ async fn plugin_logs_are_kept_per_pack_and_bad_input_is_a_validation_error() {
     h.invoke(&sandbox, "log", json!({"message": "hello from the plugin"}))
         .await
         .unwrap();
-    let lines = h.packs().logs().for_pack("test-pack").recent();
+    let log = h.packs().logs().for_pack("test-pack");
+    let lines = log.recent(LogViewer::Owner("tester"));
     assert!(
         lines.iter().any(|l| l.message == "hello from the plugin"
             && l.level == "info"
-            && l.generation == 1),
+            && l.generation == 1
+            && l.owner.as_deref() == Some("tester")),
         "{lines:?}"
+    );
+    // The line is the sandbox owner's: another owner does not see it, an admin does.
+    assert!(log.recent(LogViewer::Owner("someone-else")).is_empty());
+    assert!(
+        log.recent(LogViewer::Admin)
+            .iter()
+            .any(|l| l.message == "hello from the plugin")
     );
 
     let err = h
@@ -117,4 +133,88 @@ async fn plugin_logs_are_kept_per_pack_and_bad_input_is_a_validation_error() {
     assert_eq!(err.code, ErrorCode::ValidationError, "{err:?}");
     let err = h.invoke(&sandbox, "nope", json!({})).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::CapabilityNotSupported);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_adapter_looping_on_exec_ends_at_the_wall_clock_bound_and_its_generation_drains() {
+    let h = Harness::start(|config| config.runtime.call_wall_timeout_ms = 1_500).await;
+    h.drop_test_pack("test-pack", "0.1.0", "");
+    h.wait_active("test-pack", "0.1.0").await;
+    let sandbox = h.sandbox().await;
+
+    // Nearly all of its time is in host calls (`exec`), which the plugin's own 5 s deadline
+    // does not count: only the wall-clock bound can end it. A bound on the test itself
+    // turns "never ends" into a failure.
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        h.invoke(&sandbox, "loop_exec", json!({})),
+    )
+    .await
+    .expect("the looping call never ended")
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::PluginTimeout, "{err:?}");
+    assert_eq!(err.code.status().as_u16(), 504);
+    assert!(
+        err.message.contains("wall-clock bound of 1500 ms"),
+        "{}",
+        err.message
+    );
+    let pack = h.packs().snapshot().active["test-pack"].clone();
+    assert_eq!(pack.inflight(), 0, "the generation can drain");
+    assert_still_serving(&h, &sandbox).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn running_out_of_pooled_instances_is_retriable_and_never_opens_the_circuit() {
+    let h = Harness::start(|config| {
+        config.runtime.max_instances = 1;
+        config.runtime.circuit_trap_threshold = 2;
+    })
+    .await;
+    h.drop_test_pack("test-pack", "0.1.0", "");
+    h.wait_active("test-pack", "0.1.0").await;
+    let sandbox = h.sandbox().await;
+
+    // One call holds the only instance while it waits on a sandbox `sleep`.
+    let holder = {
+        let (packs, sandbox) = (h.packs().clone(), sandbox.clone());
+        tokio::spawn(async move {
+            wharf::capabilities::invoke(&packs, sandbox, "test", "sleep", json!({"ms": 3000})).await
+        })
+    };
+    let started = Instant::now();
+    let first = loop {
+        match h.invoke(&sandbox, "noop", json!({})).await {
+            // The holder has not taken its instance yet.
+            Ok(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the pool never ran out"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(err) => break err,
+        }
+    };
+    let mut refused = vec![first];
+    for _ in 0..4 {
+        refused.push(h.invoke(&sandbox, "noop", json!({})).await.unwrap_err());
+    }
+    for err in &refused {
+        assert_eq!(err.code, ErrorCode::PluginUnavailable, "{err:?}");
+        assert!(err.retriable(), "{err:?}");
+        assert!(err.message.contains("instance"), "{}", err.message);
+    }
+    holder
+        .await
+        .unwrap()
+        .expect("the holder's call is unaffected");
+    let capabilities = wharf::capabilities::list(h.packs());
+    assert!(
+        !capabilities[0].circuit_open,
+        "five refusals for a full pool opened the circuit"
+    );
+    h.invoke(&sandbox, "noop", json!({}))
+        .await
+        .expect("an instance is free again");
 }

@@ -118,11 +118,20 @@ impl WharfProcess {
         format!("{}{path}", self.base_url)
     }
 
-    /// The Prometheus text of `GET /metrics`.
+    /// The Prometheus text of `GET /metrics`, read with the admin key (metrics span every
+    /// owner, so they are not public by default).
     pub async fn metrics(&self) -> String {
-        let response = reqwest::get(self.url("/metrics"))
+        let response = reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
             .await
             .expect("GET /metrics");
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "GET /metrics with the admin key"
+        );
         response.text().await.expect("metrics body")
     }
 

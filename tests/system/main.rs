@@ -2,6 +2,7 @@
 
 mod api_contract;
 mod attacks_process;
+mod packs_policy;
 mod plugin_host;
 mod probes;
 mod sandboxes;

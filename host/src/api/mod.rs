@@ -156,14 +156,7 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
 
 /// `Authorization: Bearer <key>`; a revoked key fails from the next request on.
 async fn require_key(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|key| !key.is_empty());
-    let Some(secret) = presented else {
+    let Some(secret) = bearer_token(request.headers()) else {
         return ApiError(WharfError::new(
             ErrorCode::Unauthorized,
             "missing `Authorization: Bearer <api key>`",
@@ -172,8 +165,12 @@ async fn require_key(State(state): State<AppState>, mut request: Request, next: 
     };
     match key_store::authenticate(&state.db, secret).await {
         Ok(Some(principal)) => {
+            let owner: Arc<str> = Arc::from(principal.owner.as_str());
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            // Plugin calls made for this request run, and log, on behalf of the key's owner.
+            crate::runtime::call::CALL_OWNER
+                .scope(owner, next.run(request))
+                .await
         }
         Ok(None) => ApiError(WharfError::new(
             ErrorCode::Unauthorized,
@@ -182,6 +179,16 @@ async fn require_key(State(state): State<AppState>, mut request: Request, next: 
         .into_response(),
         Err(err) => ApiError(err).into_response(),
     }
+}
+
+/// The secret of `Authorization: Bearer <secret>`, if any.
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
 }
 
 /// Fails unless the caller holds an admin key.

@@ -1,5 +1,6 @@
 //! Packs and capabilities as the loader sees them.
 
+use axum::Extension;
 use axum::extract::State;
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -10,9 +11,11 @@ use super::error::{ApiResult, ErrorBody, Json, Path};
 use crate::capabilities::{self, CapabilitySummary};
 use crate::error::WharfError;
 use crate::packs::manifest::{ComponentKind, Permissions};
-use crate::packs::{AdapterInfo, PackRow};
+use crate::packs::profiles::RefusedProfile;
+use crate::packs::{AdapterInfo, PackRow, PackState};
 use crate::runtime::EffectiveLimits;
-use crate::runtime::logs::LogLine;
+use crate::runtime::logs::{LogLine, LogViewer};
+use crate::store::keys::Principal;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -44,6 +47,10 @@ pub struct ComponentDetail {
 pub struct PackDetail {
     id: String,
     version: String,
+    /// `active`, or `conflict` when it provides a name another pack serves.
+    state: PackState,
+    /// Why it serves nothing, when in conflict.
+    conflict: Option<String>,
     description: String,
     authors: Vec<String>,
     generation: u64,
@@ -51,32 +58,50 @@ pub struct PackDetail {
     loaded_at: String,
     requires_wharf: String,
     permissions: Permissions,
+    /// Declared data folders: a snapshot of them is all its plugins see at `/pack`.
     data: Vec<String>,
     components: Vec<ComponentDetail>,
+    /// Sandbox profiles it contributes (`profiles/*.toml`) that the operator's policy accepted.
+    profiles: Vec<String>,
+    /// Those the policy refused, with the reason.
+    refused_profiles: Vec<RefusedProfile>,
     /// Other rows for this id (shadowed, quarantined or draining generations).
     others: Vec<PackRow>,
-    /// Recent plugin log lines, all generations, oldest first.
+    /// Recent plugin log lines of the caller's own calls (an admin sees every owner's and
+    /// the host's own), all generations, oldest first.
     logs: Vec<LogLine>,
 }
 
-/// The active generation of a pack: components, operations, permissions and recent logs.
+/// The serving (or conflicting) generation of a pack: components, operations, permissions,
+/// profiles and the caller's recent plugin logs.
 #[utoipa::path(get, path = "/v1/packs/{id}", params(("id" = String, Path)), responses(
     (status = 200, body = PackDetail),
     (status = 404, body = ErrorBody),
 ))]
 async fn get_pack(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PackDetail>> {
     let snapshot = state.packs.snapshot();
-    let pack = snapshot
-        .active
-        .get(&id)
-        .ok_or_else(|| WharfError::not_found(format!("active pack {id:?}")))?;
+    let (pack, conflict) = match snapshot.active.get(&id) {
+        Some(pack) => (pack, None),
+        None => snapshot
+            .conflicts
+            .get(&id)
+            .map(|(pack, reason)| (pack, Some(reason.clone())))
+            .ok_or_else(|| WharfError::not_found(format!("active pack {id:?}")))?,
+    };
     let manifest = &pack.manifest;
     Ok(Json(PackDetail {
         id: pack.id.clone(),
         version: pack.version.to_string(),
+        state: if conflict.is_some() {
+            PackState::Conflict
+        } else {
+            PackState::Active
+        },
+        conflict,
         description: manifest.description.clone(),
         authors: manifest.authors.clone(),
         generation: pack.generation,
@@ -98,12 +123,18 @@ async fn get_pack(
                 providers: c.provider_ids.clone(),
             })
             .collect(),
+        profiles: pack.profiles.iter().map(|p| p.name.clone()).collect(),
+        refused_profiles: pack.refused_profiles.clone(),
         others: snapshot
             .rows()
             .into_iter()
             .filter(|row| row.id.as_deref() == Some(&id) && row.generation != Some(pack.generation))
             .collect(),
-        logs: state.packs.logs().for_pack(&id).recent(),
+        logs: state
+            .packs
+            .logs()
+            .for_pack(&id)
+            .recent(LogViewer::new(&principal.owner, principal.admin)),
     }))
 }
 

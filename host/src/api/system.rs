@@ -1,14 +1,17 @@
 //! Health, metrics and server information.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
-use super::error::Json;
+use super::error::{ApiResult, ErrorBody, Json};
+use super::{AppState, bearer_token};
+use crate::error::{ErrorCode, WharfError};
+use crate::store::keys as key_store;
 
 pub fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -31,13 +34,58 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, content_type = "text/plain", body = String)))]
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
+/// Prometheus metrics in the text exposition format. They span every owner, so they need an
+/// admin key or the metrics token (`[metrics] token`), unless `[metrics] public = true`.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, content_type = "text/plain", body = String),
+    (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody),
+))]
+async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    if !state.config.metrics.public {
+        authorize_metrics(&state, &headers).await?;
+    }
+    Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
-    )
+    ))
+}
+
+async fn authorize_metrics(state: &AppState, headers: &HeaderMap) -> Result<(), WharfError> {
+    let Some(secret) = bearer_token(headers) else {
+        return Err(WharfError::new(
+            ErrorCode::Unauthorized,
+            "/metrics needs `Authorization: Bearer <admin key or metrics token>`",
+        ));
+    };
+    if let Some(token) = &state.config.metrics.token
+        && same_secret(secret, token)
+    {
+        return Ok(());
+    }
+    match key_store::authenticate(&state.db, secret).await? {
+        Some(principal) if principal.admin => Ok(()),
+        Some(_) => Err(WharfError::new(
+            ErrorCode::Forbidden,
+            "/metrics spans every owner: it needs an admin key or the metrics token",
+        )),
+        None => Err(WharfError::new(
+            ErrorCode::Unauthorized,
+            "unknown or revoked API key or metrics token",
+        )),
+    }
+}
+
+/// Compares digests in constant time, so the answer's timing says nothing of the token.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    let (a, b) = (Sha256::digest(presented), Sha256::digest(expected));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

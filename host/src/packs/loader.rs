@@ -11,9 +11,13 @@ use std::sync::atomic::AtomicUsize;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::data::DataSnapshots;
 use super::manifest::{ComponentKind, ComponentSource, Form, Manifest, describe_problems};
+use super::profiles::{ProfilePolicy, RefusedProfile};
+use crate::error::ErrorCode;
 use crate::runtime::logs::PluginLogs;
 use crate::runtime::{ComponentLoad, LoadedComponent, Runtime};
+use crate::sandbox::profiles::Profile;
 use crate::store::now_rfc3339;
 
 /// Largest pack the loader will read, all files together.
@@ -61,6 +65,13 @@ pub struct LoadedPack {
     pub manifest: Manifest,
     pub loaded_at: String,
     pub components: Vec<PackComponent>,
+    /// The snapshot of the declared data folders this generation reads (`/pack` for its
+    /// plugins); none when the pack declares no data.
+    pub data_root: Option<PathBuf>,
+    /// Sandbox profiles the pack brings that the operator's policy accepted.
+    pub profiles: Vec<Profile>,
+    /// Those it refused, with the reason.
+    pub refused_profiles: Vec<RefusedProfile>,
     pub(super) inflight: AtomicUsize,
 }
 
@@ -141,6 +152,24 @@ pub fn peek_id(dir: &Path) -> Option<(String, String)> {
     Some((manifest.id, manifest.version.to_string()))
 }
 
+/// Why a generation could not load.
+#[derive(Debug)]
+pub struct LoadError {
+    pub reason: String,
+    /// The host was busy (no free instance for the self-test), nothing is wrong with the
+    /// pack: the next scan tries again even though its content did not change.
+    pub transient: bool,
+}
+
+impl From<String> for LoadError {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            transient: false,
+        }
+    }
+}
+
 /// Loads `dir` as generation `generation`. Blocking: run it off the async
 /// threads, inside the tokio runtime.
 pub fn load_pack(
@@ -149,7 +178,9 @@ pub fn load_pack(
     generation: u64,
     runtime: &Runtime,
     logs: &PluginLogs,
-) -> Result<LoadedPack, String> {
+    snapshots: &DataSnapshots,
+    policy: &ProfilePolicy,
+) -> Result<LoadedPack, LoadError> {
     let manifest =
         Manifest::load(dir, Form::Built).map_err(|problems| describe_problems(&problems))?;
     let limits = runtime.effective_limits(manifest.limits);
@@ -157,21 +188,19 @@ pub fn load_pack(
     let root = dir
         .canonicalize()
         .map_err(|err| format!("{}: {err}", dir.display()))?;
+    let data_root = snapshots.snapshot(&root, &manifest.data)?;
     let mut components = Vec::new();
     for (i, spec) in manifest.components.iter().enumerate() {
         let at = format!("components[{i}] ({})", spec.name);
         let ComponentSource::Wasm { path, sha256 } = &spec.source else {
-            return Err(format!("{at}: not a built component"));
+            return Err(format!("{at}: not a built component").into());
         };
         let file = root.join(path);
         let real = file
             .canonicalize()
             .map_err(|err| format!("{at}.wasm: {}: {err}", path.display()))?;
         if !real.starts_with(&root) {
-            return Err(format!(
-                "{at}.wasm: {} leads outside the pack",
-                path.display()
-            ));
+            return Err(format!("{at}.wasm: {} leads outside the pack", path.display()).into());
         }
         let wasm =
             std::fs::read(&real).map_err(|err| format!("{at}.wasm: {}: {err}", path.display()))?;
@@ -179,7 +208,8 @@ pub fn load_pack(
         if &actual != sha256 {
             return Err(format!(
                 "{at}.sha256: digest mismatch: manifest pins {sha256}, file has {actual}"
-            ));
+            )
+            .into());
         }
         let loaded = runtime
             .load(ComponentLoad {
@@ -191,11 +221,12 @@ pub fn load_pack(
                 generation,
                 limits,
                 log: log.clone(),
-                pack_dir: &root,
+                data_dir: data_root.as_deref(),
             })
             .map_err(|err| format!("{at}: cannot load component: {err:#}"))?;
         components.push(self_test(&at, Arc::new(loaded))?);
     }
+    let (profiles, refused_profiles) = policy.load(data_root.as_deref());
     Ok(LoadedPack {
         id: manifest.id.clone(),
         version: manifest.version.clone(),
@@ -205,19 +236,26 @@ pub fn load_pack(
         manifest,
         loaded_at: now_rfc3339(),
         components,
+        data_root,
+        profiles,
+        refused_profiles,
         inflight: AtomicUsize::new(0),
     })
 }
 
 /// `describe()` or `catalog()` must answer before a generation may serve.
-fn self_test(at: &str, component: Arc<LoadedComponent>) -> Result<PackComponent, String> {
+fn self_test(at: &str, component: Arc<LoadedComponent>) -> Result<PackComponent, LoadError> {
+    let failed = |call: &str, err: crate::error::WharfError| LoadError {
+        reason: format!("{at}: self-test {call} failed: {}", err.message),
+        transient: err.code == ErrorCode::PluginUnavailable,
+    };
     match component.kind {
         ComponentKind::Adapter => {
             let info = component
                 .adapter_call(None, |store, adapter| {
                     adapter.wharf_plugin_adapter().call_describe(store)
                 })
-                .map_err(|err| format!("{at}: self-test describe() failed: {}", err.message))?;
+                .map_err(|err| failed("describe()", err))?;
             let adapter = adapter_info(info).map_err(|why| format!("{at}: describe(): {why}"))?;
             Ok(PackComponent {
                 runtime: component,
@@ -228,10 +266,10 @@ fn self_test(at: &str, component: Arc<LoadedComponent>) -> Result<PackComponent,
         }
         ComponentKind::Provider => {
             let catalog = component
-                .provider_call(|store, provider| {
+                .provider_call(None, |store, provider| {
                     provider.wharf_plugin_provider().call_catalog(store)
                 })
-                .map_err(|err| format!("{at}: self-test catalog() failed: {}", err.message))?
+                .map_err(|err| failed("catalog()", err))?
                 .map_err(|err| {
                     format!(
                         "{at}: self-test catalog() returned {}: {}",
@@ -239,7 +277,7 @@ fn self_test(at: &str, component: Arc<LoadedComponent>) -> Result<PackComponent,
                     )
                 })?;
             if catalog.is_empty() {
-                return Err(format!("{at}: catalog() lists no provider"));
+                return Err(format!("{at}: catalog() lists no provider").into());
             }
             let provider_auth = catalog
                 .iter()

@@ -5,18 +5,23 @@
 //! disturbs a call in flight (make-before-break).
 
 pub mod build;
+pub mod data;
 pub mod loader;
 pub mod manifest;
+pub mod profiles;
 pub mod watcher;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use self::data::DataSnapshots;
 pub use self::loader::{AdapterInfo, InflightGuard, LoadedPack, OperationInfo, PackComponent};
+use self::profiles::ProfilePolicy;
+use crate::config::PacksConfig;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::logs::PluginLogs;
@@ -33,6 +38,10 @@ pub enum PackState {
     Shadowed,
     /// Replaced or removed; still finishing in-flight calls.
     Draining,
+    /// Loaded, but it provides a capability, provider or profile name that another pack
+    /// serves (or that `[packs.pins]` gives to another pack); `error` says which. It
+    /// serves nothing until that changes.
+    Conflict,
 }
 
 /// One row of `GET /v1/packs`.
@@ -48,6 +57,7 @@ pub struct PackRow {
     /// Directory name inside the packs dir.
     pub dir: String,
     pub loaded_at: Option<String>,
+    /// Why it is quarantined or in conflict.
     pub error: Option<String>,
     pub inflight: usize,
 }
@@ -65,14 +75,40 @@ impl CapabilityRoute {
     }
 }
 
+/// What a pack claims when it serves: names only one pack may hold at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ClaimKind {
+    Capability,
+    Provider,
+    Profile,
+}
+
+impl ClaimKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ClaimKind::Capability => "capability",
+            ClaimKind::Provider => "provider",
+            ClaimKind::Profile => "profile",
+        }
+    }
+}
+
+type Claim = (ClaimKind, String);
+
 /// The serving state: swapped atomically as a whole.
 #[derive(Default)]
 pub struct PackSet {
     /// Rows as of the scan, each with the pack that serves it (for live counts).
     rows: Vec<(PackRow, Option<Weak<LoadedPack>>)>,
     pub active: BTreeMap<String, Arc<LoadedPack>>,
+    /// Highest-version generations that serve nothing because of a conflict, with the reason.
+    pub conflicts: BTreeMap<String, (Arc<LoadedPack>, String)>,
     pub capabilities: BTreeMap<String, CapabilityRoute>,
     pub providers: BTreeMap<String, CapabilityRoute>,
+    /// Sandbox profiles contributed by active packs, by name.
+    pub profiles: BTreeMap<String, crate::sandbox::profiles::Profile>,
+    /// Which pack id holds each claimed name: the next scan keeps them there.
+    holders: BTreeMap<Claim, String>,
 }
 
 impl PackSet {
@@ -101,6 +137,33 @@ struct Rejected {
     version: Option<String>,
     reason: String,
     at: String,
+    /// Retried at the next scan even with the same content.
+    transient: bool,
+}
+
+/// What the operator decides for packs.
+pub struct PackSettings {
+    /// Where generations' data snapshots are kept (`<data_dir>/pack-data`).
+    pub data_root: PathBuf,
+    /// Which pack profiles are accepted.
+    pub profile_policy: ProfilePolicy,
+    /// Contested names pinned to a pack id (`[packs.pins]`).
+    pub pins: BTreeMap<String, String>,
+}
+
+impl PackSettings {
+    /// The settings of `wharf.toml`; `reserved_profiles` are the operator's profile names.
+    pub fn new<'a>(
+        config: &PacksConfig,
+        data_root: PathBuf,
+        reserved_profiles: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        Self {
+            data_root,
+            profile_policy: ProfilePolicy::new(config, reserved_profiles),
+            pins: config.pins.clone(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -120,6 +183,9 @@ pub struct Packs {
     dir: PathBuf,
     runtime: Arc<Runtime>,
     logs: Arc<PluginLogs>,
+    snapshots: Arc<DataSnapshots>,
+    policy: Arc<ProfilePolicy>,
+    pins: BTreeMap<String, String>,
     metrics: Arc<Metrics>,
     current: ArcSwap<PackSet>,
     state: tokio::sync::Mutex<LoaderState>,
@@ -127,13 +193,21 @@ pub struct Packs {
 }
 
 impl Packs {
-    pub fn new(dir: PathBuf, runtime: Arc<Runtime>, logs: Arc<PluginLogs>) -> anyhow::Result<Self> {
+    pub fn new(
+        dir: PathBuf,
+        runtime: Arc<Runtime>,
+        logs: Arc<PluginLogs>,
+        settings: PackSettings,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let metrics = runtime.metrics().clone();
         Ok(Self {
             dir,
             runtime,
             logs,
+            snapshots: Arc::new(DataSnapshots::new(settings.data_root)?),
+            policy: Arc::new(settings.profile_policy),
+            pins: settings.pins,
             metrics,
             current: ArcSwap::from_pointee(PackSet::default()),
             state: tokio::sync::Mutex::new(LoaderState::default()),
@@ -206,7 +280,7 @@ impl Packs {
                 || dir_state
                     .rejected
                     .as_ref()
-                    .is_some_and(|r| r.digest == digest);
+                    .is_some_and(|r| r.digest == digest && !r.transient);
             if unchanged {
                 if dir_state
                     .serving
@@ -256,17 +330,27 @@ impl Packs {
         }
         state.dirs = next;
         state.retired.retain(|weak| weak.strong_count() > 0);
-        let set = self.build_set(&state);
+        let set = self.build_set(&state, &self.current.load());
         let live: HashSet<String> = state
             .dirs
             .values()
             .filter_map(|d| d.serving.as_ref())
             .flat_map(|p| p.components.iter().map(|c| c.runtime.sha256.clone()))
             .collect();
+        // Draining generations still read their data: keep every live generation's snapshot.
+        let live_data: HashSet<PathBuf> = state
+            .dirs
+            .values()
+            .filter_map(|d| d.serving.clone())
+            .chain(state.retired.iter().filter_map(Weak::upgrade))
+            .filter_map(|p| p.data_root.clone())
+            .collect();
         drop(state);
         self.publish_metrics(&set);
         self.current.store(Arc::new(set));
         self.runtime.retain_compiled(&live);
+        let snapshots = self.snapshots.clone();
+        let _ = tokio::task::spawn_blocking(move || snapshots.retain(&live_data)).await;
         self.scans.send_modify(|n| *n += 1);
     }
 
@@ -300,30 +384,34 @@ impl Packs {
             let dir = dir.to_path_buf();
             let runtime = self.runtime.clone();
             let logs = self.logs.clone();
+            let (snapshots, policy) = (self.snapshots.clone(), self.policy.clone());
             let digest = digest.clone();
             tokio::task::spawn_blocking(move || {
-                loader::load_pack(&dir, digest, generation, &runtime, &logs)
+                loader::load_pack(
+                    &dir, digest, generation, &runtime, &logs, &snapshots, &policy,
+                )
             })
             .await
-            .unwrap_or_else(|panic| Err(format!("loader panicked: {panic}")))
+            .unwrap_or_else(|panic| Err(format!("loader panicked: {panic}").into()))
         };
         match result {
             Ok(pack) => {
                 state.generations.insert(pack.id.clone(), generation);
                 Ok(Arc::new(pack))
             }
-            Err(reason) => Err(Rejected {
+            Err(err) => Err(Rejected {
                 digest,
                 id: peek.as_ref().map(|(id, _)| id.clone()),
                 version: peek.map(|(_, version)| version),
-                reason,
+                reason: err.reason,
                 at: now_rfc3339(),
+                transient: err.transient,
             }),
         }
     }
 
-    fn build_set(&self, state: &LoaderState) -> PackSet {
-        // The highest version of each id is active; ties go to the newest generation.
+    fn build_set(&self, state: &LoaderState, previous: &PackSet) -> PackSet {
+        // The highest version of each id is the candidate; ties go to the newest generation.
         let mut winners: BTreeMap<String, Arc<LoadedPack>> = BTreeMap::new();
         for pack in state.dirs.values().filter_map(|d| d.serving.as_ref()) {
             let better = match winners.get(&pack.id) {
@@ -336,6 +424,16 @@ impl Packs {
                 winners.insert(pack.id.clone(), pack.clone());
             }
         }
+        let conflicts = conflicts(&winners, &previous.holders, &self.pins);
+        for (id, reason) in &conflicts {
+            if !previous.conflicts.contains_key(id) {
+                tracing::warn!(pack = %id, %reason, "pack in conflict: it serves nothing");
+            }
+        }
+        let conflicts: BTreeMap<String, (Arc<LoadedPack>, String)> = conflicts
+            .into_iter()
+            .filter_map(|(id, reason)| winners.remove(&id).map(|pack| (id, (pack, reason))))
+            .collect();
         let dir_name = |dir: &Path| {
             dir.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -345,11 +443,17 @@ impl Packs {
         for (dir, dir_state) in &state.dirs {
             if let Some(pack) = &dir_state.serving {
                 let active = winners.get(&pack.id).is_some_and(|w| Arc::ptr_eq(w, pack));
+                let conflict = conflicts
+                    .get(&pack.id)
+                    .filter(|(c, _)| Arc::ptr_eq(c, pack))
+                    .map(|(_, reason)| reason.clone());
                 let row = PackRow {
                     id: Some(pack.id.clone()),
                     version: Some(pack.version.to_string()),
                     state: if active {
                         PackState::Active
+                    } else if conflict.is_some() {
+                        PackState::Conflict
                     } else {
                         PackState::Shadowed
                     },
@@ -357,7 +461,7 @@ impl Packs {
                     sha256: pack.digest.clone(),
                     dir: dir_name(dir),
                     loaded_at: Some(pack.loaded_at.clone()),
-                    error: None,
+                    error: conflict,
                     inflight: pack.inflight(),
                 };
                 rows.push((row, Some(Arc::downgrade(pack))));
@@ -396,6 +500,8 @@ impl Packs {
 
         let mut capabilities = BTreeMap::new();
         let mut providers = BTreeMap::new();
+        let mut profiles = BTreeMap::new();
+        let mut holders = BTreeMap::new();
         for pack in winners.values() {
             for (index, component) in pack.components.iter().enumerate() {
                 let route = CapabilityRoute {
@@ -403,12 +509,10 @@ impl Packs {
                     component: index,
                 };
                 if let Some(adapter) = &component.adapter {
-                    if let Some(existing) = capabilities.get(&adapter.capability) {
-                        let existing: &CapabilityRoute = existing;
-                        tracing::warn!(capability = %adapter.capability, kept = %existing.pack.id, ignored = %pack.id, "two active packs provide the same capability");
-                    } else {
-                        capabilities.insert(adapter.capability.clone(), route.clone());
-                    }
+                    // Two components of one pack with one capability: the first serves.
+                    capabilities
+                        .entry(adapter.capability.clone())
+                        .or_insert_with(|| route.clone());
                 }
                 for provider in &component.provider_ids {
                     providers
@@ -416,12 +520,21 @@ impl Packs {
                         .or_insert_with(|| route.clone());
                 }
             }
+            for profile in &pack.profiles {
+                profiles.insert(profile.name.clone(), profile.clone());
+            }
+            for claim in claims_of(pack) {
+                holders.insert(claim, pack.id.clone());
+            }
         }
         PackSet {
             rows,
             active: winners,
+            conflicts,
             capabilities,
             providers,
+            profiles,
+            holders,
         }
     }
 
@@ -434,4 +547,79 @@ impl Packs {
                 .set(pack.generation as i64);
         }
     }
+}
+
+/// The names `pack` would hold while serving.
+fn claims_of(pack: &LoadedPack) -> BTreeSet<Claim> {
+    let mut claims = BTreeSet::new();
+    for component in &pack.components {
+        if let Some(adapter) = &component.adapter {
+            claims.insert((ClaimKind::Capability, adapter.capability.clone()));
+        }
+        for provider in &component.provider_ids {
+            claims.insert((ClaimKind::Provider, provider.clone()));
+        }
+    }
+    for profile in &pack.profiles {
+        claims.insert((ClaimKind::Profile, profile.name.clone()));
+    }
+    claims
+}
+
+/// Which candidates may not serve, with the reason. A claimed name goes to the pack that
+/// `pins` names for it, else to the pack that held it in the previous serving state, else
+/// to its only claimant; when several new packs claim it at once, none gets it until the
+/// operator pins one. A pack that would not get every name it claims serves nothing: there
+/// is no silent takeover, whatever the order of names or scans.
+fn conflicts(
+    candidates: &BTreeMap<String, Arc<LoadedPack>>,
+    previous: &BTreeMap<Claim, String>,
+    pins: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut claimants: BTreeMap<Claim, Vec<&str>> = BTreeMap::new();
+    let claims: BTreeMap<&str, BTreeSet<Claim>> = candidates
+        .iter()
+        .map(|(id, pack)| (id.as_str(), claims_of(pack)))
+        .collect();
+    for (id, claimed) in &claims {
+        for claim in claimed {
+            claimants.entry(claim.clone()).or_default().push(id);
+        }
+    }
+    let mut refused = BTreeMap::new();
+    for (id, claimed) in &claims {
+        for claim in claimed {
+            let others = &claimants[claim];
+            if others.len() == 1 {
+                continue;
+            }
+            let (kind, name) = (claim.0.as_str(), &claim.1);
+            let pinned = pins.get(name).filter(|p| others.contains(&p.as_str()));
+            let serving = previous.get(claim).filter(|p| others.contains(&p.as_str()));
+            let reason = match (pinned, serving) {
+                (Some(holder), _) if holder == id => continue,
+                (Some(holder), _) => format!(
+                    "{kind} {name:?} is pinned to pack {holder:?} by [packs.pins] in wharf.toml"
+                ),
+                (None, Some(holder)) if holder == id => continue,
+                (None, Some(holder)) => format!(
+                    "{kind} {name:?} is already served by pack {holder:?}; to move it, pin it in wharf.toml: [packs.pins] {name} = \"{id}\""
+                ),
+                (None, None) => {
+                    let rest: Vec<String> = others
+                        .iter()
+                        .filter(|other| *other != id)
+                        .map(|other| format!("{other:?}"))
+                        .collect();
+                    format!(
+                        "{kind} {name:?} is also provided by pack {}; none serves it until wharf.toml pins one: [packs.pins] {name} = \"<pack id>\"",
+                        rest.join(", ")
+                    )
+                }
+            };
+            refused.insert(id.to_string(), reason);
+            break;
+        }
+    }
+    refused
 }

@@ -218,7 +218,10 @@ impl ProbeService {
                     stream: due.stream,
                     direct_base_url: due.direct_base_url.clone(),
                 };
-                self.runner.run(&request).await
+                // The plugin's log lines of this probe are the target owner's.
+                crate::runtime::call::CALL_OWNER
+                    .scope(due.owner.as_str().into(), self.runner.run(&request))
+                    .await
             }
             Err(err) => Err(err),
         };

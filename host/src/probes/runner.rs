@@ -251,8 +251,9 @@ impl ProbeRunner {
         let pack = bound._guard.pack().clone();
         let component = bound.component.clone();
         let (p, n) = (provider.to_string(), name.to_string());
+        let owner = crate::runtime::call::current_owner();
         let answer = tokio::task::spawn_blocking(move || {
-            component.provider_call(|store, plugin| {
+            component.provider_call(owner.as_deref(), |store, plugin| {
                 plugin
                     .wharf_plugin_provider()
                     .call_resolve_model(store, &p, &n)
@@ -536,10 +537,11 @@ async fn session_call<R: Send + 'static>(
 ) -> WharfResult<R> {
     let taken = slot.take();
     let component = component.clone();
+    let owner = crate::runtime::call::current_owner();
     let (kept, result) = tokio::task::spawn_blocking(move || {
         let mut session = match taken {
             Some(session) => session,
-            None => match component.provider_session() {
+            None => match component.provider_session(owner.as_deref()) {
                 Ok(session) => session,
                 Err(err) => return (None, Err(err)),
             },

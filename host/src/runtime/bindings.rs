@@ -51,7 +51,9 @@ fn to_plugin_error(err: crate::error::WharfError) -> PluginError {
 
 impl CallState {
     /// Runs one sandbox primitive on the bound sandbox, blocking this wasm
-    /// thread, and keeps the time out of the plugin's own deadline.
+    /// thread, and keeps the time out of the plugin's own deadline. The call's
+    /// wall-clock bound still applies: once it is spent, host calls are refused and
+    /// the call ends as `plugin_timeout`.
     fn on_sandbox<T, F>(
         &mut self,
         op: impl FnOnce(crate::sandbox::service::SandboxBinding) -> F,
@@ -68,10 +70,33 @@ impl CallState {
                 retriable: false,
             });
         };
+        if self.wall_remaining().is_zero() {
+            self.wall_exceeded = true;
+            return Err(wall_spent());
+        }
         let started = Instant::now();
-        let result = self.tokio.block_on(op(binding));
+        let result = self
+            .tokio
+            .block_on(tokio::time::timeout(self.host_call_budget(), op(binding)));
         self.host_time += started.elapsed();
-        result.map_err(to_plugin_error)
+        if self.wall_remaining().is_zero() {
+            self.wall_exceeded = true;
+        }
+        match result {
+            Ok(result) => result.map_err(to_plugin_error),
+            Err(_elapsed) => {
+                self.wall_exceeded = true;
+                Err(wall_spent())
+            }
+        }
+    }
+}
+
+fn wall_spent() -> PluginError {
+    PluginError {
+        code: "plugin_timeout".into(),
+        message: "the call's wall-clock bound is spent; no more host calls".into(),
+        retriable: true,
     }
 }
 
@@ -85,13 +110,17 @@ impl wit_sandbox::Host for CallState {
         request: wit_sandbox::ExecRequest,
     ) -> Result<wit_sandbox::ExecOutput, PluginError> {
         let cwd = request.cwd.as_deref().map(parse_path).transpose()?;
+        // An exec never outlives the call that asked for it.
+        let wall_left = self.wall_remaining();
         let output = self.on_sandbox(|binding| async move {
             let exec = ExecRequest {
                 argv: request.argv,
                 env: request.env,
                 cwd,
                 stdin: request.stdin,
-                timeout: binding.exec_timeout(request.timeout_ms.map(u64::from)),
+                timeout: binding
+                    .exec_timeout(request.timeout_ms.map(u64::from))
+                    .min(wall_left),
                 output_cap: binding.output_cap(),
                 sink: None,
                 // Set from the sandbox's profile by `binding.exec`.

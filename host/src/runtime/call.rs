@@ -23,12 +23,33 @@ use crate::sandbox::service::SandboxBinding;
 /// Where a plugin's panic message lands; kept small, it only feeds error text.
 const STDERR_CAPTURE_BYTES: usize = 8 * 1024;
 
+tokio::task_local! {
+    /// The owner on whose behalf the plugin calls made by this task run: the API key's owner
+    /// for a request, the target's owner for a scheduled probe. Their log lines are that
+    /// owner's. Read it before moving a call to a blocking thread ([`current_owner`]).
+    pub static CALL_OWNER: Arc<str>;
+}
+
+/// The owner of [`CALL_OWNER`], when this task has one.
+pub fn current_owner() -> Option<Arc<str>> {
+    CALL_OWNER.try_with(Clone::clone).ok()
+}
+
+/// Extra time a host call may take past the call's wall-clock bound before it is abandoned:
+/// an exec is capped to the bound itself, so this only covers its kill and reply.
+const HOST_CALL_GRACE: Duration = Duration::from_secs(2);
+
 /// Per-call limits after the pack's request met the host's defaults and maxima.
 #[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct EffectiveLimits {
+    /// The plugin's own execution time per call, in milliseconds (host calls excluded).
     #[serde(serialize_with = "as_millis")]
     #[schema(value_type = u64)]
     pub timeout: Duration,
+    /// Wall-clock time per call, in milliseconds, host calls included.
+    #[serde(serialize_with = "as_millis")]
+    #[schema(value_type = u64)]
+    pub wall_timeout: Duration,
     pub memory_bytes: usize,
 }
 
@@ -42,6 +63,8 @@ pub struct CallState {
     table: ResourceTable,
     memory: MemoryCap,
     log: Arc<PackLog>,
+    /// The owner of the call: its log lines are that owner's.
+    owner: Option<Arc<str>>,
     pack_id: Arc<str>,
     component: Arc<str>,
     generation: u64,
@@ -51,11 +74,16 @@ pub struct CallState {
     pub(super) host_time: Duration,
     started: Instant,
     budget: Duration,
+    wall_budget: Duration,
+    /// Set when the wall-clock bound ran out in or before a host call: the call ends as
+    /// `plugin_timeout` whatever the plugin returns afterwards.
+    pub(super) wall_exceeded: bool,
 }
 
 impl CallState {
     pub(super) fn log(&self, level: &str, message: &str) {
         self.log.push(
+            self.owner.as_deref(),
             &self.pack_id,
             &self.component,
             self.generation,
@@ -66,6 +94,24 @@ impl CallState {
 
     fn guest_elapsed(&self) -> Duration {
         self.started.elapsed().saturating_sub(self.host_time)
+    }
+
+    /// What is left of the call's wall-clock bound.
+    pub(super) fn wall_remaining(&self) -> Duration {
+        self.wall_budget.saturating_sub(self.started.elapsed())
+    }
+
+    /// The host-call budget: the rest of the wall-clock bound and a short grace for a
+    /// capped exec to be killed and answer.
+    pub(super) fn host_call_budget(&self) -> Duration {
+        self.wall_remaining() + HOST_CALL_GRACE
+    }
+
+    /// Restarts the clocks for the next call on a kept instance.
+    fn restart_clocks(&mut self) {
+        self.started = Instant::now();
+        self.host_time = Duration::ZERO;
+        self.wall_exceeded = false;
     }
 }
 
@@ -109,12 +155,21 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
+/// Why the epoch callback stopped a call.
 #[derive(Debug)]
-struct DeadlineExceeded;
+enum DeadlineExceeded {
+    /// The plugin's own execution time ran out.
+    Guest,
+    /// The call's wall-clock time, host calls included, ran out.
+    Wall,
+}
 
 impl std::fmt::Display for DeadlineExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("plugin deadline exceeded")
+        match self {
+            DeadlineExceeded::Guest => f.write_str("plugin deadline exceeded"),
+            DeadlineExceeded::Wall => f.write_str("plugin call wall-clock bound exceeded"),
+        }
     }
 }
 
@@ -136,8 +191,8 @@ pub struct LoadedComponent {
     pub(super) pre: Pre,
     pub(super) circuit: Circuit,
     pub(super) log: Arc<PackLog>,
-    /// Read-only preopen at `/pack` (provider data folders).
-    pub(super) pack_dir: Option<PathBuf>,
+    /// Read-only preopen at `/pack`: the generation's snapshot of its declared data folders.
+    pub(super) data_dir: Option<PathBuf>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) engine: wasmtime::Engine,
 }
@@ -149,12 +204,13 @@ impl LoadedComponent {
 
     fn new_store(
         &self,
+        owner: Option<Arc<str>>,
         sandbox: Option<SandboxBinding>,
         stderr: &MemoryOutputPipe,
     ) -> WharfResult<Store<CallState>> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr.clone());
-        if let Some(dir) = &self.pack_dir {
+        if let Some(dir) = &self.data_dir {
             wasi.preopened_dir(dir, "/pack", FsPerms::ReadOnly)
                 .map_err(|err| WharfError::internal(format!("cannot expose pack data: {err}")))?;
         }
@@ -166,6 +222,7 @@ impl LoadedComponent {
                 denied: false,
             },
             log: self.log.clone(),
+            owner,
             pack_id: self.pack_id.clone(),
             component: self.name.clone(),
             generation: self.generation,
@@ -174,17 +231,27 @@ impl LoadedComponent {
             host_time: Duration::ZERO,
             started: Instant::now(),
             budget: self.limits.timeout,
+            wall_budget: self.limits.wall_timeout,
+            wall_exceeded: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
-        store.set_epoch_deadline(ticks(self.limits.timeout));
+        store.set_epoch_deadline(ticks(self.limits.timeout.min(self.limits.wall_timeout)));
+        // The epoch keeps ticking while the plugin waits in a host call, so this runs at
+        // the first check after either budget is spent, whichever comes first.
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();
+            let wall_left = state.wall_remaining();
+            if wall_left.is_zero() {
+                return Err(DeadlineExceeded::Wall.into());
+            }
             let guest = state.guest_elapsed();
             if guest >= state.budget {
-                return Err(DeadlineExceeded.into());
+                return Err(DeadlineExceeded::Guest.into());
             }
-            Ok(UpdateDeadline::Continue(ticks(state.budget - guest)))
+            Ok(UpdateDeadline::Continue(ticks(
+                (state.budget - guest).min(wall_left),
+            )))
         });
         Ok(store)
     }
@@ -209,25 +276,42 @@ impl LoadedComponent {
     /// tokio runtime (sandbox imports block on async drivers).
     fn call<R>(
         &self,
+        owner: Option<Arc<str>>,
         sandbox: Option<SandboxBinding>,
         f: impl FnOnce(&mut Store<CallState>, &Pre) -> wasmtime::Result<R>,
     ) -> WharfResult<R> {
         self.check_circuit()?;
         let started = Instant::now();
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
-        let mut store = self.new_store(sandbox, &stderr)?;
+        let mut store = self.new_store(owner, sandbox, &stderr)?;
         let result = f(&mut store, &self.pre);
+        self.finish_call(started, result, &store, &stderr)
+    }
+
+    /// Metrics, circuit and error classification after one call on `store`.
+    fn finish_call<R>(
+        &self,
+        started: Instant,
+        result: wasmtime::Result<R>,
+        store: &Store<CallState>,
+        stderr: &MemoryOutputPipe,
+    ) -> WharfResult<R> {
         let labels = [&*self.pack_id, &*self.name];
         self.metrics
             .plugin_call_seconds
             .with_label_values(&labels)
             .observe(started.elapsed().as_secs_f64());
         let outcome = match result {
+            // A plugin whose host calls hit the wall-clock bound ends as a timeout, whatever
+            // it made of the refused host call.
+            Ok(_) if store.data().wall_exceeded => {
+                Err(self.classify_fault(DeadlineExceeded::Wall.into(), store, stderr))
+            }
             Ok(value) => {
                 self.circuit.record_success();
                 Ok(value)
             }
-            Err(err) => Err(self.classify_fault(err, &store, &stderr)),
+            Err(err) => Err(self.classify_fault(err, store, stderr)),
         };
         let label = match &outcome {
             Ok(_) => "ok",
@@ -247,13 +331,43 @@ impl LoadedComponent {
         stderr: &MemoryOutputPipe,
     ) -> WharfError {
         let who = format!("{}/{}", self.pack_id, self.name);
+        if err
+            .chain()
+            .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
+        {
+            // The host is busy, the plugin did nothing wrong: retriable, and no fault
+            // for the circuit breaker.
+            return WharfError::new(
+                ErrorCode::PluginUnavailable,
+                format!(
+                    "no free instance slot for {who}: every pooled instance is in use ({err}); retry shortly"
+                ),
+            )
+            .with_retry_after(Duration::from_millis(100));
+        }
         let panic_text = String::from_utf8_lossy(&stderr.contents())
             .trim()
             .to_string();
         if !panic_text.is_empty() {
             store.data().log("error", &panic_text);
         }
-        let (kind, error) = if err.downcast_ref::<DeadlineExceeded>().is_some() {
+        let wall_exceeded = store.data().wall_exceeded
+            || matches!(
+                err.downcast_ref::<DeadlineExceeded>(),
+                Some(DeadlineExceeded::Wall)
+            );
+        let (kind, error) = if wall_exceeded {
+            (
+                "timeout",
+                WharfError::new(
+                    ErrorCode::PluginTimeout,
+                    format!(
+                        "{who} exceeded its wall-clock bound of {} ms (host calls included) and was stopped",
+                        self.limits.wall_timeout.as_millis()
+                    ),
+                ),
+            )
+        } else if err.downcast_ref::<DeadlineExceeded>().is_some() {
             (
                 "timeout",
                 WharfError::new(
@@ -297,12 +411,15 @@ impl LoadedComponent {
         error
     }
 
+    /// An adapter call bound to `sandbox` (none for the self-test): it runs, and logs, on
+    /// behalf of the sandbox's owner.
     pub fn adapter_call<R>(
         &self,
         sandbox: Option<SandboxBinding>,
         f: impl FnOnce(&mut Store<CallState>, &CapabilityAdapter) -> wasmtime::Result<R>,
     ) -> WharfResult<R> {
-        self.call(sandbox, |store, pre| match pre {
+        let owner = sandbox.as_ref().map(|binding| Arc::from(binding.owner()));
+        self.call(owner, sandbox, |store, pre| match pre {
             Pre::Adapter(pre) => {
                 let bindings = pre.instantiate(&mut *store)?;
                 f(store, &bindings)
@@ -313,11 +430,13 @@ impl LoadedComponent {
         })
     }
 
+    /// A provider call on behalf of `owner` (none for the host's own calls).
     pub fn provider_call<R>(
         &self,
+        owner: Option<&str>,
         f: impl FnOnce(&mut Store<CallState>, &Provider) -> wasmtime::Result<R>,
     ) -> WharfResult<R> {
-        self.call(None, |store, pre| match pre {
+        self.call(owner.map(Arc::from), None, |store, pre| match pre {
             Pre::Provider(pre) => {
                 let bindings = pre.instantiate(&mut *store)?;
                 f(store, &bindings)
@@ -341,8 +460,9 @@ pub struct ProviderSession {
 }
 
 impl LoadedComponent {
-    /// Instantiates a provider for a [`ProviderSession`]. Blocking, like every call.
-    pub fn provider_session(self: &Arc<Self>) -> WharfResult<ProviderSession> {
+    /// Instantiates a provider for a [`ProviderSession`] on behalf of `owner`. Blocking,
+    /// like every call.
+    pub fn provider_session(self: &Arc<Self>, owner: Option<&str>) -> WharfResult<ProviderSession> {
         let Pre::Provider(pre) = &self.pre else {
             return Err(WharfError::internal(
                 "component is an adapter, not a provider",
@@ -350,7 +470,7 @@ impl LoadedComponent {
         };
         self.check_circuit()?;
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
-        let mut store = self.new_store(None, &stderr)?;
+        let mut store = self.new_store(owner.map(Arc::from), None, &stderr)?;
         let bindings = match pre.instantiate(&mut store) {
             Ok(bindings) => bindings,
             Err(err) => return Err(self.classify_fault(err, &store, &stderr)),
@@ -370,36 +490,13 @@ impl ProviderSession {
         f: impl FnOnce(&mut Store<CallState>, &Provider) -> wasmtime::Result<R>,
     ) -> WharfResult<R> {
         let component = &self.component;
-        let state = self.store.data_mut();
-        state.started = Instant::now();
-        state.host_time = Duration::ZERO;
+        self.store.data_mut().restart_clocks();
+        let limits = component.limits;
         self.store
-            .set_epoch_deadline(ticks(component.limits.timeout));
+            .set_epoch_deadline(ticks(limits.timeout.min(limits.wall_timeout)));
         let started = Instant::now();
         let result = f(&mut self.store, &self.bindings);
-        let labels = [&*component.pack_id, &*component.name];
-        component
-            .metrics
-            .plugin_call_seconds
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = match result {
-            Ok(value) => {
-                component.circuit.record_success();
-                Ok(value)
-            }
-            Err(err) => Err(component.classify_fault(err, &self.store, &self.stderr)),
-        };
-        let label = match &outcome {
-            Ok(_) => "ok",
-            Err(err) => err.code.as_str(),
-        };
-        component
-            .metrics
-            .plugin_calls
-            .with_label_values(&[&*component.pack_id, &*component.name, label])
-            .inc();
-        outcome
+        component.finish_call(started, result, &self.store, &self.stderr)
     }
 }
 
@@ -421,6 +518,7 @@ impl Runtime {
             .min(cfg.max_memory_mib);
         EffectiveLimits {
             timeout: Duration::from_millis(timeout_ms),
+            wall_timeout: Duration::from_millis(cfg.call_wall_timeout_ms.max(1)),
             memory_bytes: (memory_mib as usize) << 20,
         }
     }

@@ -59,7 +59,9 @@ pub struct ComponentLoad<'a> {
     pub generation: u64,
     pub limits: EffectiveLimits,
     pub log: Arc<PackLog>,
-    pub pack_dir: &'a Path,
+    /// The generation's snapshot of its declared data folders, preopened read-only at
+    /// `/pack`; none when the pack declares no data.
+    pub data_dir: Option<&'a Path>,
 }
 
 impl Runtime {
@@ -153,7 +155,7 @@ impl Runtime {
                 Duration::from_millis(self.config.circuit_cooldown_ms),
             ),
             log: load.log,
-            pack_dir: (load.kind == ComponentKind::Provider).then(|| load.pack_dir.to_path_buf()),
+            data_dir: load.data_dir.map(Path::to_path_buf),
             metrics: self.metrics.clone(),
             engine: self.engine.clone(),
         })

@@ -181,7 +181,7 @@ impl Profile {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if !matches!(self.driver.as_str(), "process" | "docker") {
             return Err(format!(
                 "profile {:?}: unknown driver {:?} (process | docker)",
@@ -232,8 +232,8 @@ impl Profile {
 }
 
 /// All profiles known to the server, by name: built-ins, then `wharf.toml`
-/// (which may override them), then `profiles/*.toml` of active packs (which
-/// may add profiles, never override the operator's).
+/// (which may override them), then the profiles of active packs that the operator's
+/// policy accepted (`packs::profiles`; they may add profiles, never override these).
 #[derive(Debug)]
 pub struct Profiles {
     by_name: HashMap<String, Profile>,
@@ -290,45 +290,19 @@ impl Profiles {
         )))
     }
 
-    /// Replaces the pack-contributed profiles with those found in
-    /// `<pack dir>/profiles/*.toml` (the file stem is the profile name).
-    /// Invalid files are skipped with a warning.
-    pub fn set_pack_dirs(&self, dirs: &[std::path::PathBuf]) {
-        let mut found = HashMap::new();
-        for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(dir.join("profiles")) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.extension().is_none_or(|ext| ext != "toml") {
-                    continue;
-                }
-                let Some(name) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
-                    continue;
-                };
-                let parsed = std::fs::read_to_string(&path)
-                    .map_err(|err| err.to_string())
-                    .and_then(|text| {
-                        toml::from_str::<Profile>(&text).map_err(|err| err.to_string())
-                    })
-                    .and_then(|mut profile| {
-                        profile.name = name.clone();
-                        profile.validate().map(|()| profile)
-                    });
-                match parsed {
-                    Ok(profile) if !self.by_name.contains_key(&name) => {
-                        found.insert(name, profile);
-                    }
-                    Ok(_) => {
-                        tracing::warn!(profile = %name, file = %path.display(), "a pack may not override a configured profile")
-                    }
-                    Err(err) => {
-                        tracing::warn!(file = %path.display(), error = %err, "invalid pack profile skipped")
-                    }
-                }
-            }
-        }
+    /// The built-in and `wharf.toml` profile names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// Replaces the pack-contributed profiles (already held to the operator's policy
+    /// when their pack loaded). A name of the operator's is never overridden.
+    pub fn set_pack_profiles(&self, profiles: impl IntoIterator<Item = Profile>) {
+        let found = profiles
+            .into_iter()
+            .filter(|profile| !self.by_name.contains_key(&profile.name))
+            .map(|profile| (profile.name.clone(), profile))
+            .collect();
         self.from_packs.store(std::sync::Arc::new(found));
     }
 }
@@ -361,25 +335,16 @@ mod tests {
 
     #[test]
     fn packs_contribute_profiles_without_overriding() {
-        let pack = tempfile::tempdir().unwrap();
-        std::fs::create_dir(pack.path().join("profiles")).unwrap();
-        std::fs::write(
-            pack.path().join("profiles/gpu-ish.toml"),
-            "driver = \"docker\"\ncpus = 2.0",
-        )
-        .unwrap();
-        std::fs::write(
-            pack.path().join("profiles/local.toml"),
-            "driver = \"docker\"",
-        )
-        .unwrap();
-        std::fs::write(pack.path().join("profiles/broken.toml"), "driver = 3").unwrap();
         let profiles = Profiles::new(&BTreeMap::new()).unwrap();
-        profiles.set_pack_dirs(&[pack.path().to_path_buf()]);
+        let mut gpu = Profile::builtin_docker();
+        gpu.name = "gpu-ish".into();
+        gpu.cpus = Some(2.0);
+        let mut local = Profile::builtin_docker();
+        local.name = "local".into();
+        profiles.set_pack_profiles([gpu, local]);
         assert_eq!(profiles.get("gpu-ish").unwrap().cpus, Some(2.0));
         assert_eq!(profiles.get("local").unwrap().driver, "process");
-        assert!(profiles.get("broken").is_err());
-        profiles.set_pack_dirs(&[]);
+        profiles.set_pack_profiles([]);
         assert!(profiles.get("gpu-ish").is_err());
     }
 

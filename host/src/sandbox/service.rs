@@ -173,6 +173,8 @@ pub struct Sandboxes {
 #[derive(Clone)]
 pub struct SandboxBinding {
     pub sandbox_id: String,
+    /// The sandbox's owner: plugin calls bound to it run (and log) on its behalf.
+    owner: String,
     driver: Arc<dyn SandboxDriver>,
     config: SandboxConfig,
     limits: ExecLimits,
@@ -180,6 +182,10 @@ pub struct SandboxBinding {
 }
 
 impl SandboxBinding {
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     pub fn driver(&self) -> &Arc<dyn SandboxDriver> {
         &self.driver
     }
@@ -897,6 +903,7 @@ impl Sandboxes {
         let (sandbox, profile, driver) = self.prepare(owner, id, capability).await?;
         Ok(SandboxBinding {
             sandbox_id: sandbox.id,
+            owner: sandbox.owner,
             driver,
             config: self.config.clone(),
             limits: profile.exec_limits(),
