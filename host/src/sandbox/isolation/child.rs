@@ -142,16 +142,7 @@ fn stage_as_root(c: &Confinement) -> Step<()> {
         "creating a staging mount namespace",
         unshare(CloneFlags::CLONE_NEWNS),
     )?;
-    at(
-        "making mounts private",
-        mount(
-            none,
-            c"/",
-            none,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            none,
-        ),
-    )?;
+    make_mounts_private()?;
     // Opened in this namespace, so that it can be the source of a bind mount.
     let workspace = at(
         "opening the workspace",
@@ -163,15 +154,11 @@ fn stage_as_root(c: &Confinement) -> Step<()> {
             Mode::empty(),
         ),
     )?;
-    at(
+    mount_tmpfs(
+        STAGE,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        c"mode=0755,size=64k",
         "mounting the staging tmpfs",
-        mount(
-            Some(c"tmpfs"),
-            STAGE,
-            Some(c"tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(c"mode=0755,size=64k"),
-        ),
     )?;
     mkdir(STAGED_WORKSPACE, 0o755, "creating the staged workspace")?;
     mkdir(STAGED_ROOT, 0o755, "creating the staged root")?;
@@ -198,25 +185,12 @@ fn build_root(c: &Confinement, isolator: &super::Isolator) -> Step<()> {
     } else {
         (isolator.newroot.as_c_str(), c.workspace.as_c_str())
     };
-    at(
-        "making mounts private",
-        mount(
-            none,
-            c"/",
-            none,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            none,
-        ),
-    )?;
-    at(
+    make_mounts_private()?;
+    mount_tmpfs(
+        base,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        c"mode=0755,size=4m",
         "mounting the root tmpfs",
-        mount(
-            Some(c"tmpfs"),
-            base,
-            Some(c"tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(c"mode=0755,size=4m"),
-        ),
     )?;
     at("entering the new root", nix::unistd::chdir(base))?;
     for step in &isolator.filesystem {
@@ -237,15 +211,11 @@ fn build_root(c: &Confinement, isolator: &super::Isolator) -> Step<()> {
     )?;
     mkdir(c"tmp", 0o1777, "creating /tmp")?;
     let tmp_options = tmpfs_options(1777, isolator.tmp_size_mib);
-    at(
+    mount_tmpfs(
+        c"tmp",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        tmp_options.as_c_str(),
         "mounting /tmp",
-        mount(
-            Some(c"tmpfs"),
-            c"tmp",
-            Some(c"tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(tmp_options.as_c_str()),
-        ),
     )?;
     build_dev()?;
     mkdir(c"proc", 0o555, "creating /proc")?;
@@ -350,15 +320,11 @@ fn apply_step(step: &FsStep) -> Step<()> {
 fn build_dev() -> Step<()> {
     let none: Option<&CStr> = None;
     mkdir(c"dev", 0o755, "creating /dev")?;
-    at(
+    mount_tmpfs(
+        c"dev",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        c"mode=0755,size=64k",
         "mounting /dev",
-        mount(
-            Some(c"tmpfs"),
-            c"dev",
-            Some(c"tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some(c"mode=0755,size=64k"),
-        ),
     )?;
     for (host, inside) in [
         (c"/dev/null", c"dev/null"),
@@ -385,15 +351,11 @@ fn build_dev() -> Step<()> {
         )?;
     }
     mkdir(c"dev/shm", 0o1777, "creating /dev/shm")?;
-    at(
+    mount_tmpfs(
+        c"dev/shm",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        c"mode=1777,size=64m",
         "mounting /dev/shm",
-        mount(
-            Some(c"tmpfs"),
-            c"dev/shm",
-            Some(c"tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(c"mode=1777,size=64m"),
-        ),
     )
 }
 
@@ -440,55 +402,58 @@ fn write_file(path: &CStr, contents: &[u8], step: &'static str) -> Step<()> {
 
 /// `/proc/self/fd/<fd>`, built without allocating.
 fn proc_fd_path(fd: RawFd) -> ShortCString {
-    let mut path = ShortCString([0u8; 32]);
-    let mut at = 0;
-    let mut push = |bytes: &[u8]| {
-        path.0[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
-    };
-    push(b"/proc/self/fd/");
-    push_number(&mut push, fd as u64);
+    let mut path = ShortCString::default();
+    path.push(b"/proc/self/fd/");
+    path.push_number(fd as u64);
     path
-}
-
-/// A short NUL-terminated string built without allocating.
-struct ShortCString([u8; 32]);
-
-impl ShortCString {
-    fn as_c_str(&self) -> &CStr {
-        CStr::from_bytes_until_nul(&self.0).expect("NUL-terminated")
-    }
 }
 
 /// `mode=<mode>,size=<mib>m` for a tmpfs, without allocating.
 fn tmpfs_options(mode: u32, size_mib: u64) -> ShortCString {
-    let mut text = ShortCString([0u8; 32]);
-    let mut at = 0;
-    let mut push = |bytes: &[u8]| {
-        text.0[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
-    };
-    push(b"mode=");
-    push_number(&mut push, u64::from(mode));
-    push(b",size=");
-    push_number(&mut push, size_mib.min(1 << 20));
-    push(b"m");
+    let mut text = ShortCString::default();
+    text.push(b"mode=");
+    text.push_number(u64::from(mode));
+    text.push(b",size=");
+    text.push_number(size_mib.min(1 << 20));
+    text.push(b"m");
     text
 }
 
-fn push_number(push: &mut impl FnMut(&[u8]), mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// A short NUL-terminated string built on the stack (the child must not
+/// allocate for it).
+#[derive(Default)]
+struct ShortCString {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl ShortCString {
+    fn push(&mut self, bytes: &[u8]) {
+        // Always leave the final NUL.
+        let room = self.bytes.len() - 1 - self.len;
+        let take = bytes.len().min(room);
+        self.bytes[self.len..self.len + take].copy_from_slice(&bytes[..take]);
+        self.len += take;
     }
-    digits[..len].reverse();
-    push(&digits[..len]);
+
+    fn push_number(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        digits[..len].reverse();
+        self.push(&digits[..len]);
+    }
+
+    fn as_c_str(&self) -> &CStr {
+        CStr::from_bytes_until_nul(&self.bytes).expect("NUL-terminated")
+    }
 }
 
 /// A new network namespace has `lo` down; programs expect 127.0.0.1.
@@ -623,4 +588,25 @@ unsafe fn close_range(first: RawFd, last: RawFd) {
             libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32);
         }
     }
+}
+
+fn make_mounts_private() -> Step<()> {
+    let none: Option<&CStr> = None;
+    at(
+        "making mounts private",
+        mount(
+            none,
+            c"/",
+            none,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            none,
+        ),
+    )
+}
+
+fn mount_tmpfs(target: &CStr, flags: MsFlags, options: &CStr, step: &'static str) -> Step<()> {
+    at(
+        step,
+        mount(Some(c"tmpfs"), target, Some(c"tmpfs"), flags, Some(options)),
+    )
 }
