@@ -25,6 +25,13 @@ pub struct CgroupLimits {
     pub cpus: Option<f64>,
 }
 
+impl CgroupLimits {
+    /// Whether there is anything for a cgroup to enforce.
+    pub fn any(&self) -> bool {
+        self.memory_bytes.is_some() || self.pids.is_some() || self.cpus.is_some()
+    }
+}
+
 /// The cgroup v1 hierarchies the server may create sandbox groups in.
 #[derive(Debug)]
 pub struct Cgroups {

@@ -132,6 +132,7 @@ fn enter_steps(c: &mut Confinement) -> Step<()> {
 const STAGE: &CStr = c"/tmp";
 const STAGED_WORKSPACE: &CStr = c"/tmp/workspace";
 const STAGED_ROOT: &CStr = c"/tmp/root";
+const STAGED_ETC: &CStr = c"/tmp/etc";
 
 /// Run as root, before dropping privileges: a private mount namespace with
 /// the workspace bound at [`STAGED_WORKSPACE`] and an empty [`STAGED_ROOT`].
@@ -143,35 +144,42 @@ fn stage_as_root(c: &Confinement) -> Step<()> {
         unshare(CloneFlags::CLONE_NEWNS),
     )?;
     make_mounts_private()?;
-    // Opened in this namespace, so that it can be the source of a bind mount.
-    let workspace = at(
-        "opening the workspace",
-        nix::fcntl::open(
-            c.workspace.as_c_str(),
-            nix::fcntl::OFlag::O_PATH
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ),
-    )?;
+    // Opened in this namespace, so that they can be the sources of bind
+    // mounts after the tmpfs may have covered their host paths.
+    let workspace = open_path(&c.workspace, "opening the workspace")?;
+    let etc = open_path(&c.isolator.etc_view, "opening the /etc view")?;
     mount_tmpfs(
         STAGE,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         c"mode=0755,size=64k",
         "mounting the staging tmpfs",
     )?;
-    mkdir(STAGED_WORKSPACE, 0o755, "creating the staged workspace")?;
-    mkdir(STAGED_ROOT, 0o755, "creating the staged root")?;
-    // Through the descriptor: the tmpfs may just have covered the host path.
-    let source = proc_fd_path(workspace.as_raw_fd());
+    for (fd, staged) in [(&workspace, STAGED_WORKSPACE), (&etc, STAGED_ETC)] {
+        mkdir(staged, 0o755, "creating a staging directory")?;
+        let source = proc_fd_path(fd.as_raw_fd());
+        at(
+            "staging the workspace and /etc",
+            mount(
+                Some(source.as_c_str()),
+                staged,
+                none,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none,
+            ),
+        )?;
+    }
+    mkdir(STAGED_ROOT, 0o755, "creating the staged root")
+}
+
+fn open_path(path: &CStr, step: &'static str) -> Step<std::os::fd::OwnedFd> {
     at(
-        "staging the workspace",
-        mount(
-            Some(source.as_c_str()),
-            STAGED_WORKSPACE,
-            none,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            none,
+        step,
+        nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
         ),
     )
 }
@@ -180,10 +188,14 @@ fn stage_as_root(c: &Confinement) -> Step<()> {
 /// into it and makes it read-only.
 fn build_root(c: &Confinement, isolator: &super::Isolator) -> Step<()> {
     let none: Option<&CStr> = None;
-    let (base, workspace) = if isolator.drop_privileges {
-        (STAGED_ROOT, STAGED_WORKSPACE)
+    let (base, workspace, etc) = if isolator.drop_privileges {
+        (STAGED_ROOT, STAGED_WORKSPACE, STAGED_ETC)
     } else {
-        (isolator.newroot.as_c_str(), c.workspace.as_c_str())
+        (
+            isolator.newroot.as_c_str(),
+            c.workspace.as_c_str(),
+            isolator.etc_view.as_c_str(),
+        )
     };
     make_mounts_private()?;
     mount_tmpfs(
@@ -196,6 +208,7 @@ fn build_root(c: &Confinement, isolator: &super::Isolator) -> Step<()> {
     for step in &isolator.filesystem {
         apply_step(step)?;
     }
+    bind_read_only(etc, c"etc", isolator.etc_locked)?;
     for dir in &c.workdir_parents {
         mkdir(dir, 0o755, "creating the workdir")?;
     }
@@ -258,7 +271,6 @@ fn build_root(c: &Confinement, isolator: &super::Isolator) -> Step<()> {
 }
 
 fn apply_step(step: &FsStep) -> Step<()> {
-    let none: Option<&CStr> = None;
     match step {
         FsStep::Mkdir(path) => mkdir(path, 0o755, "creating a system directory"),
         FsStep::Symlink { target, link } => at(
@@ -268,51 +280,34 @@ fn apply_step(step: &FsStep) -> Step<()> {
         FsStep::BindRo {
             source,
             target,
-            is_dir,
             locked,
-        } => {
-            if !is_dir {
-                create_file(target, "creating a mount point")?;
-            }
-            at(
-                "bind-mounting a system path",
-                mount(
-                    Some(source.as_c_str()),
-                    target.as_c_str(),
-                    none,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    none,
-                ),
-            )?;
-            at(
-                "making a system path read-only",
-                mount(
-                    none,
-                    target.as_c_str(),
-                    none,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | *locked,
-                    none,
-                ),
-            )
-        }
-        FsStep::WriteFile { target, contents } => {
-            let fd = at(
-                "writing an identity file",
-                nix::fcntl::open(
-                    target.as_c_str(),
-                    nix::fcntl::OFlag::O_WRONLY
-                        | nix::fcntl::OFlag::O_CREAT
-                        | nix::fcntl::OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o644),
-                ),
-            )?;
-            at(
-                "writing an identity file",
-                nix::unistd::write(&fd, contents),
-            )
-            .map(|_| ())
-        }
+        } => bind_read_only(source, target, *locked),
     }
+}
+
+/// A read-only bind mount; `locked` repeats the source's locked flags.
+fn bind_read_only(source: &CStr, target: &CStr, locked: MsFlags) -> Step<()> {
+    let none: Option<&CStr> = None;
+    at(
+        "bind-mounting a system path",
+        mount(
+            Some(source),
+            target,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        ),
+    )?;
+    at(
+        "making a system path read-only",
+        mount(
+            none,
+            target,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
+            none,
+        ),
+    )
 }
 
 /// A `/dev` with only harmless devices, bound from the host (creating device

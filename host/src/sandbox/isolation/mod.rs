@@ -102,17 +102,12 @@ enum FsStep {
         target: CString,
         link: CString,
     },
-    /// A read-only bind mount of a host directory or file; `locked` are the
+    /// A read-only bind mount of a host directory; `locked` are the
     /// source's mount flags that a remount must keep.
     BindRo {
         source: CString,
         target: CString,
-        is_dir: bool,
         locked: nix::mount::MsFlags,
-    },
-    WriteFile {
-        target: CString,
-        contents: Vec<u8>,
     },
 }
 
@@ -133,6 +128,9 @@ pub struct Isolator {
     /// Where an unprivileged server mounts each sandbox's root (a directory
     /// of its own; a root server stages on a private tmpfs instead).
     newroot: CString,
+    /// The sandboxes' `/etc` (see [`write_etc_view`]) and its mount flags.
+    etc_view: CString,
+    etc_locked: nix::mount::MsFlags,
     tmp_size_mib: u64,
     cgroups: Option<cgroups::Cgroups>,
     status: std::sync::OnceLock<IsolationStatus>,
@@ -184,6 +182,8 @@ impl Isolator {
         let root = nix::unistd::geteuid().is_root();
         let newroot = scratch.join(".newroot");
         std::fs::create_dir_all(&newroot)?;
+        let etc_view = scratch.join(".etc");
+        write_etc_view(&etc_view)?;
         let (host_uid, host_gid) = if root {
             (settings.uid, settings.gid)
         } else {
@@ -204,6 +204,8 @@ impl Isolator {
             lifeline_read,
             _lifeline_write: lifeline_write,
             newroot: c_path(&newroot)?,
+            etc_locked: locked_flags(&etc_view)?,
+            etc_view: c_path(&etc_view)?,
             tmp_size_mib: settings.tmp_size_mib,
             cgroups: cgroups::Cgroups::detect(),
             status: std::sync::OnceLock::new(),
@@ -289,8 +291,12 @@ impl Isolator {
         limits: ExecRlimits,
         cgroup: Option<(&str, CgroupLimits)>,
     ) -> std::io::Result<(Confinement, SetupReport)> {
+        // Joining a cgroup v1 waits for an RCU grace period (milliseconds):
+        // only execs of profiles with limits to enforce pay for it.
         let cgroup_procs = match (&self.cgroups, cgroup) {
-            (Some(cgroups), Some((sandbox_id, limits))) => cgroups.prepare(sandbox_id, limits)?,
+            (Some(cgroups), Some((sandbox_id, limits))) if limits.any() => {
+                cgroups.prepare(sandbox_id, limits)?
+            }
             _ => Vec::new(),
         };
         let workspace = c_path(workspace)?;
@@ -385,81 +391,92 @@ fn c_string(text: &str) -> std::io::Result<CString> {
 fn root_filesystem() -> std::io::Result<Vec<FsStep>> {
     let mut steps = Vec::new();
     for dir in SYSTEM_DIRS {
-        add_host_entry(&mut steps, Path::new("/"), dir, false)?;
+        add_host_entry(&mut steps, Path::new("/"), dir)?;
     }
     steps.push(FsStep::Mkdir(c_string("etc")?));
+    Ok(steps)
+}
+
+/// Writes the sandboxes' `/etc` into `view` (made anew): copies of the
+/// allowed host entries (links followed at the top, kept inside
+/// directories) and generated identity files. Mounted read-only as one bind,
+/// it costs an exec one mount instead of one per entry.
+fn write_etc_view(view: &Path) -> std::io::Result<()> {
+    if view.exists() {
+        std::fs::remove_dir_all(view)?;
+    }
+    std::fs::create_dir_all(view)?;
     for entry in ETC_ENTRIES {
-        add_host_entry(&mut steps, Path::new("/etc"), entry, true)?;
+        let Ok(real) = std::fs::canonicalize(Path::new("/etc").join(entry)) else {
+            continue;
+        };
+        copy_tree(&real, &view.join(entry))?;
     }
     let identity = [
         (
-            "etc/passwd",
+            "passwd",
             format!(
                 "root:x:0:0:root:/root:/bin/sh\nsandbox:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:/workspace:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
             ),
         ),
         (
-            "etc/group",
+            "group",
             format!("root:x:0:\nsandbox:x:{SANDBOX_GID}:\nnogroup:x:65534:\n"),
         ),
-        ("etc/hostname", "sandbox\n".to_string()),
+        ("hostname", "sandbox\n".to_string()),
         (
-            "etc/hosts",
+            "hosts",
             "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n".to_string(),
         ),
     ];
-    for (target, contents) in identity {
-        steps.push(FsStep::WriteFile {
-            target: c_string(target)?,
-            contents: contents.into_bytes(),
-        });
+    for (name, contents) in identity {
+        std::fs::write(view.join(name), contents)?;
     }
-    Ok(steps)
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(view, std::fs::Permissions::from_mode(0o755))
 }
 
-/// Adds `<parent>/<name>` as it is on the host. With `follow`, a symlink is
-/// resolved and its target mounted in its place (an `/etc` link into `/run`
-/// would dangle in the sandbox); otherwise it is recreated as the same link.
-fn add_host_entry(
-    steps: &mut Vec<FsStep>,
-    parent: &Path,
-    name: &str,
-    follow: bool,
-) -> std::io::Result<()> {
+/// Copies a file or a directory tree, keeping symlinks as links; special
+/// files are left out.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(from)?;
+    if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+    } else if meta.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else if meta.is_file() {
+        std::fs::copy(from, to).map(drop)
+    } else {
+        Ok(())
+    }
+}
+
+/// Adds `<parent>/<name>` as it is on the host: a directory mounted
+/// read-only, or a symlink recreated as the same link.
+fn add_host_entry(steps: &mut Vec<FsStep>, parent: &Path, name: &str) -> std::io::Result<()> {
     let host = parent.join(name);
     let relative = host.strip_prefix("/").unwrap_or(&host).to_path_buf();
     let Ok(meta) = std::fs::symlink_metadata(&host) else {
         return Ok(());
     };
-    let (source, meta) = if meta.file_type().is_symlink() {
-        if !follow {
-            let target = std::fs::read_link(&host)?;
-            steps.push(FsStep::Symlink {
-                target: c_path(&target)?,
-                link: c_path(&relative)?,
-            });
-            return Ok(());
-        }
-        let Ok(real) = std::fs::canonicalize(&host) else {
-            return Ok(());
-        };
-        let meta = std::fs::metadata(&real)?;
-        (real, meta)
-    } else {
-        (host, meta)
-    };
-    if !(meta.is_dir() || meta.is_file()) {
-        return Ok(());
-    }
-    if meta.is_dir() {
+    if meta.file_type().is_symlink() {
+        steps.push(FsStep::Symlink {
+            target: c_path(&std::fs::read_link(&host)?)?,
+            link: c_path(&relative)?,
+        });
+    } else if meta.is_dir() {
         steps.push(FsStep::Mkdir(c_path(&relative)?));
+        steps.push(FsStep::BindRo {
+            locked: locked_flags(&host)?,
+            source: c_path(&host)?,
+            target: c_path(&relative)?,
+        });
     }
-    steps.push(FsStep::BindRo {
-        locked: locked_flags(&source)?,
-        source: c_path(&source)?,
-        target: c_path(&relative)?,
-        is_dir: meta.is_dir(),
-    });
     Ok(())
 }
 
