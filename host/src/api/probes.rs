@@ -31,17 +31,20 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Runs the provider's probe plan against `base_url` now. The answer's `verdict` is `ready`
 /// only when every step passed. An upstream failure is a verdict (HTTP 200), not an error.
+/// Loopback, private and link-local targets need an admin key unless the operator allows them.
 #[utoipa::path(post, path = "/v1/probes", request_body = ProbeRequest, responses(
     (status = 200, body = ProbeResult),
     (status = 400, body = ErrorBody, description = "validation_error"),
+    (status = 403, body = ErrorBody, description = "target_not_allowed: the target is, or resolves to, a non-public address"),
     (status = 404, body = ErrorBody, description = "not_found: no active pack serves the provider (nearest ids in the message)"),
+    (status = 422, body = ErrorBody, description = "invalid_probe_step: the plugin's plan breaks the outbound URL rules; nothing was sent"),
 ))]
 async fn run_probe(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Json(body): Json<ProbeRequest>,
 ) -> ApiResult<Json<ProbeResult>> {
-    Ok(Json(state.probes.probe(&principal.owner, &body).await?))
+    Ok(Json(state.probes.probe(&principal, &body).await?))
 }
 
 /// A stored probe result of the caller's (one-off or scheduled).
@@ -62,6 +65,7 @@ async fn get_probe(
 #[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget, responses(
     (status = 201, body = Target),
     (status = 400, body = ErrorBody),
+    (status = 403, body = ErrorBody, description = "target_not_allowed: the target is, or resolves to, a non-public address"),
     (status = 404, body = ErrorBody, description = "not_found: unknown provider"),
 ))]
 async fn create_target(
@@ -71,7 +75,7 @@ async fn create_target(
 ) -> ApiResult<(StatusCode, Json<Target>)> {
     Ok((
         StatusCode::CREATED,
-        Json(state.probes.create_target(&principal.owner, body).await?),
+        Json(state.probes.create_target(&principal, body).await?),
     ))
 }
 
