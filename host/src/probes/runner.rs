@@ -43,6 +43,8 @@ use crate::store::now_rfc3339;
 
 /// Longest response body the host reads per step; a judge needs the head, not megabytes.
 const BODY_CAP_BYTES: usize = 256 * 1024;
+/// Characters of a refused step path shown in the error.
+const SHOWN_PATH_CHARS: usize = 200;
 /// Characters of a response body kept as a step preview.
 const PREVIEW_CHARS: usize = 160;
 /// Plan headers with this prefix talk to `judge`, never to the upstream.
@@ -387,7 +389,10 @@ impl ProbeRunner {
                     ErrorCode::InvalidProbeStep,
                     format!(
                         "provider {}: probe step `{}` has the path {:?}: {rule}; no request was sent",
-                        bound.provider, step.name, step.path
+                        bound.provider,
+                        step.name,
+                        // The plugin chose it: shown only in part.
+                        step.path.chars().take(SHOWN_PATH_CHARS).collect::<String>()
                     ),
                 )),
             })
