@@ -19,6 +19,8 @@ use axum::Router;
 use serde_json::{Value, json};
 use support::percentile;
 use wharf::config::ProbesConfig;
+// The mock is on loopback: the bench probes as an admin would.
+use wharf::outbound::Reach;
 use wharf::probes::runner::{ProbeRequest, ProbeRunner};
 
 const KEY: &str = "sk-bench-0123456789";
@@ -65,7 +67,7 @@ async fn main() {
     });
     // Warm up: compile cache, connection pool, blocking threads.
     for _ in 0..200 {
-        assert!(runner.run(&request).await.unwrap().ready());
+        assert!(runner.run(&request, Reach::Any).await.unwrap().ready());
     }
 
     // (c) where the overhead goes: one plugin call each, on a fresh instance.
@@ -120,7 +122,7 @@ async fn main() {
     let mut totals = Vec::new();
     let mut overheads = Vec::new();
     for _ in 0..2000 {
-        let result = runner.run(&request).await.unwrap();
+        let result = runner.run(&request, Reach::Any).await.unwrap();
         let http: f64 = result.steps.iter().map(|s| s.latency_ms).sum();
         totals.push(Duration::from_secs_f64(result.duration_ms / 1000.0));
         overheads.push(Duration::from_secs_f64(
@@ -185,7 +187,7 @@ async fn main() {
             workers.push(tokio::spawn(async move {
                 let mut failed = 0;
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                    if !runner.run(&request).await.unwrap().ready() {
+                    if !runner.run(&request, Reach::Any).await.unwrap().ready() {
                         failed += 1;
                     }
                 }

@@ -205,6 +205,10 @@ pub struct ProbesConfig {
     pub history_adhoc: u32,
     /// Shortest schedule interval a target may ask for.
     pub min_interval_secs: u64,
+    /// Whether non-admin keys may probe loopback, private, link-local and other non-public
+    /// addresses (`WHARF_PROBES_ALLOW_PRIVATE_TARGETS`). Off by default: a probe is a request
+    /// the server makes from its own network position (see `outbound`).
+    pub allow_private_targets: bool,
 }
 
 impl std::fmt::Debug for ProbesConfig {
@@ -219,6 +223,7 @@ impl std::fmt::Debug for ProbesConfig {
             .field("max_step_timeout_ms", &self.max_step_timeout_ms)
             .field("warmup_retry_ms", &self.warmup_retry_ms)
             .field("tick_ms", &self.tick_ms)
+            .field("allow_private_targets", &self.allow_private_targets)
             .finish_non_exhaustive()
     }
 }
@@ -236,6 +241,7 @@ impl Default for ProbesConfig {
             history_per_target: 100,
             history_adhoc: 1_000,
             min_interval_secs: 1,
+            allow_private_targets: false,
         }
     }
 }
@@ -370,6 +376,15 @@ impl Config {
                     .with_context(|| format!("{name}={value:?} is not a number of milliseconds"))?;
             }
         }
+        if let Some(value) = var("WHARF_PROBES_ALLOW_PRIVATE_TARGETS") {
+            self.probes.allow_private_targets = match value.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                other => anyhow::bail!(
+                    "WHARF_PROBES_ALLOW_PRIVATE_TARGETS={other:?}: expected true or false"
+                ),
+            };
+        }
         if let Some(format) = var("WHARF_LOG_FORMAT") {
             self.log_format = match format.as_str() {
                 "json" => LogFormat::Json,
@@ -405,6 +420,24 @@ mod tests {
         assert_eq!(config.listen.to_string(), "0.0.0.0:7000");
         assert_eq!(config.data_dir, PathBuf::from("/srv/wharf"));
         assert_eq!(config.packs_dir(), PathBuf::from("/packs"));
+    }
+
+    #[test]
+    fn private_probe_targets_are_off_unless_allowed() {
+        assert!(!Config::default().probes.allow_private_targets);
+        let mut config: Config = toml::from_str("[probes]\nallow_private_targets = true").unwrap();
+        assert!(config.probes.allow_private_targets);
+        config
+            .apply_env(|n| (n == "WHARF_PROBES_ALLOW_PRIVATE_TARGETS").then(|| "false".into()))
+            .unwrap();
+        assert!(!config.probes.allow_private_targets);
+        let err = Config::default()
+            .apply_env(|n| (n == "WHARF_PROBES_ALLOW_PRIVATE_TARGETS").then(|| "yes".into()))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("WHARF_PROBES_ALLOW_PRIVATE_TARGETS")
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! The modules mirror the domain: [`packs`] (manifest, loader, watcher,
 //! generations), [`runtime`] (wasmtime engine, limits, bindings),
 //! [`sandbox`] (drivers), [`capabilities`] (routing), [`probes`] (access
-//! probes, targets, schedules), [`api`] (HTTP),
+//! probes, targets, schedules), [`outbound`] (the rules for every request
+//! the server or a plugin sends out), [`api`] (HTTP),
 //! [`store`] (SQLite).
 
 pub mod api;
@@ -12,6 +13,7 @@ pub mod capabilities;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod outbound;
 pub mod packs;
 pub mod probes;
 pub mod runtime;

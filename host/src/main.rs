@@ -243,8 +243,9 @@ fn probe(config_path: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<bool> 
             stream: args.stream.then_some(true),
             direct_base_url: args.direct_base_url,
         };
+        // The CLI runs on the server's machine, by its operator: any address is theirs to probe.
         runner
-            .run(&request)
+            .run(&request, wharf::outbound::Reach::Any)
             .await
             .map_err(|err| anyhow::anyhow!("{} ({})", err.message, err.code.as_str()))
     });

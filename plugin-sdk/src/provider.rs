@@ -93,6 +93,14 @@ pub trait Provider {
 
     /// The HTTP steps that probe `target` for `provider`, in order. The host
     /// runs them, adding authentication itself.
+    ///
+    /// Each step's `path` is joined to the target's base URL, so it can only
+    /// reach the target's origin: it must start with `/` and carry no scheme,
+    /// authority (`//`), `@` (write `%40`), backslash, `#`, `.`/`..` segment,
+    /// encoded `/` or `\`, control character or whitespace (also
+    /// percent-encoded), and be ASCII. A plan with one such path is refused
+    /// whole (`invalid_probe_step`) before any request is sent. Redirects are
+    /// followed only within the target's origin.
     fn probe_plan(provider: &str, target: ProbeTarget) -> Result<Vec<ProbeStep>, PluginError>;
 
     /// Judges what the host observed for one step.

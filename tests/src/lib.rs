@@ -240,6 +240,14 @@ impl Client {
         self.send(self.request(reqwest::Method::DELETE, path)).await
     }
 
+    /// Waits until an active pack serves the provider `id` (`GET /v1/providers`).
+    pub async fn wait_for_provider(&self, id: &str) {
+        self.wait_for("/v1/providers", &format!("provider {id}"), |ids| {
+            ids.as_array().is_some_and(|a| a.iter().any(|p| p == id))
+        })
+        .await;
+    }
+
     /// Polls `path` until `check` accepts the body (bounded).
     pub async fn wait_for(
         &self,

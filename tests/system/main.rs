@@ -2,6 +2,7 @@
 
 mod api_contract;
 mod attacks_process;
+mod outbound;
 mod packs_policy;
 mod plugin_host;
 mod probes;

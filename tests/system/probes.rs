@@ -203,12 +203,7 @@ async fn start_with_openai_cn(root: &Path, env: &[(&str, &str)]) -> (WharfProces
     let built = root.join("built/openai-cn-pack");
     build_pack("packs/openai-cn-pack", &built);
     install_pack(&built, &server.packs_dir, "openai-cn-pack");
-    admin
-        .wait_for("/v1/providers", "openai-cn-pack providers", |ids| {
-            ids.as_array()
-                .is_some_and(|a| a.iter().any(|id| id == "kimi"))
-        })
-        .await;
+    admin.wait_for_provider("kimi").await;
     (server, admin)
 }
 

@@ -24,6 +24,11 @@ error_set!(
     ProviderCallErrors: ValidationError, CapabilityNotSupported, NotFound, PluginError, PluginTrap,
         PluginUnavailable, PluginTimeout
 );
+error_set!(
+    /// Running a probe: the provider plugin's calls, then the outbound rules.
+    ProbeErrors: ValidationError, CapabilityNotSupported, NotFound, PluginError, PluginTrap,
+        PluginUnavailable, PluginTimeout, TargetNotAllowed, InvalidProbeStep
+);
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -38,18 +43,19 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Runs the provider's probe plan against `base_url` now. The answer's `verdict` is `ready`
 /// only when every step passed. An upstream failure is a verdict (HTTP 200), not an error.
+/// Loopback, private and link-local targets need an admin key unless the operator allows them.
 #[utoipa::path(post, path = "/v1/probes", request_body = ProbeRequest,
     extensions(("x-wharf-outbound" = json!(true))),
     responses(
     (status = 200, body = ProbeResult),
-    ProviderCallErrors,
+    ProbeErrors,
 ))]
 async fn run_probe(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Json(body): Json<ProbeRequest>,
 ) -> ApiResult<Json<ProbeResult>> {
-    Ok(Json(state.probes.probe(&principal.owner, &body).await?))
+    Ok(Json(state.probes.probe(&principal, &body).await?))
 }
 
 /// A stored probe result of the caller's (one-off or scheduled).
@@ -72,7 +78,7 @@ async fn get_probe(
     responses(
     (status = 201, body = Target),
     (status = 400, body = ErrorBody),
-    (status = 403, body = ErrorBody, description = "quota_exceeded: `[quotas] probe_targets_per_owner` (admin keys exempt)"),
+    (status = 403, body = ErrorBody, description = "quota_exceeded: `[quotas] probe_targets_per_owner` (admin keys exempt); or target_not_allowed: the target is, or resolves to, a non-public address"),
     (status = 404, body = ErrorBody, description = "not_found: unknown provider"),
 ))]
 async fn create_target(
@@ -86,7 +92,7 @@ async fn create_target(
             state
                 .probes
                 .create_target(
-                    &principal.owner,
+                    &principal,
                     body,
                     state.config.quotas.probe_targets_for(principal.admin),
                 )

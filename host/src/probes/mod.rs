@@ -24,8 +24,10 @@ use self::targets::{CreateTarget, Target};
 use crate::config::ProbesConfig;
 use crate::error::{WharfError, WharfResult};
 use crate::metrics::Metrics;
+use crate::outbound::Reach;
 use crate::packs::Packs;
 use crate::store::Db;
+use crate::store::keys::Principal;
 
 /// Default schedule interval of a target.
 pub const DEFAULT_INTERVAL_SECS: u64 = 60;
@@ -117,10 +119,32 @@ impl ProbeService {
     }
 
     /// A one-off probe; the result is kept in the owner's history.
-    pub async fn probe(&self, owner: &str, request: &ProbeRequest) -> WharfResult<ProbeResult> {
-        let result = self.runner.run(request).await?;
-        targets::record(&self.db, owner, &result, self.config.history_adhoc).await?;
+    pub async fn probe(
+        &self,
+        caller: &Principal,
+        request: &ProbeRequest,
+    ) -> WharfResult<ProbeResult> {
+        let result = self.runner.run(request, self.reach(caller.admin)).await?;
+        targets::record(&self.db, &caller.owner, &result, self.config.history_adhoc).await?;
         Ok(result)
+    }
+
+    /// Which addresses a caller's probes may reach (see [`crate::outbound`]).
+    fn reach(&self, admin: bool) -> Reach {
+        Reach::for_caller(admin, self.config.allow_private_targets)
+    }
+
+    /// A scheduled probe reaches what its creator's key may reach now: an admin key revoked
+    /// since loses its targets' private reach.
+    async fn reach_of_target(&self, due: &targets::DueTarget) -> WharfResult<Reach> {
+        if self.config.allow_private_targets {
+            return Ok(Reach::Any);
+        }
+        let admin = match due.created_by_key.as_deref() {
+            Some(key_id) => crate::store::keys::is_active_admin(&self.db, key_id).await?,
+            None => false,
+        };
+        Ok(self.reach(admin))
     }
 
     pub async fn result(&self, owner: &str, id: &str) -> WharfResult<ProbeResult> {
@@ -130,10 +154,11 @@ impl ProbeService {
     /// Registers a target; `quota` caps the owner's targets (`None`: no cap).
     pub async fn create_target(
         &self,
-        owner: &str,
+        creator: &Principal,
         spec: CreateTarget,
         quota: Option<u32>,
     ) -> WharfResult<Target> {
+        let owner = creator.owner.as_str();
         let interval = spec.interval_secs.unwrap_or(DEFAULT_INTERVAL_SECS);
         let min = self.config.min_interval_secs.max(1);
         if !(min..=MAX_INTERVAL_SECS).contains(&interval) {
@@ -141,9 +166,12 @@ impl ProbeService {
                 "`interval_secs` must be within {min}..={MAX_INTERVAL_SECS}"
             )));
         }
-        // The same checks as a probe, so a target that can never be probed is refused now.
+        // The same checks as a probe, so a target that can never be probed is refused now (and
+        // again at every run: a name may resolve elsewhere later).
         let request = request_of(&spec);
-        self.runner.check(&request)?;
+        self.runner
+            .check(&request, self.reach(creator.admin))
+            .await?;
         let id = crate::store::keys::new_id("tgt");
         let sealed = self.secrets.seal(&spec.api_key, &id)?;
         let created_at = crate::store::now_rfc3339();
@@ -155,6 +183,7 @@ impl ProbeService {
             targets::NewTarget {
                 id: &id,
                 owner,
+                created_by_key: &creator.key_id,
                 spec: &spec,
                 key_sealed: &sealed,
                 key_fingerprint: &crypto::fingerprint(&spec.api_key),
@@ -208,8 +237,15 @@ impl ProbeService {
     async fn probe_target(&self, due: targets::DueTarget) {
         let started = std::time::Instant::now();
         let started_at = crate::store::now_rfc3339();
-        let outcome = match self.secrets.open(&due.key_sealed, &due.id) {
-            Ok(api_key) => {
+        let opened = match self.reach_of_target(&due).await {
+            Ok(reach) => self
+                .secrets
+                .open(&due.key_sealed, &due.id)
+                .map(|key| (key, reach)),
+            Err(err) => Err(err),
+        };
+        let outcome = match opened {
+            Ok((api_key, reach)) => {
                 let request = ProbeRequest {
                     provider: due.provider.clone(),
                     base_url: due.base_url.clone(),
@@ -220,7 +256,7 @@ impl ProbeService {
                 };
                 // The plugin's log lines of this probe are the target owner's.
                 crate::runtime::call::CALL_OWNER
-                    .scope(due.owner.as_str().into(), self.runner.run(&request))
+                    .scope(due.owner.as_str().into(), self.runner.run(&request, reach))
                     .await
             }
             Err(err) => Err(err),

@@ -11,8 +11,14 @@
 //! - with a `direct_base_url`, both targets run; a relay that fails while the same key direct
 //!   to the upstream is ready is a `host_compatibility_gap`.
 //!
-//! The API key goes only into the request's auth header. It is redacted from every detail and
-//! preview before they leave this module, and `x-wharf-*` plan headers never go upstream.
+//! Every request follows the outbound rules ([`crate::outbound`]): the step URL is the target's
+//! base URL joined with the step path, and a plan with a path that breaks the rules fails the
+//! probe (`invalid_probe_step`) before any of its requests is sent; the API key goes only to
+//! the target's origin, in its auth header; redirects do not leave that origin; and a target
+//! outside the caller's [`Reach`] is `target_not_allowed` before anything connects.
+//!
+//! The API key is redacted from every detail and preview before they leave this module, and
+//! `x-wharf-*` plan headers never go upstream.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +30,9 @@ use tokio::sync::Semaphore;
 use super::crypto::redact;
 use crate::config::ProbesConfig;
 use crate::error::{ErrorCode, WharfError, WharfResult};
+use crate::outbound::{
+    AddressRefused, BaseUrl, ClientOptions, Credential, OutboundClient, Reach, Refused, refusal,
+};
 use crate::packs::{InflightGuard, Packs};
 use crate::runtime::bindings::adapter::wharf::plugin::types::PluginError;
 use crate::runtime::bindings::provider::LlmProvider;
@@ -34,6 +43,8 @@ use crate::store::now_rfc3339;
 
 /// Longest response body the host reads per step; a judge needs the head, not megabytes.
 const BODY_CAP_BYTES: usize = 256 * 1024;
+/// Characters of a refused step path shown in the error.
+const SHOWN_PATH_CHARS: usize = 200;
 /// Characters of a response body kept as a step preview.
 const PREVIEW_CHARS: usize = 160;
 /// Plan headers with this prefix talk to `judge`, never to the upstream.
@@ -149,7 +160,7 @@ struct Run {
 /// Performs probes. Cheap to share; holds the HTTP client and the concurrency bound.
 pub struct ProbeRunner {
     packs: Arc<Packs>,
-    http: reqwest::Client,
+    outbound: OutboundClient,
     limit: Arc<Semaphore>,
     config: ProbesConfig,
 }
@@ -164,19 +175,15 @@ struct Bound {
 
 impl ProbeRunner {
     pub fn new(packs: Arc<Packs>, config: ProbesConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            // Probes judge what the upstream says, not where it redirects to.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_millis(
-                config.max_step_timeout_ms.clamp(1, 10_000),
-            ))
-            .pool_max_idle_per_host(config.max_concurrency.max(1))
-            .user_agent(concat!("wharf-probe/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let outbound = OutboundClient::new(&ClientOptions {
+            connect_timeout: Duration::from_millis(config.max_step_timeout_ms.clamp(1, 10_000)),
+            pool_max_idle_per_host: config.max_concurrency.max(1),
+            user_agent: concat!("wharf-probe/", env!("CARGO_PKG_VERSION")).into(),
+        })?;
         let limit = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
         Ok(Self {
             packs,
-            http,
+            outbound,
             limit,
             config,
         })
@@ -187,17 +194,36 @@ impl ProbeRunner {
     }
 
     /// Runs one probe on the pack generation active now; a swap during the probe does not
-    /// affect it (its generation stays alive until it ends).
-    pub async fn run(&self, request: &ProbeRequest) -> WharfResult<ProbeResult> {
-        validate(request)?;
+    /// affect it (its generation stays alive until it ends). Its targets must be within
+    /// `reach`.
+    pub async fn run(&self, request: &ProbeRequest, reach: Reach) -> WharfResult<ProbeResult> {
+        let targets = validate(request)?;
+        self.check_reach(&targets, reach).await?;
         let started_at = now_rfc3339();
         let started = Instant::now();
         let bound = self.bind(&request.provider)?;
         let pack = bound._guard.pack().clone();
-        let relay = self.run_target(&bound, request, &request.base_url, "relay");
-        let (relay, direct) = match request.direct_base_url.as_deref() {
+        let credential = Credential::for_scheme(&bound.auth_scheme, &request.api_key)
+            .map_err(|err| WharfError::validation(format!("`api_key`: {err}")))?;
+        // Both plans are made and checked before either target gets a request.
+        let (relay, direct) = match targets.direct {
             Some(direct_url) => {
-                let direct = self.run_target(&bound, request, direct_url, "direct");
+                let (relay, direct) = tokio::join!(
+                    self.prepare(&bound, request, targets.relay, Via::Relay),
+                    self.prepare(&bound, request, direct_url, Via::Direct)
+                );
+                (relay?, Some(direct?))
+            }
+            None => (
+                self.prepare(&bound, request, targets.relay, Via::Relay)
+                    .await?,
+                None,
+            ),
+        };
+        let relay = self.run_target(&bound, request, relay, reach, &credential);
+        let (relay, direct) = match direct {
+            Some(direct) => {
+                let direct = self.run_target(&bound, request, direct, reach, &credential);
                 let (relay, direct) = tokio::join!(relay, direct);
                 (relay?, Some(direct?))
             }
@@ -282,10 +308,28 @@ impl ProbeRunner {
         self.packs.snapshot().providers.keys().cloned().collect()
     }
 
-    /// The request is well-formed and an active pack serves its provider.
-    pub fn check(&self, request: &ProbeRequest) -> WharfResult<()> {
-        validate(request)?;
+    /// The request is well-formed, its targets are within `reach`, and an active pack serves
+    /// its provider.
+    pub async fn check(&self, request: &ProbeRequest, reach: Reach) -> WharfResult<()> {
+        let targets = validate(request)?;
+        self.check_reach(&targets, reach).await?;
         self.bind(&request.provider).map(drop)
+    }
+
+    /// Refuses targets outside `reach` before anything connects (the resolver of each
+    /// connection checks again, so a name that changes its answer is refused all the same).
+    async fn check_reach(&self, targets: &Targets, reach: Reach) -> WharfResult<()> {
+        self.outbound
+            .check_target(&targets.relay, reach)
+            .await
+            .map_err(|refused| not_allowed(Via::Relay, &refused))?;
+        if let Some(direct) = &targets.direct {
+            self.outbound
+                .check_target(direct, reach)
+                .await
+                .map_err(|refused| not_allowed(Via::Direct, &refused))?;
+        }
+        Ok(())
     }
 
     fn bind(&self, provider: &str) -> WharfResult<Bound> {
@@ -316,35 +360,85 @@ impl ProbeRunner {
         })
     }
 
-    /// The plan against one base URL, with `warming_up` retried inside the warm-up window.
-    async fn run_target(
+    /// The plan for one target, each step with its URL. A step path that breaks the outbound
+    /// rules fails here, before any request.
+    async fn prepare(
         &self,
         bound: &Bound,
         request: &ProbeRequest,
-        base_url: &str,
-        via: &str,
-    ) -> WharfResult<Run> {
+        base: BaseUrl,
+        via: Via,
+    ) -> WharfResult<Prepared> {
+        // The plugin sees the base URL as the caller wrote it.
+        let written = match via {
+            Via::Relay => request.base_url.clone(),
+            Via::Direct => request.direct_base_url.clone().unwrap_or_default(),
+        };
         let target = wit::ProbeTarget {
-            base_url: base_url.to_string(),
+            base_url: written,
             model: request.model.clone(),
             stream: request.stream,
         };
         // One instance serves the plan and every judgement of this target's run.
         let mut session: Slot = None;
         let plan = self.plan(bound, &mut session, target).await?;
+        let steps = plan
+            .into_iter()
+            .map(|step| match base.join(&step.path) {
+                Ok(url) => Ok((step, url)),
+                Err(rule) => Err(WharfError::new(
+                    ErrorCode::InvalidProbeStep,
+                    format!(
+                        "provider {}: probe step `{}` has the path {:?}: {rule}; no request was sent",
+                        bound.provider,
+                        step.name,
+                        // The plugin chose it: shown only in part.
+                        step.path.chars().take(SHOWN_PATH_CHARS).collect::<String>()
+                    ),
+                )),
+            })
+            .collect::<WharfResult<Vec<_>>>()?;
+        Ok(Prepared {
+            via,
+            base,
+            session,
+            steps,
+        })
+    }
+
+    /// The plan against one target, with `warming_up` retried inside the warm-up window.
+    async fn run_target(
+        &self,
+        bound: &Bound,
+        request: &ProbeRequest,
+        prepared: Prepared,
+        reach: Reach,
+        credential: &Credential,
+    ) -> WharfResult<Run> {
+        let Prepared {
+            via,
+            base,
+            mut session,
+            steps: plan,
+        } = prepared;
         let model = plan
             .iter()
-            .flat_map(|step| step.headers.iter())
+            .flat_map(|(step, _)| step.headers.iter())
             .find(|(name, _)| name.eq_ignore_ascii_case(MODEL_HEADER))
             .map(|(_, value)| value.clone())
             .or_else(|| request.model.clone());
+        let target = Target {
+            base: &base,
+            reach,
+            credential,
+            api_key: &request.api_key,
+            via,
+        };
         let window_ends = Instant::now() + Duration::from_millis(self.config.warmup_retry_ms);
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut run = self
-                .run_plan(bound, &mut session, &plan, base_url, &request.api_key, via)
-                .await?;
+            let mut run = self.run_plan(bound, &mut session, &plan, &target).await?;
             let now = Instant::now();
             if run.class == WARMING_UP && now < window_ends {
                 let hint = run.retry_after_ms.map_or(
@@ -387,15 +481,13 @@ impl ProbeRunner {
         &self,
         bound: &Bound,
         session: &mut Slot,
-        plan: &[wit::ProbeStep],
-        base_url: &str,
-        api_key: &str,
-        via: &str,
+        plan: &[(wit::ProbeStep, reqwest::Url)],
+        target: &Target<'_>,
     ) -> WharfResult<Run> {
+        let api_key = target.api_key;
         let mut steps = Vec::with_capacity(plan.len());
-        for step in plan {
-            let (observation, preview, latency) =
-                self.perform(bound, step, base_url, api_key).await;
+        for (step, url) in plan {
+            let (observation, preview, latency) = self.perform(step, url, target).await?;
             let status = observation.status;
             let provider = bound.provider.clone();
             let judged = step.clone();
@@ -406,7 +498,7 @@ impl ProbeRunner {
             .await?;
             let detail = redact(&verdict.detail, api_key);
             steps.push(StepResult {
-                via: via.to_string(),
+                via: target.via.as_str().to_string(),
                 name: step.name.clone(),
                 method: step.method.clone(),
                 path: step.path.clone(),
@@ -443,37 +535,42 @@ impl ProbeRunner {
         })
     }
 
-    /// Sends one step upstream. Never fails: a transport failure is an observation too.
+    /// Sends one step to its URL. A transport failure is an observation too; only a target
+    /// that the connection's resolver refuses (its name now points elsewhere) fails the probe.
     async fn perform(
         &self,
-        bound: &Bound,
         step: &wit::ProbeStep,
-        base_url: &str,
-        api_key: &str,
-    ) -> (wit::Observation, String, Duration) {
-        let url = format!("{}{}", base_url.trim_end_matches('/'), step.path);
+        url: &reqwest::Url,
+        target: &Target<'_>,
+    ) -> WharfResult<(wit::Observation, String, Duration)> {
         let timeout = Duration::from_millis(
             u64::from(step.timeout_ms).clamp(1, self.config.max_step_timeout_ms.max(1)),
         );
         let method =
             reqwest::Method::from_bytes(step.method.as_bytes()).unwrap_or(reqwest::Method::GET);
-        let mut request = self.http.request(method, &url);
-        for (name, value) in &step.headers {
-            let lower = name.to_ascii_lowercase();
-            // Credentials are the host's to add; private headers are for `judge` only.
-            if lower.starts_with(PRIVATE_HEADER_PREFIX)
-                || lower == "authorization"
-                || lower == "x-api-key"
-            {
-                continue;
-            }
-            request = request.header(name.as_str(), value.as_str());
-        }
-        request = match bound.auth_scheme.as_str() {
-            "x-api-key" => request.header("x-api-key", api_key),
-            "api-key" => request.header("api-key", api_key),
-            _ => request.bearer_auth(api_key),
-        };
+        // Private headers are for `judge` only; the outbound rules drop credential and routing
+        // headers and add the target's credential.
+        let headers = step
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.to_ascii_lowercase().starts_with(PRIVATE_HEADER_PREFIX))
+            .map(|(name, value)| (name.as_str(), value.as_str()));
+        let mut request = self
+            .outbound
+            .request(
+                target.base,
+                target.reach,
+                method,
+                url,
+                headers,
+                Some(target.credential),
+            )
+            .map_err(|refused| match refused {
+                Refused::Address(refused) => not_allowed(target.via, &refused),
+                Refused::OtherOrigin { .. } => {
+                    WharfError::internal(format!("probe step `{}`: {refused}", step.name))
+                }
+            })?;
         if let Some(body) = &step.body {
             request = request.body(body.clone());
         }
@@ -503,14 +600,19 @@ impl ProbeRunner {
         let latency_ms = latency.as_millis() as u64;
         let observation = match outcome {
             Err(_) => transport_failure("timeout", latency_ms),
-            Ok(Err(err)) => transport_failure(
-                if err.is_timeout() {
-                    "timeout"
-                } else {
-                    "network_error"
-                },
-                latency_ms,
-            ),
+            Ok(Err(err)) => {
+                if let Some(refused) = refusal(&err) {
+                    return Err(not_allowed(target.via, &refused));
+                }
+                transport_failure(
+                    if err.is_timeout() {
+                        "timeout"
+                    } else {
+                        "network_error"
+                    },
+                    latency_ms,
+                )
+            }
             Ok(Ok((status, headers, body, broken))) => wit::Observation {
                 status: Some(status),
                 headers,
@@ -519,9 +621,69 @@ impl ProbeRunner {
                 transport_error: broken.then(|| "network_error".to_string()),
             },
         };
-        let preview = preview(&observation, api_key);
-        (observation, preview, latency)
+        let preview = preview(&observation, target.api_key);
+        Ok((observation, preview, latency))
     }
+}
+
+/// Which of a probe's targets a step goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// `base_url`.
+    Relay,
+    /// `direct_base_url`.
+    Direct,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Relay => "relay",
+            Via::Direct => "direct",
+        }
+    }
+
+    fn field(self) -> &'static str {
+        match self {
+            Via::Relay => "base_url",
+            Via::Direct => "direct_base_url",
+        }
+    }
+}
+
+/// The validated base URLs of a probe.
+#[derive(Debug)]
+struct Targets {
+    relay: BaseUrl,
+    direct: Option<BaseUrl>,
+}
+
+/// One target's plan, checked, with the provider instance that made it.
+struct Prepared {
+    via: Via,
+    base: BaseUrl,
+    session: Slot,
+    steps: Vec<(wit::ProbeStep, reqwest::Url)>,
+}
+
+/// Where and how one target's steps are sent.
+struct Target<'a> {
+    base: &'a BaseUrl,
+    reach: Reach,
+    credential: &'a Credential,
+    /// For redaction only: the credential carries it to the target.
+    api_key: &'a str,
+    via: Via,
+}
+
+fn not_allowed(via: Via, refused: &AddressRefused) -> WharfError {
+    WharfError::new(
+        ErrorCode::TargetNotAllowed,
+        format!(
+            "`{}`: {refused}; probing loopback, private, link-local and other non-public addresses needs an admin key, or `[probes] allow_private_targets = true` on the server",
+            via.field()
+        ),
+    )
 }
 
 /// The provider instance of one run, created on first use and dropped after a fault.
@@ -631,14 +793,16 @@ fn contains_done(bytes: &[u8]) -> bool {
     bytes.windows(6).any(|w| w == b"[DONE]")
 }
 
-fn validate(request: &ProbeRequest) -> WharfResult<()> {
+fn validate(request: &ProbeRequest) -> WharfResult<Targets> {
     if request.provider.trim().is_empty() {
         return Err(WharfError::validation("`provider` is required"));
     }
-    check_url("base_url", &request.base_url)?;
-    if let Some(direct) = &request.direct_base_url {
-        check_url("direct_base_url", direct)?;
-    }
+    let relay = base_url(Via::Relay, &request.base_url)?;
+    let direct = request
+        .direct_base_url
+        .as_deref()
+        .map(|direct| base_url(Via::Direct, direct))
+        .transpose()?;
     let key = request.api_key.as_str();
     if key.trim().len() < 4 {
         return Err(WharfError::validation(
@@ -660,23 +824,11 @@ fn validate(request: &ProbeRequest) -> WharfResult<()> {
             "`model` is empty; omit it to probe the provider's smoke-test model",
         ));
     }
-    Ok(())
+    Ok(Targets { relay, direct })
 }
 
-fn check_url(field: &str, value: &str) -> WharfResult<()> {
-    let url = reqwest::Url::parse(value.trim())
-        .map_err(|err| WharfError::validation(format!("`{field}` is not a URL: {err}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(WharfError::validation(format!(
-            "`{field}` must be an http(s) URL with a host"
-        )));
-    }
-    if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
-        return Err(WharfError::validation(format!(
-            "`{field}` must carry no query and no credentials; pass the key as `api_key`"
-        )));
-    }
-    Ok(())
+fn base_url(via: Via, value: &str) -> WharfResult<BaseUrl> {
+    BaseUrl::parse(value).map_err(|err| WharfError::validation(format!("`{}` {err}", via.field())))
 }
 
 fn plan_error(provider: &str, err: PluginError) -> WharfError {

@@ -56,6 +56,8 @@ pub struct DueTarget {
     pub stream: Option<bool>,
     pub key_sealed: Vec<u8>,
     pub interval_secs: u64,
+    /// The API key that created the target (null for targets from before this was kept).
+    pub created_by_key: Option<String>,
 }
 
 const TARGET_COLUMNS: &str = "id, provider, base_url, direct_base_url, model, stream, key_fingerprint, interval_secs, created_at, verdict, verdict_since, last_probed_at";
@@ -80,6 +82,7 @@ fn target_from_row(row: &sqlx::sqlite::SqliteRow) -> Target {
 pub struct NewTarget<'a> {
     pub id: &'a str,
     pub owner: &'a str,
+    pub created_by_key: &'a str,
     pub spec: &'a CreateTarget,
     pub key_sealed: &'a [u8],
     pub key_fingerprint: &'a str,
@@ -95,11 +98,12 @@ pub struct NewTarget<'a> {
 pub async fn insert(db: &Db, new: NewTarget<'_>, quota: Option<u32>) -> WharfResult<()> {
     let mut tx = db.begin().await?;
     sqlx::query(
-        "INSERT INTO probe_targets (id, owner, provider, base_url, direct_base_url, model, stream, key_sealed, key_fingerprint, interval_secs, created_at, next_due_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO probe_targets (id, owner, created_by_key, provider, base_url, direct_base_url, model, stream, key_sealed, key_fingerprint, interval_secs, created_at, next_due_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(new.id)
     .bind(new.owner)
+    .bind(new.created_by_key)
     .bind(&new.spec.provider)
     .bind(&new.spec.base_url)
     .bind(&new.spec.direct_base_url)
@@ -171,7 +175,7 @@ pub async fn delete(db: &Db, owner: &str, id: &str) -> WharfResult<()> {
 /// Targets whose time has come, soonest first.
 pub async fn due(db: &Db, now: f64, limit: usize) -> WharfResult<Vec<DueTarget>> {
     let rows = sqlx::query(
-        "SELECT id, owner, provider, base_url, direct_base_url, model, stream, key_sealed, interval_secs
+        "SELECT id, owner, provider, base_url, direct_base_url, model, stream, key_sealed, interval_secs, created_by_key
          FROM probe_targets WHERE next_due_at <= ? ORDER BY next_due_at LIMIT ?",
     )
     .bind(now)
@@ -190,6 +194,7 @@ pub async fn due(db: &Db, now: f64, limit: usize) -> WharfResult<Vec<DueTarget>>
             stream: row.get::<Option<i64>, _>("stream").map(|s| s != 0),
             key_sealed: row.get("key_sealed"),
             interval_secs: row.get::<i64, _>("interval_secs") as u64,
+            created_by_key: row.get("created_by_key"),
         })
         .collect())
 }
@@ -313,6 +318,7 @@ mod tests {
         let new = NewTarget {
             id,
             owner,
+            created_by_key: "key_test",
             spec: &spec,
             key_sealed: b"sealed",
             key_fingerprint: "sk-t",

@@ -77,6 +77,15 @@ pub async fn authenticate(db: &Db, secret: &str) -> WharfResult<Option<Principal
     }))
 }
 
+/// Whether `key_id` is an admin key that has not been revoked.
+pub async fn is_active_admin(db: &Db, key_id: &str) -> WharfResult<bool> {
+    let row = sqlx::query("SELECT admin FROM api_keys WHERE id = ? AND revoked_at IS NULL")
+        .bind(key_id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.is_some_and(|row| row.get::<i64, _>("admin") != 0))
+}
+
 /// Creates a key and returns it with its secret (the only time the secret exists in clear).
 pub async fn create(db: &Db, owner: &str, admin: bool) -> WharfResult<(ApiKey, String)> {
     let secret = generate_secret();
@@ -170,6 +179,19 @@ pub async fn revoke(db: &Db, id: &str) -> WharfResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn only_unrevoked_admin_keys_are_active_admins() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open(dir.path()).await.unwrap();
+        let (admin, _) = create(&db, "ops", true).await.unwrap();
+        let (user, _) = create(&db, "alice", false).await.unwrap();
+        assert!(is_active_admin(&db, &admin.id).await.unwrap());
+        assert!(!is_active_admin(&db, &user.id).await.unwrap());
+        assert!(!is_active_admin(&db, "key_unknown").await.unwrap());
+        revoke(&db, &admin.id).await.unwrap();
+        assert!(!is_active_admin(&db, &admin.id).await.unwrap());
+    }
 
     #[tokio::test]
     async fn lifecycle_generate_effective_revoked_rejected() {

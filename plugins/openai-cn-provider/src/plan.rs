@@ -11,8 +11,8 @@
 //!
 //! # Path convention
 //!
-//! The host requests `target.base_url.trim_end_matches('/') + step.path`. The plan therefore
-//! looks at the target base URL:
+//! The host joins `step.path` to the target base URL's path (`/v1` + `/models`; see the host's
+//! outbound rules for what a path may hold). The plan therefore looks at the target base URL:
 //!
 //! * if its path already contains an API version segment (`/v1`, `/v4`, `/v1beta`, ... as in
 //!   `https://api.moonshot.cn/v1`, `https://open.bigmodel.cn/api/paas/v4`,
