@@ -133,6 +133,46 @@ async fn process_sandbox_code_cannot_read_or_write_the_host() {
     assert_eq!(out["stdout"], "hi\nt\n", "{out}");
 }
 
+/// Starts an exec that leaves a `setsid` and a double-forked `nohup` sleeper
+/// behind it (`sleep <tag>.1` to `.3`) and waits until all three run.
+async fn start_escaping_sleepers(
+    client: &Client,
+    id: &str,
+    tag: &'static str,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let running = tokio::spawn({
+        let (client, path) = (client.clone(), format!("/v1/sandboxes/{id}/exec"));
+        let command = format!("setsid sleep {tag}.1 & (nohup sleep {tag}.2 &); sleep {tag}.3");
+        async move {
+            client
+                .post(&path, json!({"command": command, "timeout_ms": 60000}))
+                .await
+        }
+    });
+    poll("the sleepers to start", || async {
+        let found = host_processes_with(&format!("sleep {tag}."));
+        if found.len() >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{found:?}"))
+        }
+    })
+    .await;
+    running
+}
+
+async fn wait_sleepers_gone(tag: &str, what: &str) {
+    poll(what, || async {
+        let left = host_processes_with(&format!("sleep {tag}."));
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_setsid_sleeper_survives_neither_delete_nor_a_killed_server() {
     let root = tempfile::tempdir().unwrap();
@@ -143,71 +183,17 @@ async fn a_setsid_sleeper_survives_neither_delete_nor_a_killed_server() {
 
     // Delete while an exec and its escaped children run.
     let id = create_sandbox(&alice, "local").await;
-    let running = tokio::spawn({
-        let (alice, id) = (alice.clone(), id.clone());
-        async move {
-            alice
-                .post(
-                    &format!("/v1/sandboxes/{id}/exec"),
-                    json!({"command": "setsid sleep 901.1 & (nohup sleep 901.2 &); sleep 901.3", "timeout_ms": 60000}),
-                )
-                .await
-        }
-    });
-    poll("the sleepers to start", || async {
-        let found = host_processes_with("sleep 901.");
-        if found.len() >= 3 {
-            Ok(())
-        } else {
-            Err(format!("{found:?}"))
-        }
-    })
-    .await;
+    let running = start_escaping_sleepers(&alice, &id, "901").await;
     let (status, body) = alice.delete(&format!("/v1/sandboxes/{id}")).await;
     assert!(status == 200 || status == 204, "{body}");
-    poll("the sleepers to die with their sandbox", || async {
-        let left = host_processes_with("sleep 901.");
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{left:?}"))
-        }
-    })
-    .await;
+    wait_sleepers_gone("901", "the sleepers to die with their sandbox").await;
     let _ = running.await;
 
     // kill -9 of the server while an exec runs: everything it started dies.
     let id = create_sandbox(&alice, "local").await;
-    tokio::spawn({
-        let (alice, id) = (alice.clone(), id.clone());
-        async move {
-            alice
-                .post(
-                    &format!("/v1/sandboxes/{id}/exec"),
-                    json!({"command": "setsid sleep 902.1 & (nohup sleep 902.2 &); sleep 902.3", "timeout_ms": 60000}),
-                )
-                .await
-        }
-    });
-    poll("the sleepers to start", || async {
-        let found = host_processes_with("sleep 902.");
-        if found.len() >= 3 {
-            Ok(())
-        } else {
-            Err(format!("{found:?}"))
-        }
-    })
-    .await;
+    let _running = start_escaping_sleepers(&alice, &id, "902").await;
     server.kill();
-    poll("the sleepers to die with the server", || async {
-        let left = host_processes_with("sleep 902.");
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{left:?}"))
-        }
-    })
-    .await;
+    wait_sleepers_gone("902", "the sleepers to die with the server").await;
     // And the restarted server serves the sandbox again, with nothing left over.
     let server = WharfProcess::start(root.path(), &[]);
     let alice = Client::new(&server, Some(&alice_key));
