@@ -85,6 +85,12 @@ pub struct SandboxConfig {
     pub gc_interval_ms: u64,
     /// Whether the Docker driver is used when a daemon answers.
     pub docker: bool,
+    /// Memory limit of a Docker sandbox whose profile sets no `memory_mib`.
+    pub docker_default_memory_mib: u64,
+    /// Process (and thread) limit of a Docker sandbox whose profile sets no `pids_limit`.
+    pub docker_default_pids: i64,
+    /// CPU cores of a Docker sandbox whose profile sets no `cpus`.
+    pub docker_default_cpus: f64,
 }
 
 #[derive(Clone, Deserialize)]
@@ -198,6 +204,9 @@ impl Default for SandboxConfig {
             not_ready_wait_ms: 10_000,
             gc_interval_ms: 30_000,
             docker: true,
+            docker_default_memory_mib: 512,
+            docker_default_pids: 256,
+            docker_default_cpus: 1.0,
         }
     }
 }

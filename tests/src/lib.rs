@@ -143,6 +143,11 @@ impl WharfProcess {
         format!("{}{}", read("stdout.log"), read("stderr.log"))
     }
 
+    /// The server's process id (to read its `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server hard, like `kill -9`.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
