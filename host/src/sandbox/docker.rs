@@ -92,9 +92,9 @@ impl DockerDefaults {
     fn check(&self, prefix: &str) -> Result<(), String> {
         // The engine refuses less than 6 MiB of memory; 0 or a negative pids
         // limit means no limit at all.
-        if self.memory_mib < MIN_MEMORY_MIB {
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(format!(
-                "{prefix}memory_mib must be at least {MIN_MEMORY_MIB}"
+                "{prefix}memory_mib must be in [{MIN_MEMORY_MIB}, {MAX_MEMORY_MIB}]"
             ));
         }
         if self.pids < 1 {
@@ -120,8 +120,26 @@ impl DockerDefaults {
     }
 }
 
+/// Refuses a profile `user` other than a numeric, non-root `uid:gid`: a name
+/// would be looked up in the image's own `/etc/passwd`, which may map it to 0.
+fn check_user(profile: &Profile) -> WharfResult<()> {
+    let ids = profile
+        .user
+        .split_once(':')
+        .and_then(|(uid, gid)| Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?)));
+    match ids {
+        Some((uid, gid)) if uid > 0 && gid > 0 => Ok(()),
+        _ => Err(WharfError::validation(format!(
+            "profile {:?}: user must be a numeric uid:gid other than root (e.g. \"1000:1000\"), not {:?}",
+            profile.name, profile.user
+        ))),
+    }
+}
+
 /// The smallest memory limit the engine accepts.
 const MIN_MEMORY_MIB: u64 = 6;
+/// The largest memory limit taken (16 TiB): its byte count fits the engine's i64.
+const MAX_MEMORY_MIB: u64 = 16 * 1024 * 1024;
 
 pub struct DockerDriver {
     docker: Docker,
@@ -753,6 +771,7 @@ impl SandboxDriver for DockerDriver {
             ("wharf.profile".to_string(), profile.name.clone()),
         ]);
         let limits = self.defaults.for_profile(profile)?;
+        check_user(profile)?;
         let result: WharfResult<()> = async {
             self.docker
                 .create_volume(VolumeCreateRequest { name: Some(name.clone()), labels: Some(labels.clone()), ..Default::default() })
@@ -1276,6 +1295,27 @@ mod tests {
         let err = defaults.for_profile(&profile).unwrap_err();
         assert_eq!(err.code, ErrorCode::ValidationError);
         assert!(err.message.contains("pids"), "{err:?}");
+        profile.pids_limit = None;
+        profile.memory_mib = Some(u64::MAX);
+        let err = defaults.for_profile(&profile).unwrap_err();
+        assert!(err.message.contains("memory_mib"), "{err:?}");
+
+        // Only a numeric, non-root uid:gid.
+        for user in [
+            "0:0",
+            "1000:0",
+            "0:1000",
+            "root",
+            "sandbox:sandbox",
+            "1000",
+            "",
+        ] {
+            profile.user = user.to_string();
+            let err = check_user(&profile).unwrap_err();
+            assert_eq!(err.code, ErrorCode::ValidationError, "{user}");
+        }
+        profile.user = "1001:1002".to_string();
+        check_user(&profile).unwrap();
         let config = SandboxConfig {
             docker_default_memory_mib: 0,
             ..SandboxConfig::default()
