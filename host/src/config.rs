@@ -135,6 +135,12 @@ pub struct SandboxConfig {
     pub events_per_sandbox: u32,
     /// How long a deleted sandbox's row and event log stay readable before GC removes them.
     pub deleted_retention_secs: u64,
+    /// Memory limit of a Docker sandbox whose profile sets no `memory_mib`.
+    pub docker_default_memory_mib: u64,
+    /// Process (and thread) limit of a Docker sandbox whose profile sets no `pids_limit`.
+    pub docker_default_pids: i64,
+    /// CPU cores of a Docker sandbox whose profile sets no `cpus`.
+    pub docker_default_cpus: f64,
 }
 
 impl SandboxConfig {
@@ -312,6 +318,9 @@ impl Default for SandboxConfig {
             process_tmp_mib: 256,
             events_per_sandbox: 1_000,
             deleted_retention_secs: 7 * 24 * 3600,
+            docker_default_memory_mib: 512,
+            docker_default_pids: 256,
+            docker_default_cpus: 1.0,
         }
     }
 }

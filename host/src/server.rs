@@ -15,7 +15,7 @@ use crate::probes::scheduler::{self, SchedulerHandle};
 use crate::runtime::Runtime;
 use crate::runtime::logs::PluginLogs;
 use crate::sandbox::SandboxDriver;
-use crate::sandbox::docker::DockerDriver;
+use crate::sandbox::docker::{DockerDefaults, DockerDriver};
 use crate::sandbox::gc;
 use crate::sandbox::isolation::IsolationSettings;
 use crate::sandbox::process::{ProcessDriver, ProcessLimits};
@@ -75,7 +75,8 @@ impl Server {
         )?);
         let mut drivers: Vec<Arc<dyn SandboxDriver>> = vec![process];
         if config.sandbox.docker {
-            match DockerDriver::connect(&instance_id(&config.data_dir)?).await {
+            let defaults = DockerDefaults::from_config(&config.sandbox)?;
+            match DockerDriver::connect(&instance_id(&config.data_dir)?, defaults).await {
                 Some(docker) => drivers.push(Arc::new(docker)),
                 None => tracing::info!(
                     "no Docker daemon answers: the docker sandbox driver is unavailable"

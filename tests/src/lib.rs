@@ -152,7 +152,7 @@ impl WharfProcess {
         format!("{}{}", read("stdout.log"), read("stderr.log"))
     }
 
-    /// The server's process id.
+    /// The server's process id (to read its `/proc/<pid>/status`).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

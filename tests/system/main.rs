@@ -1,6 +1,7 @@
 //! System tests: the real `wharf` binary on a free port, real built packs, HTTP.
 
 mod api_contract;
+mod attacks_docker;
 mod attacks_process;
 mod outbound;
 mod packs_policy;

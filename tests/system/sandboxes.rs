@@ -19,7 +19,7 @@ use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, build_pack, install_pack_active
 
 mod bounds;
 
-const BASE_IMAGE: &str = "wharf/sandbox-base:1";
+pub(crate) const BASE_IMAGE: &str = "wharf/sandbox-base:1";
 
 /// Profiles the tests use, beside the built-in `local` and `docker`.
 const TEST_CONFIG: &str = r#"
@@ -62,11 +62,11 @@ image = "wharf/test-no-python:1"
 /// The base image without python3, so the Docker driver has no exec agent to
 /// run and falls back to the engine's exec. Made with `docker commit`, cached
 /// by tag.
-const NO_PYTHON_IMAGE: &str = "wharf/test-no-python:1";
+pub(crate) const NO_PYTHON_IMAGE: &str = "wharf/test-no-python:1";
 
 /// Whether Docker tests can run here; under `CI=true` a missing engine or
 /// image is a failure, not a skip.
-fn docker_ready() -> bool {
+pub(crate) fn docker_ready() -> bool {
     let engine = Command::new("docker")
         .arg("info")
         .output()
@@ -100,7 +100,9 @@ fn docker_server() -> Option<(tempfile::TempDir, WharfProcess, Client)> {
 }
 
 /// [`docker_server`] with another `wharf.toml`.
-fn docker_server_with(config: &str) -> Option<(tempfile::TempDir, WharfProcess, Client)> {
+pub(crate) fn docker_server_with(
+    config: &str,
+) -> Option<(tempfile::TempDir, WharfProcess, Client)> {
     if !docker_ready() {
         return None;
     }
@@ -119,7 +121,7 @@ fn start_with(root: &std::path::Path, config: &str) -> WharfProcess {
     WharfProcess::start(root, &[])
 }
 
-fn docker(args: &[&str]) -> String {
+pub(crate) fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -132,7 +134,7 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn containers_with_label(label: &str) -> Vec<String> {
+pub(crate) fn containers_with_label(label: &str) -> Vec<String> {
     docker(&["ps", "-a", "-q", "--filter", &format!("label={label}")])
         .lines()
         .map(str::to_string)
@@ -158,7 +160,7 @@ fn instance_id(server: &WharfProcess) -> String {
     }
 }
 
-async fn create(client: &Client, profile: &str) -> String {
+pub(crate) async fn create(client: &Client, profile: &str) -> String {
     let (status, sandbox) = client
         .post("/v1/sandboxes", json!({"profile": profile}))
         .await;
@@ -167,14 +169,20 @@ async fn create(client: &Client, profile: &str) -> String {
     sandbox["id"].as_str().unwrap().to_string()
 }
 
-async fn exec(client: &Client, id: &str, body: Value) -> Value {
+pub(crate) async fn exec(client: &Client, id: &str, body: Value) -> Value {
     let (status, out) = client.post(&format!("/v1/sandboxes/{id}/exec"), body).await;
     assert_eq!(status, 200, "{out}");
     out
 }
 
 /// Posts an exec that must be refused with `status` and error `code`; returns the answer.
-async fn exec_refused(client: &Client, id: &str, body: Value, status: u16, code: &str) -> Value {
+pub(crate) async fn exec_refused(
+    client: &Client,
+    id: &str,
+    body: Value,
+    status: u16,
+    code: &str,
+) -> Value {
     let (got, answer) = client.post(&format!("/v1/sandboxes/{id}/exec"), body).await;
     assert_eq!(
         (got, answer["error"]["code"].as_str()),
@@ -191,7 +199,7 @@ async fn lifecycle_action(client: &Client, id: &str, action: &str) -> (u16, Valu
         .await
 }
 
-async fn new_owner_client(server: &WharfProcess, admin: &Client, owner: &str) -> Client {
+pub(crate) async fn new_owner_client(server: &WharfProcess, admin: &Client, owner: &str) -> Client {
     let (status, key) = admin.post("/v1/keys", json!({"owner": owner})).await;
     assert_eq!(status, 201, "{key}");
     Client::new(server, Some(key["key"].as_str().unwrap()))
@@ -1588,16 +1596,31 @@ async fn pack_contributed_profiles_run_sandboxes_with_their_env_and_capabilities
     );
 }
 
-fn build_no_python_image() {
+pub(crate) fn build_no_python_image() {
+    build_test_image(
+        NO_PYTHON_IMAGE,
+        &["sh", "-c", "rm -f /usr/bin/python3*"],
+        &["USER 1000:1000", "CMD [\"sleep\", \"infinity\"]"],
+    );
+}
+
+/// Builds the image `tag` from the base image, offline and cached by tag:
+/// runs `command` as root in a container of it, then commits that container
+/// with the Dockerfile instructions `changes`.
+pub(crate) fn build_test_image(tag: &str, command: &[&str], changes: &[&str]) {
     let present = Command::new("docker")
-        .args(["image", "inspect", NO_PYTHON_IMAGE])
+        .args(["image", "inspect", tag])
         .output()
         .is_ok_and(|o| o.status.success());
     if present {
         return;
     }
-    let builder = format!("wharf-test-no-python-{}", std::process::id());
-    docker(&[
+    let builder = format!(
+        "wharf-test-image-{}-{}",
+        std::process::id(),
+        tag.replace(['/', ':'], "-")
+    );
+    let mut run = vec![
         "run",
         "--name",
         &builder,
@@ -1606,19 +1629,15 @@ fn build_no_python_image() {
         "--network",
         "none",
         BASE_IMAGE,
-        "sh",
-        "-c",
-        "rm -f /usr/bin/python3*",
-    ]);
-    docker(&[
-        "commit",
-        "--change",
-        "USER 1000:1000",
-        "--change",
-        "CMD [\"sleep\", \"infinity\"]",
-        &builder,
-        NO_PYTHON_IMAGE,
-    ]);
+    ];
+    run.extend_from_slice(command);
+    docker(&run);
+    let mut commit = vec!["commit"];
+    for change in changes {
+        commit.extend_from_slice(&["--change", change]);
+    }
+    commit.extend_from_slice(&[&builder, tag]);
+    docker(&commit);
     docker(&["rm", &builder]);
 }
 
@@ -1673,18 +1692,21 @@ async fn docker_execs_use_the_agent_and_fall_back_to_engine_exec_without_python(
         );
     }
 
-    // Without python3: the container sleeps and execs go through the engine,
+    // Without python3: PID 1 is a shell that sleeps (and reaps), and execs go through the engine,
     // with the same results, stdin, cwd checks and timeout kill.
     let id2 = create(&admin, "nopython").await;
     let out = exec(
         &admin,
         &id2,
-        json!({"command": "ps -eo args | grep -c '^sleep infinity$'; cat; exit 3", "stdin": "in"}),
+        json!({"command": "ps -o args= -p 1; cat; exit 3", "stdin": "in"}),
     )
     .await;
     assert_eq!(
         (out["exit_code"].as_i64(), out["stdout"].as_str()),
-        (Some(3), Some("1\nin")),
+        (
+            Some(3),
+            Some("sh -c while :; do sleep 3600; done wharf-no-agent\nin")
+        ),
         "{out}"
     );
     exec_refused(

@@ -2,15 +2,18 @@
 //! the engine API (bollard).
 //!
 //! Every object is labelled `wharf.sandbox=<id>` and `wharf.owner=<owner>`.
-//! Containers are never privileged: all capabilities dropped,
-//! `no-new-privileges`, no mount but the sandbox's own volume at the profile's
-//! workdir, engine-enforced cpu/memory/pids limits, and no network unless the
-//! profile asks for `bridge`. Execs run as the image's user (`sandbox`, uid
-//! 1000, in the base image). Where the image has python3, they go through the
-//! container's exec agent ([`docker_agent`]), which runs each command in a
-//! session of its own and kills that process group at the timeout and when
-//! the command ends; elsewhere through `docker exec` under `timeout -s KILL`,
-//! with the same group kill. File operations are `sh` scripts run with
+//! Whatever the image says, a container is never privileged: every process
+//! runs as the profile's `user` (default `1000:1000`), with all capabilities
+//! dropped and `no-new-privileges`; its root filesystem is read-only (unless
+//! the profile sets `read_only_root = false`) with a tmpfs `/tmp`; the only
+//! mount is the sandbox's own named volume at the profile's workdir; memory,
+//! pids and cpu limits are always set (the host's `[sandbox] docker_default_*`
+//! where the profile names none); no network unless the profile asks for
+//! `bridge`. Where the image has python3, execs go through the container's
+//! exec agent ([`docker_agent`], PID 1), which runs each command in a session
+//! of its own and kills that process group at the timeout and when the
+//! command ends; elsewhere through `docker exec` under `timeout -s KILL`, with
+//! the same group kill. File operations are `sh` scripts run with
 //! `docker exec`, streaming file bodies through the exec's stdin and stdout.
 
 use std::collections::HashMap;
@@ -36,12 +39,13 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 
 use super::docker_agent::{self, AgentConnection, Agents};
-use super::profiles::Network;
+use super::profiles::{Network, Profile};
 use super::{
     ByteStream, DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, FileDownload,
     FileUpload, SandboxDriver, SandboxPath, SandboxSpec, StreamKind, bytes_stream, refuse_root,
     upload_tmp_name,
 };
+use crate::config::SandboxConfig;
 use crate::error::{ErrorCode, WharfError, WharfResult};
 
 pub const LABEL_SANDBOX: &str = "wharf.sandbox";
@@ -59,9 +63,88 @@ type ExecStream = std::pin::Pin<
     Box<dyn futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
 >;
 
+/// The limits a Docker sandbox gets where its profile names none
+/// (`[sandbox] docker_default_memory_mib`, `docker_default_pids`,
+/// `docker_default_cpus`): no container runs without all three.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DockerDefaults {
+    pub memory_mib: u64,
+    pub pids: i64,
+    pub cpus: f64,
+}
+
+impl DockerDefaults {
+    /// The defaults of `config`, refused unless each is a limit the engine enforces.
+    pub fn from_config(config: &SandboxConfig) -> anyhow::Result<Self> {
+        let defaults = Self {
+            memory_mib: config.docker_default_memory_mib,
+            pids: config.docker_default_pids,
+            cpus: config.docker_default_cpus,
+        };
+        defaults
+            .check("[sandbox] docker_default_")
+            .map_err(anyhow::Error::msg)?;
+        Ok(defaults)
+    }
+
+    /// Why these values are not limits the engine enforces, if they are not;
+    /// `prefix` names where they come from.
+    fn check(&self, prefix: &str) -> Result<(), String> {
+        // The engine refuses less than 6 MiB of memory; 0 or a negative pids
+        // limit means no limit at all.
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(format!(
+                "{prefix}memory_mib must be in [{MIN_MEMORY_MIB}, {MAX_MEMORY_MIB}]"
+            ));
+        }
+        if self.pids < 1 {
+            return Err(format!("{prefix}pids must be at least 1"));
+        }
+        if !(self.cpus > 0.0 && self.cpus <= 256.0) {
+            return Err(format!("{prefix}cpus must be in (0, 256]"));
+        }
+        Ok(())
+    }
+
+    /// The limits of a sandbox of `profile`: its own, else these.
+    fn for_profile(&self, profile: &Profile) -> WharfResult<Self> {
+        let limits = Self {
+            memory_mib: profile.memory_mib.unwrap_or(self.memory_mib),
+            pids: profile.pids_limit.unwrap_or(self.pids),
+            cpus: profile.cpus.unwrap_or(self.cpus),
+        };
+        limits
+            .check("")
+            .map_err(|why| WharfError::validation(format!("profile {:?}: {why}", profile.name)))?;
+        Ok(limits)
+    }
+}
+
+/// Refuses a profile `user` other than a numeric, non-root `uid:gid`: a name
+/// would be looked up in the image's own `/etc/passwd`, which may map it to 0.
+fn check_user(profile: &Profile) -> WharfResult<()> {
+    let ids = profile
+        .user
+        .split_once(':')
+        .and_then(|(uid, gid)| Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?)));
+    match ids {
+        Some((uid, gid)) if uid > 0 && gid > 0 => Ok(()),
+        _ => Err(WharfError::validation(format!(
+            "profile {:?}: user must be a numeric uid:gid other than root (e.g. \"1000:1000\"), not {:?}",
+            profile.name, profile.user
+        ))),
+    }
+}
+
+/// The smallest memory limit the engine accepts.
+const MIN_MEMORY_MIB: u64 = 6;
+/// The largest memory limit taken (16 TiB): its byte count fits the engine's i64.
+const MAX_MEMORY_MIB: u64 = 16 * 1024 * 1024;
+
 pub struct DockerDriver {
     docker: Docker,
     instance: String,
+    defaults: DockerDefaults,
     /// Workdir of each known sandbox (also kept in a container label).
     workdirs: Mutex<HashMap<String, String>>,
     /// Last `oom_kill` count read from each sandbox's cgroup.
@@ -157,6 +240,72 @@ case "$op" in
   cwd) [ -d "$p" ] || exit 72; printf '%s' "$p" ;;
 esac"#;
 
+/// The container of a sandbox of `profile`, with its volume `name`: confined
+/// and limited whatever its image says.
+fn container_body(
+    profile: &Profile,
+    limits: &DockerDefaults,
+    name: &str,
+    labels: HashMap<String, String>,
+) -> ContainerCreateBody {
+    let memory_bytes = (limits.memory_mib * 1024 * 1024) as i64;
+    let host_config = HostConfig {
+        memory: Some(memory_bytes),
+        // No swap beyond the memory limit: past it, the OOM killer acts.
+        memory_swap: Some(memory_bytes),
+        nano_cpus: Some((limits.cpus * 1e9) as i64),
+        pids_limit: Some(limits.pids),
+        network_mode: Some(match profile.network {
+            Network::None => "none".to_string(),
+            Network::Bridge => "bridge".to_string(),
+        }),
+        privileged: Some(false),
+        // No engine init: the main process is PID 1 itself (the agent, or the
+        // no-agent loop), which reaps orphans and, as PID 1, cannot be
+        // killed or stopped from inside the container.
+        init: Some(false),
+        readonly_rootfs: Some(profile.read_only_root),
+        // Writable scratch space on a read-only root; its pages count
+        // against the memory limit.
+        tmpfs: Some(HashMap::from([(
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,mode=1777,size={}m", limits.memory_mib),
+        )])),
+        // The agent's stdout carries every exec's output: the engine
+        // must not also keep it in a log file on the host's disk.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".to_string()),
+            config: None,
+        }),
+        cap_drop: Some(vec!["ALL".to_string()]),
+        security_opt: Some(vec!["no-new-privileges".to_string()]),
+        mounts: Some(vec![Mount {
+            target: Some(profile.workdir.clone()),
+            source: Some(name.to_string()),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(profile.image.clone()),
+        // Every process of the container, engine execs included, runs as
+        // this user; the image's `USER` is not consulted.
+        user: Some(profile.user.clone()),
+        cmd: Some(docker_agent::container_command()),
+        // Nothing to shut down gracefully; and PID 1 ignores SIGTERM.
+        stop_signal: Some("SIGKILL".to_string()),
+        env: Some(vec![docker_agent::source_variable()]),
+        // The agent reads its requests from stdin, kept open between attaches.
+        open_stdin: Some(true),
+        stdin_once: Some(false),
+        working_dir: Some(profile.workdir.clone()),
+        labels: Some(labels),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
 /// Maps a file operation script's exit code to its result (its stdout) or error.
 fn file_op_result(raw: Raw, op: &str, path: &SandboxPath) -> WharfResult<Vec<u8>> {
     let shown = if path.is_root() {
@@ -198,12 +347,13 @@ fn file_op_result(raw: Raw, op: &str, path: &SandboxPath) -> WharfResult<Vec<u8>
 
 impl DockerDriver {
     /// Connects to the local engine; `None` when no daemon answers.
-    pub async fn connect(instance: &str) -> Option<Self> {
+    pub async fn connect(instance: &str, defaults: DockerDefaults) -> Option<Self> {
         let docker = Docker::connect_with_local_defaults().ok()?;
         match tokio::time::timeout(Duration::from_secs(3), docker.ping()).await {
             Ok(Ok(_)) => Some(Self {
                 docker,
                 instance: instance.to_string(),
+                defaults,
                 workdirs: Mutex::new(HashMap::new()),
                 oom_counts: Mutex::new(HashMap::new()),
                 agents: Agents::default(),
@@ -397,6 +547,29 @@ impl DockerDriver {
         let cmd = self.file_command(sandbox_id, path, op, extra).await?;
         let raw = self.raw(sandbox_id, cmd, None).await?;
         file_op_result(raw, op, path)
+    }
+
+    /// The sandbox's agent connection, or `None` when its container has no
+    /// agent. A container whose main process cannot be told yet, or whose
+    /// agent does not answer, is not ready: its commands never go through
+    /// the engine's exec instead, where they could run before the agent has
+    /// made itself unreachable.
+    async fn agent(
+        &self,
+        sandbox_id: &str,
+    ) -> WharfResult<Option<std::sync::Arc<AgentConnection>>> {
+        let container = object_name(sandbox_id);
+        self.agents
+            .get(sandbox_id, || docker_agent::probe(&self.docker, &container))
+            .await
+            .map_err(|why| {
+                tracing::debug!(sandbox_id, %why, "exec agent not reachable");
+                WharfError::new(
+                    ErrorCode::SessionNotReady,
+                    format!("the exec agent of sandbox {sandbox_id} is not reachable: {why}"),
+                )
+                .with_retry_after(Duration::from_millis(1000))
+            })
     }
 
     /// An exec through the sandbox's agent: one request on the attached
@@ -599,52 +772,14 @@ impl SandboxDriver for DockerDriver {
             (LABEL_WORKDIR.to_string(), profile.workdir.clone()),
             ("wharf.profile".to_string(), profile.name.clone()),
         ]);
+        let limits = self.defaults.for_profile(profile)?;
+        check_user(profile)?;
         let result: WharfResult<()> = async {
             self.docker
                 .create_volume(VolumeCreateRequest { name: Some(name.clone()), labels: Some(labels.clone()), ..Default::default() })
                 .await
                 .map_err(|err| engine_error("create volume", err))?;
-            let host_config = HostConfig {
-                memory: profile.memory_mib.map(|m| (m * 1024 * 1024) as i64),
-                // No swap beyond the memory limit: past it, the OOM killer acts.
-                memory_swap: profile.memory_mib.map(|m| (m * 1024 * 1024) as i64),
-                nano_cpus: profile.cpus.map(|c| (c * 1e9) as i64),
-                pids_limit: profile.pids_limit,
-                network_mode: Some(match profile.network {
-                    Network::None => "none".to_string(),
-                    Network::Bridge => "bridge".to_string(),
-                }),
-                privileged: Some(false),
-                // A real PID 1 (the engine's tini) reaps what a timeout kill leaves.
-                init: Some(true),
-                // The agent's stdout carries every exec's output: the engine
-                // must not also keep it in a log file on the host's disk.
-                log_config: Some(HostConfigLogConfig {
-                    typ: Some("none".to_string()),
-                    config: None,
-                }),
-                cap_drop: Some(vec!["ALL".to_string()]),
-                security_opt: Some(vec!["no-new-privileges".to_string()]),
-                mounts: Some(vec![Mount {
-                    target: Some(profile.workdir.clone()),
-                    source: Some(name.clone()),
-                    typ: Some(MountType::VOLUME),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            };
-            let body = ContainerCreateBody {
-                image: Some(profile.image.clone()),
-                cmd: Some(docker_agent::container_command()),
-                env: Some(vec![docker_agent::source_variable()]),
-                // The agent reads its requests from stdin, kept open between attaches.
-                open_stdin: Some(true),
-                stdin_once: Some(false),
-                working_dir: Some(profile.workdir.clone()),
-                labels: Some(labels.clone()),
-                host_config: Some(host_config),
-                ..Default::default()
-            };
+            let body = container_body(profile, &limits, &name, labels.clone());
             let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
             self.docker.create_container(Some(options), body).await.map_err(|err| match &err {
                 bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => WharfError::validation(format!(
@@ -816,11 +951,7 @@ impl SandboxDriver for DockerDriver {
         if request.argv.is_empty() {
             return Err(WharfError::validation("argv must not be empty"));
         }
-        match self
-            .agents
-            .get(&self.docker, sandbox_id, &object_name(sandbox_id))
-            .await
-        {
+        match self.agent(sandbox_id).await? {
             Some(agent) => self.exec_with_agent(&agent, sandbox_id, request).await,
             None => self.exec_with_engine(sandbox_id, request).await,
         }
@@ -964,5 +1095,238 @@ impl SandboxDriver for DockerDriver {
         self.file_op(sandbox_id, path, "mkdir", &[])
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::sync::mpsc;
+
+    use super::docker_agent::{AgentOutput, MAX_REPLY_LINE, Probe};
+    use super::*;
+
+    const SANDBOX: &str = "sbx_test";
+
+    /// A driver whose engine is never called: its sandbox's workdir is known,
+    /// and its agent connections are the fakes a test hands it.
+    fn offline_driver(socket: &std::path::Path) -> DockerDriver {
+        std::fs::write(socket, b"").unwrap();
+        let docker =
+            Docker::connect_with_unix(socket.to_str().unwrap(), 1, bollard::API_DEFAULT_VERSION)
+                .unwrap();
+        DockerDriver {
+            docker,
+            instance: "test".to_string(),
+            defaults: DockerDefaults {
+                memory_mib: 512,
+                pids: 256,
+                cpus: 1.0,
+            },
+            workdirs: Mutex::new(HashMap::from([(
+                SANDBOX.to_string(),
+                "/workspace".to_string(),
+            )])),
+            oom_counts: Mutex::new(HashMap::new()),
+            agents: Agents::default(),
+        }
+    }
+
+    /// One line the fake agent sends: its `id` is filled in from the request.
+    type Script = fn(&serde_json::Value) -> Vec<Vec<u8>>;
+
+    /// A connection to a fake agent that answers pings, and answers each
+    /// exec request with what `script` returns (raw bytes, sent as they are).
+    async fn fake_agent(script: Script) -> Arc<AgentConnection> {
+        let (server_side, agent_side) = tokio::io::duplex(64 * 1024);
+        let (out_sender, out_receiver) = mpsc::channel::<Bytes>(4);
+        tokio::spawn(async move {
+            let mut requests = BufReader::new(agent_side).lines();
+            while let Ok(Some(line)) = requests.next_line().await {
+                let request: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let answer = if request["op"] == "ping" {
+                    vec![format!("{{\"id\":{},\"pong\":true}}\n", request["id"]).into_bytes()]
+                } else {
+                    script(&request)
+                };
+                for chunk in answer {
+                    if out_sender.send(Bytes::from(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let output: AgentOutput = Box::pin(futures::stream::unfold(
+            out_receiver,
+            |mut receiver| async move {
+                let message = receiver.recv().await?;
+                Some((Ok(LogOutput::StdOut { message }), receiver))
+            },
+        ));
+        AgentConnection::open(Box::pin(server_side), output, "fake")
+            .await
+            .unwrap()
+    }
+
+    fn echo_request() -> ExecRequest {
+        ExecRequest {
+            argv: vec!["echo".to_string(), "hello".to_string()],
+            timeout: Duration::from_secs(10),
+            output_cap: 1024,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_line_past_the_cap_drops_the_connection_and_the_next_exec_makes_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = offline_driver(&dir.path().join("docker.sock"));
+
+        // An agent that answers an exec with a line that never ends: more than
+        // the cap, in 4 KiB chunks, without a newline.
+        let flooding = fake_agent(|_| vec![vec![b'x'; 4096]; MAX_REPLY_LINE / 4096 + 2]).await;
+        let connected = driver
+            .agents
+            .get(SANDBOX, || async { Ok(Probe::Agent(flooding.clone())) })
+            .await
+            .unwrap();
+        assert!(connected.is_some());
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            driver.exec(SANDBOX, echo_request()),
+        )
+        .await
+        .expect("the exec ends instead of waiting for a newline");
+        let err = result.expect_err("a flooded connection gives no output");
+        assert_eq!(err.code, ErrorCode::SessionNotReady, "{err:?}");
+        assert!(err.retriable(), "{err:?}");
+        assert!(flooding.is_closed(), "the connection was dropped");
+
+        // The next exec makes a new connection (the probe runs again) and works.
+        let good = fake_agent(|request| {
+            let id = &request["id"];
+            vec![
+                format!("{{\"id\":{id},\"stream\":\"out\",\"data\":\"aGVsbG8K\"}}\n").into_bytes(),
+                format!("{{\"id\":{id},\"exit\":0,\"timed_out\":false}}\n").into_bytes(),
+            ]
+        })
+        .await;
+        let probed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        driver
+            .agents
+            .get(SANDBOX, || async {
+                probed.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(Probe::Agent(good.clone()))
+            })
+            .await
+            .unwrap();
+        assert!(probed.load(std::sync::atomic::Ordering::Relaxed));
+        let out = driver.exec(SANDBOX, echo_request()).await.unwrap();
+        assert_eq!(
+            (out.exit_code, out.stdout.as_slice()),
+            (Some(0), b"hello\n".as_slice())
+        );
+    }
+
+    #[tokio::test]
+    async fn replies_with_another_id_never_reach_an_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = offline_driver(&dir.path().join("docker.sock"));
+        // Replies for ids the server did not send (as a forger would guess
+        // them), then the true ones.
+        let agent = fake_agent(|request| {
+            let id = request["id"].as_str().unwrap();
+            let mut lines = Vec::new();
+            for guess in ["1", "2", "00000000000000000000000000000001"] {
+                lines.push(
+                    format!(
+                        "{{\"id\":\"{guess}\",\"stream\":\"out\",\"data\":\"Rk9SR0VECg==\"}}\n"
+                    )
+                    .into_bytes(),
+                );
+                lines.push(format!("{{\"id\":\"{guess}\",\"exit\":0}}\n").into_bytes());
+            }
+            lines.push(
+                format!("{{\"id\":\"{id}\",\"stream\":\"out\",\"data\":\"aGVsbG8K\"}}\n")
+                    .into_bytes(),
+            );
+            lines
+                .push(format!("{{\"id\":\"{id}\",\"exit\":3,\"timed_out\":false}}\n").into_bytes());
+            lines
+        })
+        .await;
+        driver
+            .agents
+            .get(SANDBOX, || async { Ok(Probe::Agent(agent.clone())) })
+            .await
+            .unwrap();
+        let out = driver.exec(SANDBOX, echo_request()).await.unwrap();
+        assert_eq!(
+            (out.exit_code, out.stdout.as_slice()),
+            (Some(3), b"hello\n".as_slice())
+        );
+    }
+
+    #[test]
+    fn every_container_is_confined_and_limited_whatever_the_profile_omits() {
+        let defaults = DockerDefaults {
+            memory_mib: 300,
+            pids: 100,
+            cpus: 0.5,
+        };
+        let mut profile = Profile::builtin_docker();
+        profile.memory_mib = None;
+        profile.pids_limit = None;
+        profile.cpus = None;
+        let limits = defaults.for_profile(&profile).unwrap();
+        assert_eq!(limits, defaults);
+        let body = container_body(&profile, &limits, "wharf-x", HashMap::new());
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.memory, Some(300 * 1024 * 1024));
+        assert_eq!(host.pids_limit, Some(100));
+        assert_eq!(host.nano_cpus, Some(500_000_000));
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.init, Some(false));
+        assert!(host.binds.is_none());
+
+        profile.pids_limit = Some(0);
+        let err = defaults.for_profile(&profile).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ValidationError);
+        assert!(err.message.contains("pids"), "{err:?}");
+        profile.pids_limit = None;
+        profile.memory_mib = Some(u64::MAX);
+        let err = defaults.for_profile(&profile).unwrap_err();
+        assert!(err.message.contains("memory_mib"), "{err:?}");
+
+        // Only a numeric, non-root uid:gid.
+        for user in [
+            "0:0",
+            "1000:0",
+            "0:1000",
+            "root",
+            "sandbox:sandbox",
+            "1000",
+            "",
+        ] {
+            profile.user = user.to_string();
+            let err = check_user(&profile).unwrap_err();
+            assert_eq!(err.code, ErrorCode::ValidationError, "{user}");
+        }
+        profile.user = "1001:1002".to_string();
+        check_user(&profile).unwrap();
+        let config = SandboxConfig {
+            docker_default_memory_mib: 0,
+            ..SandboxConfig::default()
+        };
+        assert!(
+            DockerDefaults::from_config(&config)
+                .unwrap_err()
+                .to_string()
+                .contains("docker_default_memory_mib")
+        );
     }
 }
