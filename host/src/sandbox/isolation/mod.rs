@@ -436,10 +436,16 @@ fn write_etc_view(view: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(view, std::fs::Permissions::from_mode(0o755))
 }
 
-/// Copies a file or a directory tree, keeping symlinks as links; special
-/// files are left out.
+/// Copies a file or a directory tree, keeping symlinks as links. Special
+/// files, and whatever other users may not read on the host (such as
+/// `/etc/ssl/private`), are left out.
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::symlink_metadata(from)?;
+    let world_readable = meta.permissions().mode() & 0o004 != 0;
+    if !meta.file_type().is_symlink() && !world_readable {
+        return Ok(());
+    }
     if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
     } else if meta.is_dir() {
@@ -513,5 +519,39 @@ fn landlock_supported() -> bool {
 impl Isolator {
     fn lifeline_fd(&self) -> RawFd {
         self.lifeline_read.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_etc_view_holds_only_what_anyone_may_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = dir.path().join(".etc");
+        write_etc_view(&view).unwrap();
+        let passwd = std::fs::read_to_string(view.join("passwd")).unwrap();
+        assert!(passwd.contains("sandbox:x:1000:1000"), "{passwd}");
+        assert!(!view.join("shadow").exists());
+        // Every copied file and directory is world-readable: nothing that
+        // only root may read on the host (/etc/ssl/private) is copied.
+        let mut stack = vec![view.clone()];
+        while let Some(path) = stack.pop() {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            assert_ne!(meta.permissions().mode() & 0o004, 0, "{}", path.display());
+            if meta.is_dir() {
+                stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        if std::fs::metadata("/etc/ssl/private")
+            .is_ok_and(|meta| meta.permissions().mode() & 0o004 == 0)
+        {
+            assert!(!view.join("ssl/private").exists());
+        }
     }
 }
