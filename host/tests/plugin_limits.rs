@@ -176,10 +176,27 @@ async fn running_out_of_pooled_instances_is_retriable_and_never_opens_the_circui
     let sandbox = h.sandbox().await;
 
     // One call holds the only instance while it waits on a sandbox `sleep`.
+    // It and the probing calls below race for the instance at first: each
+    // side tries again until the holder has it.
     let holder = {
         let (packs, sandbox) = (h.packs().clone(), sandbox.clone());
         tokio::spawn(async move {
-            wharf::capabilities::invoke(&packs, sandbox, "test", "sleep", json!({"ms": 3000})).await
+            loop {
+                let held = wharf::capabilities::invoke(
+                    &packs,
+                    sandbox.clone(),
+                    "test",
+                    "sleep",
+                    json!({"ms": 3000}),
+                )
+                .await;
+                match held {
+                    Err(err) if err.code == ErrorCode::PluginUnavailable => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    other => break other,
+                }
+            }
         })
     };
     let started = Instant::now();
