@@ -131,6 +131,9 @@ pub struct SandboxConfig {
     pub process_gid: u32,
     /// Size of each confined exec's private `/tmp` (a tmpfs), in MiB.
     pub process_tmp_mib: u64,
+    /// Memory of a process sandbox whose profile sets no `memory_mib`, all
+    /// its processes together (enforced where the driver can use cgroups).
+    pub process_default_memory_mib: u64,
     /// Events kept per sandbox; GC deletes older ones (at least 1 is kept).
     pub events_per_sandbox: u32,
     /// How long a deleted sandbox's row and event log stay readable before GC removes them.
@@ -316,6 +319,7 @@ impl Default for SandboxConfig {
             process_uid: 100_000,
             process_gid: 100_000,
             process_tmp_mib: 256,
+            process_default_memory_mib: 2048,
             events_per_sandbox: 1_000,
             deleted_retention_secs: 7 * 24 * 3600,
             docker_default_memory_mib: 512,

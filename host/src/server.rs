@@ -66,7 +66,10 @@ impl Server {
         packs.rescan().await;
         let process = Arc::new(ProcessDriver::new(
             config.data_dir.join("sandboxes"),
-            ProcessLimits::default(),
+            ProcessLimits {
+                sandbox_memory_bytes: config.sandbox.process_default_memory_mib << 20,
+                ..ProcessLimits::default()
+            },
             IsolationSettings {
                 uid: config.sandbox.process_uid,
                 gid: config.sandbox.process_gid,

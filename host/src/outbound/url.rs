@@ -184,7 +184,9 @@ fn has_scheme(path: &str) -> bool {
 fn check_decoded(part: &str, segment: bool) -> Result<(), PathRule> {
     let mut current = part.as_bytes().to_vec();
     for round in 0..=DECODE_ROUNDS {
-        if segment && (current == b"." || current == b"..") {
+        // `..;x` is `..` to servers that cut path parameters (Tomcat, Jetty).
+        let before_parameters = current.split(|&b| b == b';').next().unwrap_or_default();
+        if segment && (before_parameters == b"." || before_parameters == b"..") {
             return Err(PathRule::NoDotSegments);
         }
         if round > 0 {
@@ -262,6 +264,8 @@ mod tests {
             ("/v1\\..\\x", Err(NoBackslash)),
             ("/x#frag", Err(NoFragment)),
             ("/../x", Err(NoDotSegments)),
+            ("/..;/admin", Err(NoDotSegments)),
+            ("/v1/.%2e;jsessionid=x/y", Err(NoDotSegments)),
             ("/v1/..", Err(NoDotSegments)),
             ("/./x", Err(NoDotSegments)),
             ("/%2e%2e/x", Err(NoDotSegments)),

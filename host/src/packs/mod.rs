@@ -345,12 +345,15 @@ impl Packs {
             .chain(state.retired.iter().filter_map(Weak::upgrade))
             .filter_map(|p| p.data_root.clone())
             .collect();
-        drop(state);
+        // Publishing and pruning stay under the scan lock: an overlapping
+        // scan must neither publish an older set over this one nor prune a
+        // snapshot it has just made or reused.
         self.publish_metrics(&set);
         self.current.store(Arc::new(set));
         self.runtime.retain_compiled(&live);
         let snapshots = self.snapshots.clone();
         let _ = tokio::task::spawn_blocking(move || snapshots.retain(&live_data)).await;
+        drop(state);
         self.scans.send_modify(|n| *n += 1);
     }
 

@@ -47,8 +47,13 @@ pub struct ProcessLimits {
     pub open_files: u64,
     /// RLIMIT_FSIZE, largest file a process may write.
     pub file_size_bytes: u64,
-    /// Processes of one exec when the profile sets no `pids_limit`.
+    /// Processes of one exec (and of one sandbox, where cgroups are used)
+    /// when the profile sets no `pids_limit`.
     pub processes: u64,
+    /// Memory of all of a sandbox's processes together (cgroups) when the
+    /// profile sets no `memory_mib`: without it, 512 processes of 4 GiB
+    /// address space each could take the host's memory.
+    pub sandbox_memory_bytes: u64,
 }
 
 impl Default for ProcessLimits {
@@ -58,6 +63,7 @@ impl Default for ProcessLimits {
             open_files: 1024,
             file_size_bytes: 1 << 30,
             processes: 512,
+            sandbox_memory_bytes: 2 << 30,
         }
     }
 }
@@ -385,8 +391,13 @@ impl SandboxDriver for ProcessDriver {
                         .map_or(self.limits.processes, |pids| pids.max(1) as u64),
                 };
                 let cgroup = CgroupLimits {
-                    memory_bytes: request.limits.memory_mib.map(|mib| mib << 20),
-                    pids: request.limits.pids_limit.map(|pids| pids.max(1) as u64),
+                    memory_bytes: Some(
+                        request
+                            .limits
+                            .memory_mib
+                            .map_or(self.limits.sandbox_memory_bytes, |mib| mib << 20),
+                    ),
+                    pids: Some(rlimits.processes),
                     cpus: request.limits.cpus,
                 };
                 let (confinement, report) = isolator
@@ -993,6 +1004,59 @@ mod tests {
         assert!(root.path().join("sbx_a/here").exists());
     }
 
+    /// `<mount>/<this process's cgroup>/wharf/<sandbox>` of a v1 controller.
+    fn sandbox_cgroup(controller: &str, sandbox_id: &str) -> PathBuf {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let base = own
+            .lines()
+            .find_map(|line| {
+                let mut parts = line.splitn(3, ':');
+                let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+                names
+                    .split(',')
+                    .any(|n| n == controller)
+                    .then(|| path.to_string())
+            })
+            .unwrap();
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(base.trim_start_matches('/'))
+            .join("wharf")
+            .join(sandbox_id)
+    }
+
+    /// A profile that sets no limits still cannot take the host's memory or
+    /// process table: its sandbox gets the host defaults.
+    #[tokio::test]
+    async fn a_profile_without_limits_gets_the_host_default_cgroup_limits() {
+        let root = tempfile::tempdir().unwrap();
+        let driver = driver(root.path());
+        if !driver.isolation.cgroups {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"));
+            eprintln!("skipping: the server cannot use cgroups here");
+            return;
+        }
+        driver.create("sbx_h", &spec()).await.unwrap();
+        let out = driver
+            .exec("sbx_h", exec(&["true"], Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert_eq!(out.exit_code, Some(0));
+        let limit = |controller, file| {
+            std::fs::read_to_string(sandbox_cgroup(controller, "sbx_h").join(file))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let defaults = ProcessLimits::default();
+        assert_eq!(
+            limit("memory", "memory.limit_in_bytes"),
+            defaults.sandbox_memory_bytes.to_string()
+        );
+        assert_eq!(limit("pids", "pids.max"), defaults.processes.to_string());
+        driver.destroy("sbx_h").await.unwrap();
+    }
+
     #[tokio::test]
     async fn profile_limits_apply_to_the_sandbox_cgroups() {
         let root = tempfile::tempdir().unwrap();
@@ -1037,18 +1101,7 @@ mod tests {
                 || String::from_utf8_lossy(&out.stderr).contains("Resource"),
             "{out:?}"
         );
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let pids_base = own
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(&format!("{}:pids:", line.split(':').next().unwrap()))
-            })
-            .unwrap()
-            .trim_start_matches('/')
-            .to_string();
-        let group = Path::new("/sys/fs/cgroup/pids")
-            .join(pids_base)
-            .join("wharf/sbx_c");
+        let group = sandbox_cgroup("pids", "sbx_c");
         assert_eq!(
             std::fs::read_to_string(group.join("pids.max"))
                 .unwrap()

@@ -18,18 +18,11 @@ const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 const CPU_PERIOD_US: u64 = 100_000;
 
 /// The per-sandbox limits (from the profile).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CgroupLimits {
     pub memory_bytes: Option<u64>,
     pub pids: Option<u64>,
     pub cpus: Option<f64>,
-}
-
-impl CgroupLimits {
-    /// Whether there is anything for a cgroup to enforce.
-    pub fn any(&self) -> bool {
-        self.memory_bytes.is_some() || self.pids.is_some() || self.cpus.is_some()
-    }
 }
 
 /// The cgroup v1 hierarchies the server may create sandbox groups in.
@@ -37,6 +30,9 @@ impl CgroupLimits {
 pub struct Cgroups {
     /// `(controller, <mount>/<own cgroup>/wharf)`.
     bases: Vec<(&'static str, PathBuf)>,
+    /// Sandboxes whose groups exist with these limits, and their
+    /// `cgroup.procs` files: an exec of an unchanged sandbox writes nothing.
+    prepared: parking_lot::Mutex<std::collections::HashMap<String, (CgroupLimits, Vec<CString>)>>,
 }
 
 impl Cgroups {
@@ -63,12 +59,20 @@ impl Cgroups {
             std::fs::create_dir_all(&base).ok()?;
             bases.push((controller, base));
         }
-        Some(Self { bases })
+        Some(Self {
+            bases,
+            prepared: Default::default(),
+        })
     }
 
     /// Creates (or updates) the sandbox's groups with `limits`; returns the
     /// `cgroup.procs` files an exec writes itself into.
     pub fn prepare(&self, sandbox_id: &str, limits: CgroupLimits) -> std::io::Result<Vec<CString>> {
+        if let Some((prepared, procs)) = self.prepared.lock().get(sandbox_id)
+            && *prepared == limits
+        {
+            return Ok(procs.clone());
+        }
         let mut procs = Vec::new();
         for (controller, base) in &self.bases {
             let dir = base.join(sandbox_id);
@@ -95,11 +99,15 @@ impl Cgroups {
             }
             procs.push(c_path(&dir.join("cgroup.procs"))?);
         }
+        self.prepared
+            .lock()
+            .insert(sandbox_id.to_string(), (limits, procs.clone()));
         Ok(procs)
     }
 
     /// Kills whatever is left in the sandbox's groups and removes them.
     pub fn remove(&self, sandbox_id: &str) {
+        self.prepared.lock().remove(sandbox_id);
         for (_, base) in &self.bases {
             let dir = base.join(sandbox_id);
             if !dir.exists() {

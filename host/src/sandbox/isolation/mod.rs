@@ -133,7 +133,6 @@ pub struct Isolator {
     etc_locked: nix::mount::MsFlags,
     tmp_size_mib: u64,
     cgroups: Option<cgroups::Cgroups>,
-    status: std::sync::OnceLock<IsolationStatus>,
 }
 
 /// Host settings of the isolation.
@@ -208,7 +207,6 @@ impl Isolator {
             etc_view: c_path(&etc_view)?,
             tmp_size_mib: settings.tmp_size_mib,
             cgroups: cgroups::Cgroups::detect(),
-            status: std::sync::OnceLock::new(),
         })
     }
 
@@ -222,53 +220,50 @@ impl Isolator {
         self.drop_privileges
     }
 
-    /// Runs one confined `true` in `scratch` and records what works here.
+    /// Runs one confined command in `scratch` and says what works here.
     pub fn self_test(self: &Arc<Self>, scratch: &Path) -> IsolationStatus {
-        let status = self.status.get_or_init(|| {
-            let result = (|| -> std::io::Result<()> {
-                std::fs::create_dir_all(scratch)?;
-                if self.drop_privileges {
-                    nix::unistd::chown(
-                        scratch,
-                        Some(nix::unistd::Uid::from_raw(self.host_uid)),
-                        Some(nix::unistd::Gid::from_raw(self.host_gid)),
-                    )?;
-                }
-                let limits = ExecRlimits {
-                    address_space_bytes: 1 << 30,
-                    open_files: 64,
-                    file_size_bytes: 1 << 20,
-                    processes: 16,
-                };
-                let mut command = std::process::Command::new("/bin/sh");
-                command
-                    .args(["-c", "test -w /tmp && test -d /proc/self"])
-                    .env_clear()
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
-                let (confinement, report) =
-                    self.confine(scratch, "/workspace", "/workspace", true, limits, None)?;
-                confinement.apply_to(&mut command);
-                let status = command.status().map_err(|err| report.explain(err))?;
-                if !status.success() {
-                    return Err(std::io::Error::other(format!(
-                        "a confined test command failed ({status})"
-                    )));
-                }
-                Ok(())
-            })();
-            IsolationStatus {
-                available: result.is_ok(),
-                problem: result.err().map(|err| err.to_string()),
-                host_uid: self.host_uid,
-                host_gid: self.host_gid,
-                landlock: landlock_supported(),
-                seccomp: true,
-                cgroups: self.cgroups.is_some(),
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(scratch)?;
+            if self.drop_privileges {
+                nix::unistd::chown(
+                    scratch,
+                    Some(nix::unistd::Uid::from_raw(self.host_uid)),
+                    Some(nix::unistd::Gid::from_raw(self.host_gid)),
+                )?;
             }
-        });
-        status.clone()
+            let limits = ExecRlimits {
+                address_space_bytes: 1 << 30,
+                open_files: 64,
+                file_size_bytes: 1 << 20,
+                processes: 16,
+            };
+            let mut command = std::process::Command::new("/bin/sh");
+            command
+                .args(["-c", "test -w /tmp && test -d /proc/self"])
+                .env_clear()
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let (confinement, report) =
+                self.confine(scratch, "/workspace", "/workspace", true, limits, None)?;
+            confinement.apply_to(&mut command);
+            let status = command.status().map_err(|err| report.explain(err))?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!(
+                    "a confined test command failed ({status})"
+                )));
+            }
+            Ok(())
+        })();
+        IsolationStatus {
+            available: result.is_ok(),
+            problem: result.err().map(|err| err.to_string()),
+            host_uid: self.host_uid,
+            host_gid: self.host_gid,
+            landlock: landlock_supported(),
+            seccomp: true,
+            cgroups: self.cgroups.is_some(),
+        }
     }
 
     /// Removes a deleted sandbox's cgroups (killing anything left in them).
@@ -291,12 +286,8 @@ impl Isolator {
         limits: ExecRlimits,
         cgroup: Option<(&str, CgroupLimits)>,
     ) -> std::io::Result<(Confinement, SetupReport)> {
-        // Joining a cgroup v1 waits for an RCU grace period (milliseconds):
-        // only execs of profiles with limits to enforce pay for it.
         let cgroup_procs = match (&self.cgroups, cgroup) {
-            (Some(cgroups), Some((sandbox_id, limits))) if limits.any() => {
-                cgroups.prepare(sandbox_id, limits)?
-            }
+            (Some(cgroups), Some((sandbox_id, limits))) => cgroups.prepare(sandbox_id, limits)?,
             _ => Vec::new(),
         };
         let workspace = c_path(workspace)?;
@@ -515,8 +506,8 @@ fn landlock_supported() -> bool {
         .is_ok()
 }
 
-/// The lifeline fd number a supervisor keeps.
 impl Isolator {
+    /// The lifeline's read end, which every supervisor keeps.
     fn lifeline_fd(&self) -> RawFd {
         self.lifeline_read.as_raw_fd()
     }
