@@ -465,6 +465,25 @@ async fn the_exec_agent_channel_cannot_be_forged_blocked_or_flooded() {
     if !(status == 200 && out["stdout"] == "after\n") {
         failures.push(format!("the sandbox no longer serves: {status} {out}"));
     }
+    // 4. A caller's program name so long that the agent's error echoing it
+    // would pass the server's reply-line cap and drop every exec in flight.
+    let round = victims(&mallory, &id, "echo");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, out) = mallory
+        .post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"argv": ["x".repeat(300 * 1024)]}),
+        )
+        .await;
+    if status == 200 || out["error"]["code"] == "session_not_ready" {
+        failures.push(format!(
+            "a long missing program did not get its own error: {status} {}",
+            out.to_string().chars().take(300).collect::<String>()
+        ));
+    }
+    for victim in round {
+        failures.push(victim.await.unwrap());
+    }
     failures.retain(|failure| !failure.is_empty());
     assert!(failures.is_empty(), "{failures:#?}");
     for id in [first, second, id] {

@@ -236,4 +236,29 @@ async fn an_unisolated_profile_is_for_admin_keys_only_and_flagged() {
     let id = create_sandbox(&admin, "trusted").await;
     let out = exec(&admin, &id, "id -u").await;
     assert_eq!(out["stdout"], "0\n", "runs as the server's user: {out}");
+    // A non-admin key of the owner that holds it may not use it either.
+    let (_, sandbox) = admin.get(&format!("/v1/sandboxes/{id}")).await;
+    let owner = sandbox["owner"].as_str().expect("the sandbox's owner");
+    let same_owner = Client::new(&server, Some(&user_key(&admin, owner).await));
+    for (method, path, body) in [
+        (
+            "POST",
+            format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"command": "id -u"})),
+        ),
+        ("GET", format!("/v1/sandboxes/{id}/dirs"), None),
+        (
+            "POST",
+            format!("/v1/sandboxes/{id}/capabilities/shell/run"),
+            Some(json!({"command": "id"})),
+        ),
+    ] {
+        let mut request = same_owner.request(method.parse().unwrap(), &path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let (status, answer) = same_owner.send(request).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert_eq!(answer["error"]["code"], "forbidden", "{answer}");
+    }
 }

@@ -157,11 +157,7 @@ async fn create_sandbox(
         None => None,
     };
     if state.sandboxes.profiles().get(&profile)?.unconfined() && !principal.admin {
-        return Err(WharfError::new(
-            ErrorCode::Forbidden,
-            format!("profile {profile:?} runs without isolation: only admin keys may use it"),
-        )
-        .into());
+        return Err(unconfined_forbidden(&profile).into());
     }
     let normalized = serde_json::json!({ "profile": profile });
     let fingerprint = hex::encode(sha2::Sha256::digest(normalized.to_string().as_bytes()));
@@ -450,6 +446,7 @@ async fn exec(
     Path(id): Path<String>,
     Json(body): Json<ExecBody>,
 ) -> ApiResult<Json<ExecResult>> {
+    refuse_unconfined(&state, &principal, &id).await?;
     let input = body.into_input()?;
     Ok(Json(
         state
@@ -477,8 +474,10 @@ async fn exec_stream(
     Path(id): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    refuse_unconfined(&state, &principal, &id).await?;
     state.sandboxes.get(&principal.owner, &id).await?;
-    let ws = upgrade(ws)?;
+    // The exec message is a request body like any other: the same limit.
+    let ws = upgrade(ws)?.max_message_size(state.config.max_body_bytes);
     Ok(ws.on_upgrade(move |socket| run_exec_stream(state, principal.owner, id, socket)))
 }
 
@@ -688,6 +687,7 @@ async fn download(
     Extension(principal): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
 ) -> ApiResult<Response> {
+    refuse_unconfined(&state, &principal, &id).await?;
     let path = parse_path(&path)?;
     let download = state
         .sandboxes
@@ -725,6 +725,7 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Written>)> {
+    refuse_unconfined(&state, &principal, &id).await?;
     let path = parse_path(&path)?;
     let declared_size = headers
         .get(header::CONTENT_LENGTH)
@@ -770,6 +771,7 @@ async fn delete_file(
     Path((id, path)): Path<(String, String)>,
     Query(query): Query<RemoveQuery>,
 ) -> ApiResult<StatusCode> {
+    refuse_unconfined(&state, &principal, &id).await?;
     let path = parse_path(&path)?;
     state
         .sandboxes
@@ -793,6 +795,7 @@ async fn list_root(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Listing>> {
+    refuse_unconfined(&state, &principal, &id).await?;
     let entries = state
         .sandboxes
         .list_dir(&principal.owner, &id, &SandboxPath::root())
@@ -815,6 +818,7 @@ async fn list_dir(
     Extension(principal): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
 ) -> ApiResult<Json<Listing>> {
+    refuse_unconfined(&state, &principal, &id).await?;
     let path = parse_path(&path)?;
     let entries = state
         .sandboxes
@@ -838,6 +842,7 @@ async fn make_dir(
     Extension(principal): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    refuse_unconfined(&state, &principal, &id).await?;
     let path = parse_path(&path)?;
     state.sandboxes.mkdir(&principal.owner, &id, &path).await?;
     Ok(StatusCode::CREATED)
@@ -957,6 +962,7 @@ async fn invoke_capability(
     Path((id, capability, operation)): Path<(String, String, String)>,
     Json(input): Json<serde_json::Value>,
 ) -> ApiResult<Json<InvokeOutcome>> {
+    refuse_unconfined(&state, &principal, &id).await?;
     let binding = state
         .sandboxes
         .bind(&principal.owner, &id, &capability)
@@ -1003,4 +1009,30 @@ mod tests {
         assert_eq!(records[0], (vec![b'a'; LINE_RECORD_MAX_BYTES - 1], true));
         assert_eq!(records[1], ("\u{e9}".as_bytes().to_vec(), false));
     }
+}
+
+/// Code in a sandbox of a profile without isolation runs on the host as the
+/// server's user: only admin keys may create one, and only admin keys may use
+/// one (a non-admin key of the same owner included). Costs nothing unless
+/// `wharf.toml` declares such a profile.
+async fn refuse_unconfined(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
+    let profiles = state.sandboxes.profiles();
+    if principal.admin || !profiles.has_unisolated() {
+        return Ok(());
+    }
+    let sandbox = state.sandboxes.get(&principal.owner, id).await?;
+    if profiles
+        .get(&sandbox.profile)
+        .is_ok_and(|profile| profile.unconfined())
+    {
+        return Err(unconfined_forbidden(&sandbox.profile).into());
+    }
+    Ok(())
+}
+
+fn unconfined_forbidden(profile: &str) -> WharfError {
+    WharfError::new(
+        ErrorCode::Forbidden,
+        format!("profile {profile:?} runs without isolation: only admin keys may use it"),
+    )
 }

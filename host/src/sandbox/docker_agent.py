@@ -224,9 +224,21 @@ def run(request):
             worker.join(max(0.0, deadline - time.monotonic()))
         send({"id": rid, "exit": code, "timed_out": timed_out})
     except Refused as refused:
-        send({"id": rid, "error": refused.code, "message": str(refused)})
+        send_error(rid, refused.code, str(refused))
     except Exception as error:  # noqa: BLE001 - every request gets a last reply
-        send({"id": rid, "error": "internal", "message": "%s: %s" % (type(error).__name__, error)})
+        send_error(rid, "internal", "%s: %s" % (type(error).__name__, error))
+
+
+# Error texts echo what the caller sent (a program name, a path): cut them so
+# that no reply comes near the server's line cap, which would drop the
+# connection and every exec in flight on it.
+ERROR_TEXT_MAX = 1000
+
+
+def send_error(rid, code, message):
+    if len(message) > ERROR_TEXT_MAX:
+        message = message[:ERROR_TEXT_MAX] + "..."
+    send({"id": rid, "error": code, "message": message})
 
 
 def main():

@@ -258,6 +258,11 @@ impl Profiles {
         })
     }
 
+    /// Whether `wharf.toml` declares any profile that runs execs unconfined.
+    pub fn has_unisolated(&self) -> bool {
+        self.by_name.values().any(Profile::unconfined)
+    }
+
     /// Configured process profiles that run execs unconfined, by name.
     pub fn unisolated(&self) -> Vec<String> {
         let mut names: Vec<String> = self
