@@ -972,6 +972,32 @@ async fn invoke_capability(
     ))
 }
 
+/// Code in a sandbox of a profile without isolation runs on the host as the
+/// server's user: only admin keys may create one, and only admin keys may use
+/// one (a non-admin key of the same owner included). Costs nothing unless
+/// `wharf.toml` declares such a profile.
+async fn refuse_unconfined(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
+    let profiles = state.sandboxes.profiles();
+    if principal.admin || !profiles.has_unisolated() {
+        return Ok(());
+    }
+    let sandbox = state.sandboxes.get(&principal.owner, id).await?;
+    if profiles
+        .get(&sandbox.profile)
+        .is_ok_and(|profile| profile.unconfined())
+    {
+        return Err(unconfined_forbidden(&sandbox.profile).into());
+    }
+    Ok(())
+}
+
+fn unconfined_forbidden(profile: &str) -> WharfError {
+    WharfError::new(
+        ErrorCode::Forbidden,
+        format!("profile {profile:?} runs without isolation: only admin keys may use it"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1009,30 +1035,4 @@ mod tests {
         assert_eq!(records[0], (vec![b'a'; LINE_RECORD_MAX_BYTES - 1], true));
         assert_eq!(records[1], ("\u{e9}".as_bytes().to_vec(), false));
     }
-}
-
-/// Code in a sandbox of a profile without isolation runs on the host as the
-/// server's user: only admin keys may create one, and only admin keys may use
-/// one (a non-admin key of the same owner included). Costs nothing unless
-/// `wharf.toml` declares such a profile.
-async fn refuse_unconfined(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
-    let profiles = state.sandboxes.profiles();
-    if principal.admin || !profiles.has_unisolated() {
-        return Ok(());
-    }
-    let sandbox = state.sandboxes.get(&principal.owner, id).await?;
-    if profiles
-        .get(&sandbox.profile)
-        .is_ok_and(|profile| profile.unconfined())
-    {
-        return Err(unconfined_forbidden(&sandbox.profile).into());
-    }
-    Ok(())
-}
-
-fn unconfined_forbidden(profile: &str) -> WharfError {
-    WharfError::new(
-        ErrorCode::Forbidden,
-        format!("profile {profile:?} runs without isolation: only admin keys may use it"),
-    )
 }
