@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::capabilities::service::CapabilityService;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::packs::{PackSettings, Packs, watcher};
@@ -144,6 +145,16 @@ impl Server {
             .context("starting probes")?,
         );
         let probe_scheduler = scheduler::spawn(probes.clone());
+        let capabilities = CapabilityService::start(
+            db.clone(),
+            packs.clone(),
+            sandboxes.clone(),
+            config.approvals.clone(),
+            config.audit.clone(),
+            &metrics,
+        )
+        .await
+        .map_err(|err| anyhow::anyhow!("starting capabilities: {}", err.message))?;
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -151,6 +162,7 @@ impl Server {
             sandboxes,
             metrics,
             probes,
+            capabilities,
         };
         Ok((
             Server {

@@ -6,5 +6,6 @@ mod attacks_process;
 mod outbound;
 mod packs_policy;
 mod plugin_host;
+mod policy;
 mod probes;
 mod sandboxes;

@@ -1,6 +1,8 @@
 //! The HTTP API (axum). Routes are declared with utoipa so `/openapi.json`
 //! is generated from the same code that serves them.
 
+pub mod approvals;
+pub mod audit;
 pub mod contract;
 pub mod error;
 pub mod keys;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub sandboxes: Arc<Sandboxes>,
     pub metrics: Arc<Metrics>,
     pub probes: Arc<crate::probes::ProbeService>,
+    /// Every capability call goes through it (routing, scopes, approvals, masking, audit).
+    pub capabilities: Arc<crate::capabilities::service::CapabilityService>,
 }
 
 #[derive(OpenApi)]
@@ -72,6 +76,8 @@ fn documented_routes(
         .merge(keys::routes())
         .merge(sandboxes::routes())
         .merge(probes::routes())
+        .merge(approvals::routes())
+        .merge(audit::routes())
         .merge(system::authenticated_routes());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(system::public_routes())

@@ -1,5 +1,7 @@
 //! State: SQLite through sqlx, with migrations embedded and run at start.
 
+pub mod approvals;
+pub mod audit;
 pub mod keys;
 pub mod sandboxes;
 
