@@ -534,10 +534,11 @@ async fn secret_values_never_leave_the_server() {
         .await;
     assert!(status >= 400, "{out}");
     seen.push(out);
-    // A streamed exec (admin: the stream helper's key).
+    // A streamed exec (in an admin sandbox: the stream helper's key is the admin's).
+    let admin_sandbox = sandbox(&admin, "secretive").await;
     let records = exec_stream(
         &server,
-        &id,
+        &admin_sandbox,
         json!({
             "command": "echo $PROFILE_TOKEN; echo $EXEC_TOKEN",
             "secret_env": { "EXEC_TOKEN": EXEC_SECRET },
@@ -552,8 +553,10 @@ async fn secret_values_never_leave_the_server() {
     assert_eq!(lines, ["***", "***"], "{records:?}");
     seen.extend(records);
     // Events, the audit log and the plugin logs.
-    let (_, events) = alice.get(&format!("/v1/sandboxes/{id}/events")).await;
-    seen.push(events);
+    for (client, sandbox) in [(&alice, &id), (&admin, &admin_sandbox)] {
+        let (_, events) = client.get(&format!("/v1/sandboxes/{sandbox}/events")).await;
+        seen.push(events);
+    }
     let (_, audit) = alice.get("/v1/audit").await;
     seen.push(audit);
     let (_, pack) = admin.get("/v1/packs/core-adapters").await;
