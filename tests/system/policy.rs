@@ -46,7 +46,7 @@ secret_env = {{ PROFILE_TOKEN = "{PROFILE_SECRET}" }}
 
 [profiles.idle]
 driver = "docker"
-idle_timeout_secs = 3
+idle_timeout_secs = 8
 "#
     )
 }
@@ -583,11 +583,12 @@ async fn adapter_host_calls_count_as_sandbox_use() {
         return;
     };
     let id = sandbox(&admin, "idle").await;
-    let (status, out) = shell(&admin, &id, "sleep 2.5; echo done").await;
+    let (status, out) = shell(&admin, &id, "sleep 4; echo done").await;
     assert_eq!(status, 200, "{out}");
-    // The adapter's exec ended just now and pushed back the idle deadline (3 s): the
-    // sandbox stays running past 3 s after the call began.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The adapter's exec ended just now and pushed back the idle deadline (8 s): the
+    // sandbox stays running well past 8 s after the call began, though no other request
+    // touched it.
+    tokio::time::sleep(Duration::from_millis(5000)).await;
     let (_, record) = admin.get(&format!("/v1/sandboxes/{id}")).await;
     assert_eq!(record["status"], "running", "{record}");
     let (_, events) = admin.get(&format!("/v1/sandboxes/{id}/events")).await;

@@ -57,20 +57,12 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> ApprovalRow {
 }
 
 /// Inserts a pending approval unless the owner already holds `max_pending` pending ones
-/// (then false).
+/// (then false). One statement: no read-then-write transaction to lose under concurrency.
 pub async fn insert_pending(db: &Db, row: &ApprovalRow, max_pending: u32) -> WharfResult<bool> {
-    let mut tx = db.begin().await?;
-    let pending: i64 =
-        sqlx::query("SELECT COUNT(*) AS n FROM approvals WHERE owner = ? AND status = 'pending'")
-            .bind(&row.owner)
-            .fetch_one(&mut *tx)
-            .await?
-            .get("n");
-    if pending >= i64::from(max_pending) {
-        return Ok(false);
-    }
-    sqlx::query(
-        "INSERT INTO approvals (id, owner, requested_by, sandbox_id, capability, operation, input, input_sha256, status, created_at, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+    let done = sqlx::query(
+        "INSERT INTO approvals (id, owner, requested_by, sandbox_id, capability, operation, input, input_sha256, status, created_at, created_ms, expires_ms) \
+         SELECT ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ? \
+         WHERE (SELECT COUNT(*) FROM approvals WHERE owner = ? AND status = 'pending') < ?",
     )
     .bind(&row.id)
     .bind(&row.owner)
@@ -83,10 +75,11 @@ pub async fn insert_pending(db: &Db, row: &ApprovalRow, max_pending: u32) -> Wha
     .bind(&row.created_at)
     .bind(row.created_ms)
     .bind(row.expires_ms)
-    .execute(&mut *tx)
+    .bind(&row.owner)
+    .bind(i64::from(max_pending))
+    .execute(db)
     .await?;
-    tx.commit().await?;
-    Ok(true)
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn get(db: &Db, id: &str) -> WharfResult<Option<ApprovalRow>> {
