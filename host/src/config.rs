@@ -33,6 +33,8 @@ pub struct Config {
     pub runs: crate::jobs::RunsConfig,
     /// Cases: clone, build and run a repository (ports, limits, where it may clone from).
     pub cases: crate::cases::CasesConfig,
+    pub approvals: ApprovalsConfig,
+    pub audit: AuditConfig,
     /// Sandbox profiles beside (or overriding) the built-in `local` and `docker`.
     pub profiles: std::collections::BTreeMap<String, crate::sandbox::Profile>,
 }
@@ -87,6 +89,50 @@ pub struct PacksConfig {
     /// Which pack serves a capability, provider or pack profile name that several packs
     /// provide (`shell = "core-adapters"`). Without a pin the pack already serving keeps it.
     pub pins: std::collections::BTreeMap<String, String>,
+}
+
+/// Capability calls that wait for an approver (`approval = "required"` in a profile).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// A pending approval not decided within this long expires (`approval_expired`).
+    pub ttl_secs: u64,
+    /// The longest `?wait=` a caller may long-poll an approval for.
+    pub max_wait_secs: u64,
+    /// Pending approvals an owner may hold at once (past it: `quota_exceeded`).
+    pub pending_per_owner: u32,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 3600,
+            max_wait_secs: 60,
+            pending_per_owner: 100,
+        }
+    }
+}
+
+/// The audit log of capability calls, and the retention of decided approvals.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit rows (and finished approvals) older than this are deleted.
+    pub retention_secs: u64,
+    /// At most this many audit rows are kept; the oldest go first.
+    pub max_rows: u64,
+    /// Period of the retention and approval-expiry sweep.
+    pub gc_interval_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_secs: 30 * 24 * 3600,
+            max_rows: 1_000_000,
+            gc_interval_ms: 60_000,
+        }
+    }
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -284,6 +330,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             runs: Default::default(),
             cases: Default::default(),
+            approvals: ApprovalsConfig::default(),
+            audit: AuditConfig::default(),
             profiles: Default::default(),
         }
     }
@@ -358,6 +406,9 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(|name| std::env::var(name).ok())?;
+        for value in config.packs.pins.values() {
+            crate::packs::parse_pin(value).map_err(anyhow::Error::msg)?;
+        }
         Ok(config)
     }
 

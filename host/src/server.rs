@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::cases::Cases;
+use crate::capabilities::service::CapabilityService;
 use crate::config::Config;
 use crate::jobs::RunEngine;
 use crate::metrics::Metrics;
@@ -155,6 +156,16 @@ impl Server {
         )
         .await
         .context("starting cases")?;
+        let capabilities = CapabilityService::start(
+            db.clone(),
+            packs.clone(),
+            sandboxes.clone(),
+            config.approvals.clone(),
+            config.audit.clone(),
+            &metrics,
+        )
+        .await
+        .map_err(|err| anyhow::anyhow!("starting capabilities: {}", err.message))?;
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -164,6 +175,7 @@ impl Server {
             probes,
             runs,
             cases,
+            capabilities,
         };
         Ok((
             Server {

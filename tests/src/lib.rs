@@ -206,6 +206,14 @@ impl Client {
         }
     }
 
+    /// The same key against another server process (e.g. the same data dir restarted).
+    pub fn rebase(&self, server: &WharfProcess) -> Client {
+        Client {
+            base_url: server.base_url.clone(),
+            ..self.clone()
+        }
+    }
+
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let builder = self
             .http

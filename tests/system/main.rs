@@ -7,5 +7,6 @@ mod cases;
 mod outbound;
 mod packs_policy;
 mod plugin_host;
+mod policy;
 mod probes;
 mod sandboxes;

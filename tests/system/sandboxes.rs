@@ -664,7 +664,7 @@ async fn open_exec_stream(
     socket
 }
 
-async fn exec_stream(server: &WharfProcess, id: &str, body: Value) -> Vec<Value> {
+pub(crate) async fn exec_stream(server: &WharfProcess, id: &str, body: Value) -> Vec<Value> {
     let mut socket = open_exec_stream(server, id, body).await;
     let mut records = Vec::new();
     while let Some(Ok(message)) = socket.next().await {

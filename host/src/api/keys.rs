@@ -10,8 +10,9 @@ use utoipa_axum::routes;
 use super::contract::error_set;
 use super::error::{ApiResult, Json, Path};
 use super::{AppState, require_admin};
+use crate::capabilities::scope::{KeyScope, Role};
 use crate::error::WharfError;
-use crate::store::keys::{self as key_store, ApiKey, Principal};
+use crate::store::keys::{self as key_store, ApiKey, KeyGrant, Principal};
 
 error_set!(
     /// Creating a key: admin only, and the owner must be valid.
@@ -46,8 +47,23 @@ pub struct CreateKey {
         pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
     )]
     owner: String,
+    /// An admin key: every owner, every route, no scope. Same as `roles: ["admin"]`.
     #[serde(default)]
     admin: bool,
+    /// `admin` and/or `approver` (may decide its owner's approvals).
+    #[serde(default)]
+    #[schema(max_items = 2)]
+    roles: Vec<Role>,
+    /// Capability, operation and route names the key may call: `filesystem` (every
+    /// operation), `filesystem.read`, `sandbox.exec`, `sandbox.files.read`,
+    /// `sandbox.files.write`, `probes`, `*`. Absent: all. Not with `admin`.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    capabilities: Option<Vec<String>>,
+    /// Sandbox profiles the key may create and use. Absent: all. Not with `admin`.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    profiles: Option<Vec<String>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -58,7 +74,9 @@ pub struct CreatedKey {
     key: String,
 }
 
-/// Creates an API key for an owner. The secret is returned once, in `key`.
+/// Creates an API key for an owner. The secret is returned once, in `key`. A key may be
+/// limited to capabilities or operations (`capabilities`) and to profiles (`profiles`), and
+/// hold the `approver` role; a call outside its scope is `forbidden`.
 #[utoipa::path(post, path = "/v1/keys", request_body = CreateKey, responses(
     (status = 201, body = CreatedKey),
     CreateKeyErrors,
@@ -79,7 +97,24 @@ async fn create_key(
         ))
         .into());
     }
-    let (meta, key) = key_store::create(&state.db, owner, body.admin).await?;
+    let admin = body.admin || body.roles.contains(&Role::Admin);
+    let scope = KeyScope {
+        capabilities: body.capabilities,
+        profiles: body.profiles,
+    };
+    scope.validate()?;
+    if admin && !scope.is_unlimited() {
+        return Err(WharfError::validation(
+            "an admin key cannot be scoped: give `capabilities`/`profiles` only to non-admin keys",
+        )
+        .into());
+    }
+    let grant = KeyGrant {
+        admin,
+        approver: body.roles.contains(&Role::Approver),
+        scope,
+    };
+    let (meta, key) = key_store::create(&state.db, owner, grant).await?;
     tracing::info!(key_id = %meta.id, owner = %meta.owner, fingerprint = %key_store::fingerprint(&key), "API key created");
     Ok((StatusCode::CREATED, Json(CreatedKey { meta, key })))
 }

@@ -2,6 +2,8 @@
 //! is generated from the same code that serves them.
 
 pub mod cases;
+pub mod approvals;
+pub mod audit;
 pub mod contract;
 pub mod error;
 pub mod keys;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub probes: Arc<crate::probes::ProbeService>,
     pub runs: Arc<crate::jobs::RunEngine>,
     pub cases: Arc<crate::cases::Cases>,
+    /// Every capability call goes through it (routing, scopes, approvals, masking, audit).
+    pub capabilities: Arc<crate::capabilities::service::CapabilityService>,
 }
 
 #[derive(OpenApi)]
@@ -76,6 +80,8 @@ fn documented_routes(
         .merge(sandboxes::routes())
         .merge(probes::routes())
         .merge(cases::routes())
+        .merge(approvals::routes())
+        .merge(audit::routes())
         .merge(system::authenticated_routes());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(system::public_routes())

@@ -26,7 +26,7 @@ error_set!(
 );
 error_set!(
     /// Running a probe: the provider plugin's calls, then the outbound rules.
-    ProbeErrors: ValidationError, CapabilityNotSupported, NotFound, PluginError, PluginTrap,
+    ProbeErrors: ValidationError, CapabilityNotSupported, Forbidden, NotFound, PluginError, PluginTrap,
         PluginUnavailable, PluginTimeout, TargetNotAllowed, InvalidProbeStep
 );
 
@@ -55,6 +55,7 @@ async fn run_probe(
     Extension(principal): Extension<Principal>,
     Json(body): Json<ProbeRequest>,
 ) -> ApiResult<Json<ProbeResult>> {
+    crate::capabilities::scope::require(&principal, crate::capabilities::scope::PROBES)?;
     Ok(Json(state.probes.probe(&principal, &body).await?))
 }
 
@@ -78,7 +79,7 @@ async fn get_probe(
     responses(
     (status = 201, body = Target),
     (status = 400, body = ErrorBody),
-    (status = 403, body = ErrorBody, description = "quota_exceeded: `[quotas] probe_targets_per_owner` (admin keys exempt); or target_not_allowed: the target is, or resolves to, a non-public address"),
+    (status = 403, body = ErrorBody, description = "quota_exceeded: `[quotas] probe_targets_per_owner` (admin keys exempt); target_not_allowed: the target is, or resolves to, a non-public address; or forbidden: the key's scope does not name `probes`"),
     (status = 404, body = ErrorBody, description = "not_found: unknown provider"),
 ))]
 async fn create_target(
@@ -86,6 +87,7 @@ async fn create_target(
     Extension(principal): Extension<Principal>,
     Json(body): Json<CreateTarget>,
 ) -> ApiResult<(StatusCode, Json<Target>)> {
+    crate::capabilities::scope::require(&principal, crate::capabilities::scope::PROBES)?;
     Ok((
         StatusCode::CREATED,
         Json(

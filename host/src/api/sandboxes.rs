@@ -24,7 +24,12 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::contract::{self, error_set};
 use super::error::{ApiError, ApiResult, Json, Path, Query};
-use crate::capabilities::{self, InvokeOutcome};
+use crate::capabilities::InvokeOutcome;
+use crate::capabilities::scope::{self, SANDBOX_EXEC, SANDBOX_FILES_READ, SANDBOX_FILES_WRITE};
+use crate::capabilities::secrets::{RequestSecrets, SECRET_ENV_HEADER, SecretMasker};
+use crate::capabilities::service::{
+    Approval, AvailableCapability, CallOutcome, unconfined_forbidden,
+};
 use crate::error::{ErrorCode, WharfError};
 use crate::sandbox::service::{
     ExecInput, LOCAL_PROFILE, Sandbox, SandboxEvent, SandboxPage, SandboxStatus,
@@ -57,28 +62,28 @@ error_set!(
 );
 error_set!(
     /// Stopping, starting or deleting a sandbox's runtime.
-    LifecycleErrors: NotFound, Conflict, SessionNotReady, DriverUnavailable
+    LifecycleErrors: Forbidden, NotFound, Conflict, SessionNotReady, DriverUnavailable
 );
 error_set!(
     /// Using a sandbox (exec): it is started first if stopped.
-    UseErrors: ValidationError, InvalidPath, CapabilityNotSupported, NotFound, FileNotFound, Conflict, SessionNotReady, DriverUnavailable, IsolationUnavailable
+    UseErrors: ValidationError, InvalidPath, CapabilityNotSupported, Forbidden, NotFound, FileNotFound, Conflict, SessionNotReady, DriverUnavailable, IsolationUnavailable
 );
 error_set!(
     /// Reading or changing the workspace's files.
-    FileErrors: ValidationError, InvalidPath, CapabilityNotSupported, NotFound, FileNotFound, Conflict, SessionNotReady, DriverUnavailable
+    FileErrors: ValidationError, InvalidPath, CapabilityNotSupported, Forbidden, NotFound, FileNotFound, Conflict, SessionNotReady, DriverUnavailable
 );
 error_set!(
     /// Uploading a file.
-    UploadErrors: ValidationError, InvalidPath, CapabilityNotSupported, NotFound, FileNotFound, Conflict, PayloadTooLarge, SessionNotReady, DriverUnavailable
+    UploadErrors: ValidationError, InvalidPath, CapabilityNotSupported, Forbidden, NotFound, FileNotFound, Conflict, PayloadTooLarge, SessionNotReady, DriverUnavailable
 );
 error_set!(
     /// A capability call: the sandbox is used, then a plugin runs.
-    InvokeErrors: ValidationError, InvalidPath, CapabilityNotSupported, NotFound, FileNotFound, Conflict, PluginError,
+    InvokeErrors: ValidationError, InvalidPath, CapabilityNotSupported, Forbidden, QuotaExceeded, NotFound, FileNotFound, Conflict, PluginError,
         PluginTrap, PluginUnavailable, SessionNotReady, DriverUnavailable, IsolationUnavailable, PluginTimeout, Timeout
 );
 error_set!(
     /// A WebSocket route asked without the upgrade headers, or for a sandbox that does not exist.
-    SocketErrors: NotFound, UpgradeRequired
+    SocketErrors: Forbidden, NotFound, UpgradeRequired
 );
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -91,6 +96,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(exec))
         .routes(routes!(list_events))
         .routes(routes!(invoke_capability))
+        .routes(routes!(sandbox_capabilities))
         .routes(routes!(list_root))
         // Documented by `WildcardAndSocketRoutes`.
         .route(
@@ -159,6 +165,7 @@ async fn create_sandbox(
     if state.sandboxes.profiles().get(&profile)?.unconfined() && !principal.admin {
         return Err(unconfined_forbidden(&profile).into());
     }
+    scope::require_profile(&principal, &profile)?;
     let normalized = serde_json::json!({ "profile": profile });
     let fingerprint = hex::encode(sha2::Sha256::digest(normalized.to_string().as_bytes()));
     let idempotency = key.as_deref().map(|key| (key, fingerprint.as_str()));
@@ -250,6 +257,10 @@ async fn delete_sandbox(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    state
+        .capabilities
+        .authorize_lifecycle(&principal, &id)
+        .await?;
     state.sandboxes.delete(&principal.owner, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -263,6 +274,10 @@ async fn stop_sandbox(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
+    state
+        .capabilities
+        .authorize_lifecycle(&principal, &id)
+        .await?;
     Ok(Json(state.sandboxes.stop(&principal.owner, &id).await?))
 }
 
@@ -275,6 +290,10 @@ async fn start_sandbox(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
+    state
+        .capabilities
+        .authorize_lifecycle(&principal, &id)
+        .await?;
     Ok(Json(state.sandboxes.start(&principal.owner, &id).await?))
 }
 
@@ -287,6 +306,10 @@ async fn keepalive_sandbox(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
+    state
+        .capabilities
+        .authorize_lifecycle(&principal, &id)
+        .await?;
     Ok(Json(
         state.sandboxes.keepalive(&principal.owner, &id).await?,
     ))
@@ -327,6 +350,22 @@ fn env_schema() -> ObjectBuilder {
         .description(Some("Environment variables added to the profile's."))
 }
 
+fn secret_env_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(ENV_NAME)),
+        ))
+        .additional_properties(Some(
+            string_without_nul().min_length(Some(4)).max_length(Some(4096)),
+        ))
+        .max_properties(Some(32))
+        .description(Some(
+            "Secret environment variables: set like `env`, their values masked as `***` in everything the server returns or logs.",
+        ))
+}
+
 /// A command to run: exactly one of `argv` and `command`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -338,6 +377,11 @@ pub struct ExecFields {
     #[serde(default)]
     #[schema(schema_with = env_schema)]
     env: BTreeMap<String, String>,
+    /// Environment variables whose values are masked (`***`) in the output, events and
+    /// errors: 4 to 4096 bytes each, at most 32.
+    #[serde(default)]
+    #[schema(schema_with = secret_env_schema)]
+    secret_env: BTreeMap<String, String>,
     /// Working directory relative to the workspace.
     cwd: Option<String>,
     /// Text written to the process's standard input.
@@ -390,6 +434,7 @@ impl ExecBody {
         }
         let ExecFields {
             env,
+            secret_env,
             cwd,
             stdin,
             timeout_ms,
@@ -398,6 +443,7 @@ impl ExecBody {
         Ok(ExecInput {
             argv,
             env: env.into_iter().collect(),
+            secrets: RequestSecrets::new(secret_env)?,
             cwd: cwd.as_deref().map(SandboxPath::parse).transpose()?,
             stdin: stdin.map(String::into_bytes),
             timeout_ms,
@@ -446,15 +492,23 @@ async fn exec(
     Path(id): Path<String>,
     Json(body): Json<ExecBody>,
 ) -> ApiResult<Json<ExecResult>> {
-    refuse_unconfined(&state, &principal, &id).await?;
+    state
+        .capabilities
+        .authorize_direct(&principal, &id, SANDBOX_EXEC)
+        .await?;
     let input = body.into_input()?;
-    Ok(Json(
-        state
-            .sandboxes
-            .exec(&principal.owner, &id, input)
-            .await?
-            .into(),
-    ))
+    let started = std::time::Instant::now();
+    let result = state.sandboxes.exec(&principal.owner, &id, input).await;
+    state
+        .capabilities
+        .record_direct_exec(
+            &principal,
+            &id,
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        )
+        .await;
+    Ok(Json(result?.into()))
 }
 
 /// WebSocket: the first client message is an exec body (JSON); the server
@@ -474,11 +528,14 @@ async fn exec_stream(
     Path(id): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    refuse_unconfined(&state, &principal, &id).await?;
+    let masker = state
+        .capabilities
+        .authorize_direct(&principal, &id, SANDBOX_EXEC)
+        .await?;
     state.sandboxes.get(&principal.owner, &id).await?;
     // The exec message is a request body like any other: the same limit.
     let ws = upgrade(ws)?.max_message_size(state.config.max_body_bytes);
-    Ok(ws.on_upgrade(move |socket| run_exec_stream(state, principal.owner, id, socket)))
+    Ok(ws.on_upgrade(move |socket| run_exec_stream(state, principal, id, masker, socket)))
 }
 
 /// The upgrade, or `upgrade_required` (JSON, like every error) when the
@@ -510,6 +567,10 @@ fn error_record(err: &WharfError) -> serde_json::Value {
     serde_json::json!({"type": "error", "code": err.code.as_str(), "message": err.message})
 }
 
+fn masked_error_record(err: &WharfError, masker: &SecretMasker) -> serde_json::Value {
+    error_record(&masker.mask_error(err.clone()))
+}
+
 /// Output chunks in flight between a streamed exec and its WebSocket. When
 /// they are all waiting, the driver's reader waits too, so a slow client
 /// slows the command (its pipe fills) instead of growing the server's memory.
@@ -520,7 +581,14 @@ const STREAM_CHUNKS_BUFFERED: usize = 16;
 /// holds more than this of an unfinished line.
 pub const LINE_RECORD_MAX_BYTES: usize = 64 * 1024;
 
-async fn run_exec_stream(state: AppState, owner: String, id: String, mut socket: WebSocket) {
+async fn run_exec_stream(
+    state: AppState,
+    principal: Principal,
+    id: String,
+    profile_masker: SecretMasker,
+    mut socket: WebSocket,
+) {
+    let owner = principal.owner.clone();
     let first = loop {
         match socket.recv().await {
             Some(Ok(Message::Text(text))) => break text.to_string(),
@@ -539,13 +607,20 @@ async fn run_exec_stream(state: AppState, owner: String, id: String, mut socket:
             return;
         }
     };
+    // Each line record is masked: the profile's secrets and this request's.
+    let masker = match state.sandboxes.profile_of(&owner, &id).await {
+        Ok(profile) => crate::sandbox::service::Sandboxes::masker(&profile, &input.secrets),
+        Err(_) => profile_masker,
+    };
+    let started = std::time::Instant::now();
     // A client that takes no message for as long as the exec may run is
     // stalled: it is dropped and the command killed.
     let stall_limit = state.config.sandbox.exec_timeout(input.timeout_ms);
     let (tx, mut rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS_BUFFERED);
     input.sink = Some(tx);
     let sandboxes = state.sandboxes.clone();
-    let task = tokio::spawn(async move { sandboxes.exec(&owner, &id, input).await });
+    let (task_owner, task_id) = (owner.clone(), id.clone());
+    let task = tokio::spawn(async move { sandboxes.exec(&task_owner, &task_id, input).await });
     let mut lines = [LineSplitter::default(), LineSplitter::default()];
     loop {
         tokio::select! {
@@ -553,7 +628,8 @@ async fn run_exec_stream(state: AppState, owner: String, id: String, mut socket:
                 let Some((kind, chunk)) = chunk else { break };
                 let records = lines[stream_index(kind)].push(&chunk);
                 for (line, partial) in records {
-                    if !send_within(&mut socket, line_record(kind, &line, partial), stall_limit).await {
+                    let record = line_record(kind, &line, partial, &masker);
+                    if !send_within(&mut socket, record, stall_limit).await {
                         // The client went away or stalled: stop the command.
                         task.abort();
                         return;
@@ -575,10 +651,30 @@ async fn run_exec_stream(state: AppState, owner: String, id: String, mut socket:
         if let Some(rest) = lines[stream_index(kind)].finish()
             && open
         {
-            open = send_within(&mut socket, line_record(kind, &rest, false), stall_limit).await;
+            open = send_within(
+                &mut socket,
+                line_record(kind, &rest, false, &masker),
+                stall_limit,
+            )
+            .await;
         }
     }
-    let record = match task.await {
+    let finished = task.await;
+    let audited = match &finished {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(err.clone()),
+        Err(_) => Err(WharfError::internal("exec task failed")),
+    };
+    state
+        .capabilities
+        .record_direct_exec(
+            &principal,
+            &id,
+            audited.as_ref().map(|_| ()),
+            started.elapsed(),
+        )
+        .await;
+    let record = match finished {
         Ok(Ok(out)) => {
             let mut record = serde_json::to_value(ExecResult::from(out)).unwrap_or_default();
             if let Some(map) = record.as_object_mut() {
@@ -588,7 +684,7 @@ async fn run_exec_stream(state: AppState, owner: String, id: String, mut socket:
             }
             record
         }
-        Ok(Err(err)) => error_record(&err),
+        Ok(Err(err)) => masked_error_record(&err, &masker),
         Err(_) => error_record(&WharfError::internal("exec task failed")),
     };
     if open && send_within(&mut socket, record, stall_limit).await {
@@ -660,13 +756,18 @@ fn utf8_cut(bytes: &[u8]) -> usize {
     }
 }
 
-fn line_record(kind: StreamKind, line: &[u8], partial: bool) -> serde_json::Value {
+fn line_record(
+    kind: StreamKind,
+    line: &[u8],
+    partial: bool,
+    masker: &SecretMasker,
+) -> serde_json::Value {
     serde_json::json!({
         "type": "line",
         "ts": crate::store::now_rfc3339(),
         "stream": kind,
         "level": if kind == StreamKind::Stdout { "info" } else { "warn" },
-        "line": String::from_utf8_lossy(line),
+        "line": masker.mask(&String::from_utf8_lossy(line)),
         "partial": partial,
     })
 }
@@ -687,7 +788,10 @@ async fn download(
     Extension(principal): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    refuse_unconfined(&state, &principal, &id).await?;
+    state
+        .capabilities
+        .authorize_direct(&principal, &id, SANDBOX_FILES_READ)
+        .await?;
     let path = parse_path(&path)?;
     let download = state
         .sandboxes
@@ -725,7 +829,10 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Written>)> {
-    refuse_unconfined(&state, &principal, &id).await?;
+    state
+        .capabilities
+        .authorize_direct(&principal, &id, SANDBOX_FILES_WRITE)
+        .await?;
     let path = parse_path(&path)?;
     let declared_size = headers
         .get(header::CONTENT_LENGTH)
@@ -771,7 +878,10 @@ async fn delete_file(
     Path((id, path)): Path<(String, String)>,
     Query(query): Query<RemoveQuery>,
 ) -> ApiResult<StatusCode> {
-    refuse_unconfined(&state, &principal, &id).await?;
+    state
+        .capabilities
+        .authorize_direct(&principal, &id, SANDBOX_FILES_WRITE)
+        .await?;
     let path = parse_path(&path)?;
     state
         .sandboxes
@@ -795,7 +905,10 @@ async fn list_root(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Listing>> {
-    refuse_unconfined(&state, &principal, &id).await?;
+    state
+        .capabilities
+        .authorize_direct(&principal, &id, SANDBOX_FILES_READ)
+        .await?;
     let entries = state
         .sandboxes
         .list_dir(&principal.owner, &id, &SandboxPath::root())
@@ -818,7 +931,10 @@ async fn list_dir(
     Extension(principal): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
 ) -> ApiResult<Json<Listing>> {
-    refuse_unconfined(&state, &principal, &id).await?;
+    state
+        .capabilities
+        .authorize_direct(&principal, &id, SANDBOX_FILES_READ)
+        .await?;
     let path = parse_path(&path)?;
     let entries = state
         .sandboxes
@@ -842,7 +958,10 @@ async fn make_dir(
     Extension(principal): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    refuse_unconfined(&state, &principal, &id).await?;
+    state
+        .capabilities
+        .authorize_direct(&principal, &id, SANDBOX_FILES_WRITE)
+        .await?;
     let path = parse_path(&path)?;
     state.sandboxes.mkdir(&principal.owner, &id, &path).await?;
     Ok(StatusCode::CREATED)
@@ -947,55 +1066,57 @@ async fn run_events_stream(
     }
 }
 
-/// Runs `operation` of the adapter providing `capability`, bound to this sandbox.
-/// The body is the operation's JSON input (see its schema in `GET /v1/packs/{id}`).
+/// What the caller may call on this sandbox: the active adapters' operations that the
+/// sandbox's profile allows and the key's scope names, each saying whether it waits for an
+/// approver.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/capabilities", params(("id" = String, Path)), responses(
+    (status = 200, body = Vec<AvailableCapability>),
+    LifecycleErrors,
+))]
+async fn sandbox_capabilities(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<AvailableCapability>>> {
+    Ok(Json(state.capabilities.available(&principal, &id).await?))
+}
+
+/// Runs `operation` of the adapter providing `capability`, bound to this sandbox, through
+/// the one capability call path (routing, key scope, approval gate, masking, audit).
+/// `capability` may pin versions of its pack: `shell@0.1` (a semver requirement). The body
+/// is the operation's JSON input (see its schema in `GET /v1/packs/{id}`). When the
+/// sandbox's profile makes the operation wait for an approver, the answer is 202 with the
+/// approval: poll `GET /v1/approvals/{id}?wait=30` for the result. The optional
+/// `Wharf-Secret-Env` header (a JSON object of names to values) adds secret variables to
+/// every exec the adapter makes; their values are masked in the answer.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/capabilities/{capability}/{operation}",
-    params(("id" = String, Path), ("capability" = String, Path), ("operation" = String, Path)),
+    params(("id" = String, Path), ("capability" = String, Path), ("operation" = String, Path),
+        ("Wharf-Secret-Env" = Option<String>, Header,
+            description = "Secret variables for this call: a JSON object of names to values (4-4096 bytes each, at most 32)")),
     request_body(content = Object, description = "The operation's input document"),
     responses(
         (status = 200, body = InvokeOutcome),
+        (status = 202, body = Approval, description = "waiting for an approver"),
         InvokeErrors,
     ))]
 async fn invoke_capability(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path((id, capability, operation)): Path<(String, String, String)>,
+    headers: HeaderMap,
     Json(input): Json<serde_json::Value>,
-) -> ApiResult<Json<InvokeOutcome>> {
-    refuse_unconfined(&state, &principal, &id).await?;
-    let binding = state
-        .sandboxes
-        .bind(&principal.owner, &id, &capability)
+) -> ApiResult<Response> {
+    let secrets = RequestSecrets::from_header(headers.get(SECRET_ENV_HEADER))?;
+    let outcome = state
+        .capabilities
+        .call(&principal, &id, &capability, &operation, input, secrets)
         .await?;
-    Ok(Json(
-        capabilities::invoke(&state.packs, binding, &capability, &operation, input).await?,
-    ))
-}
-
-/// Code in a sandbox of a profile without isolation runs on the host as the
-/// server's user: only admin keys may create one, and only admin keys may use
-/// one (a non-admin key of the same owner included). Costs nothing unless
-/// `wharf.toml` declares such a profile.
-async fn refuse_unconfined(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
-    let profiles = state.sandboxes.profiles();
-    if principal.admin || !profiles.has_unisolated() {
-        return Ok(());
-    }
-    let sandbox = state.sandboxes.get(&principal.owner, id).await?;
-    if profiles
-        .get(&sandbox.profile)
-        .is_ok_and(|profile| profile.unconfined())
-    {
-        return Err(unconfined_forbidden(&sandbox.profile).into());
-    }
-    Ok(())
-}
-
-fn unconfined_forbidden(profile: &str) -> WharfError {
-    WharfError::new(
-        ErrorCode::Forbidden,
-        format!("profile {profile:?} runs without isolation: only admin keys may use it"),
-    )
+    Ok(match outcome {
+        CallOutcome::Done(outcome) => Json(outcome).into_response(),
+        CallOutcome::PendingApproval(approval) => {
+            (StatusCode::ACCEPTED, Json(*approval)).into_response()
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,14 +1,126 @@
-//! Capability routing: a capability name resolves to the adapter of the
-//! active pack that provides it; the call runs bound to one sandbox.
+//! Capabilities: every call of an adapter operation goes through
+//! [`CapabilityService::call`](service::CapabilityService::call), which applies, in order,
+//! routing, the key's scope, the approval gate, the call itself, secret masking, the audit
+//! log, and metrics and events. The HTTP invoke route uses it; MCP and batch planners must too.
+
+pub mod approvals;
+pub mod scope;
+pub mod secrets;
+pub mod service;
 
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::error::{ErrorCode, WharfError, WharfResult};
-use crate::packs::{InflightGuard, Packs};
+use crate::packs::{CapabilityRoute, InflightGuard, Packs};
 use crate::runtime::bindings::adapter::wharf::plugin::types::PluginError;
 use crate::sandbox::service::SandboxBinding;
+
+/// A capability as a caller names it: `shell`, or `shell@<semver requirement>`
+/// (`shell@0.1` = `^0.1`, `shell@=0.1.0`, `shell@>=0.2`) to insist on versions of the pack
+/// that serves it.
+#[derive(Debug, Clone)]
+pub struct CapabilityName {
+    pub name: String,
+    pub version: Option<semver::VersionReq>,
+}
+
+impl CapabilityName {
+    pub fn parse(text: &str) -> WharfResult<Self> {
+        let (name, version) = match text.split_once('@') {
+            Some((name, req)) => {
+                let req = semver::VersionReq::parse(req).map_err(|err| {
+                    WharfError::validation(format!(
+                        "capability {text:?}: {req:?} is not a semver requirement ({err}); write e.g. shell@0.1 or shell@=0.1.0"
+                    ))
+                })?;
+                (name, Some(req))
+            }
+            None => (text, None),
+        };
+        if name.is_empty() || name.len() > 128 {
+            return Err(WharfError::validation(format!(
+                "capability name {name:?} must be 1-128 characters"
+            )));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            version,
+        })
+    }
+}
+
+/// Resolves a capability operation to the component that serves it now: the capability
+/// must be provided by an active pack, its version must meet the caller's requirement and
+/// the operator's pin (`[packs.pins] shell = "core-adapters@^0.1"`), and the adapter must
+/// have the operation.
+pub fn route(
+    packs: &Packs,
+    wanted: &CapabilityName,
+    operation: &str,
+) -> WharfResult<CapabilityRoute> {
+    let snapshot = packs.snapshot();
+    let capability = &wanted.name;
+    let route = snapshot
+        .capabilities
+        .get(capability)
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<_> = snapshot.capabilities.keys().cloned().collect();
+            WharfError::new(
+                ErrorCode::CapabilityNotSupported,
+                format!(
+                    "no active pack provides capability {capability:?}; available: {}",
+                    known.join(", ")
+                ),
+            )
+        })?;
+    drop(snapshot);
+    let version = &route.pack.version;
+    if let Some(req) = &wanted.version
+        && !req.matches(version)
+    {
+        return Err(WharfError::new(
+            ErrorCode::CapabilityNotSupported,
+            format!(
+                "capability {capability:?} is served by pack {} {version}, which does not meet the requested version {req}",
+                route.pack.id
+            ),
+        ));
+    }
+    if let Some(req) = packs.pinned_version(capability)
+        && !req.matches(version)
+    {
+        return Err(WharfError::new(
+            ErrorCode::CapabilityNotSupported,
+            format!(
+                "capability {capability:?} is pinned by the operator to {} {req} ([packs.pins] in wharf.toml); the loaded version is {version}",
+                route.pack.id
+            ),
+        ));
+    }
+    let adapter = route
+        .component()
+        .adapter
+        .as_ref()
+        .expect("capability routes point at adapters");
+    if !adapter.operations.iter().any(|op| op.name == operation) {
+        let known: Vec<_> = adapter
+            .operations
+            .iter()
+            .map(|op| op.name.as_str())
+            .collect();
+        return Err(WharfError::new(
+            ErrorCode::CapabilityNotSupported,
+            format!(
+                "capability {capability:?} has no operation {operation:?}; operations: {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    Ok(route)
+}
 
 /// Where an answer came from: lets clients see a hot swap happen.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -65,7 +177,9 @@ pub fn list(packs: &Packs) -> Vec<CapabilitySummary> {
         .collect()
 }
 
-/// Runs `capability.operation` with `input` against the bound sandbox.
+/// Routing and the call, without policy (scope, approvals, masking, audit): for assembly
+/// tests and benches of the plugin host. Servers call
+/// [`CapabilityService::call`](service::CapabilityService::call) instead.
 pub async fn invoke(
     packs: &Packs,
     sandbox: SandboxBinding,
@@ -73,41 +187,20 @@ pub async fn invoke(
     operation: &str,
     input: serde_json::Value,
 ) -> WharfResult<InvokeOutcome> {
-    let snapshot = packs.snapshot();
-    let route = snapshot
-        .capabilities
-        .get(capability)
-        .cloned()
-        .ok_or_else(|| {
-            let known: Vec<_> = snapshot.capabilities.keys().cloned().collect();
-            WharfError::new(
-                ErrorCode::CapabilityNotSupported,
-                format!(
-                    "no active pack provides capability {capability:?}; available: {}",
-                    known.join(", ")
-                ),
-            )
-        })?;
-    drop(snapshot);
-    let adapter = route
-        .component()
-        .adapter
-        .as_ref()
-        .expect("capability routes point at adapters");
-    if !adapter.operations.iter().any(|op| op.name == operation) {
-        let known: Vec<_> = adapter
-            .operations
-            .iter()
-            .map(|op| op.name.as_str())
-            .collect();
-        return Err(WharfError::new(
-            ErrorCode::CapabilityNotSupported,
-            format!(
-                "capability {capability:?} has no operation {operation:?}; operations: {}",
-                known.join(", ")
-            ),
-        ));
-    }
+    let wanted = CapabilityName::parse(capability)?;
+    let route = route(packs, &wanted, operation)?;
+    invoke_route(route, sandbox, &wanted.name, operation, input).await
+}
+
+/// Runs the operation of a routed adapter against the bound sandbox. Only
+/// [`service::CapabilityService`] calls this: it is the call step of its pipeline.
+pub(crate) async fn invoke_route(
+    route: CapabilityRoute,
+    sandbox: SandboxBinding,
+    capability: &str,
+    operation: &str,
+    input: serde_json::Value,
+) -> WharfResult<InvokeOutcome> {
     let guard = InflightGuard::new(route.pack.clone());
     let component = route.component().runtime.clone();
     let op = operation.to_string();

@@ -149,6 +149,20 @@ pub struct PackSettings {
     pub profile_policy: ProfilePolicy,
     /// Contested names pinned to a pack id (`[packs.pins]`).
     pub pins: BTreeMap<String, String>,
+    /// Capabilities pinned to versions of their pack (`shell = "core-adapters@^0.1"`).
+    pub pin_versions: BTreeMap<String, semver::VersionReq>,
+}
+
+/// A `[packs.pins]` value: `<pack id>` or `<pack id>@<semver requirement>`.
+pub fn parse_pin(value: &str) -> Result<(&str, Option<semver::VersionReq>), String> {
+    match value.split_once('@') {
+        Some((id, req)) => semver::VersionReq::parse(req)
+            .map(|req| (id, Some(req)))
+            .map_err(|err| {
+                format!("[packs.pins] {value:?}: {req:?} is not a semver requirement ({err})")
+            }),
+        None => Ok((value, None)),
+    }
 }
 
 impl PackSettings {
@@ -161,7 +175,22 @@ impl PackSettings {
         Self {
             data_root,
             profile_policy: ProfilePolicy::new(config, reserved_profiles),
-            pins: config.pins.clone(),
+            pins: config
+                .pins
+                .iter()
+                .map(|(name, value)| {
+                    let id = parse_pin(value).map(|(id, _)| id).unwrap_or(value);
+                    (name.clone(), id.to_string())
+                })
+                .collect(),
+            pin_versions: config
+                .pins
+                .iter()
+                .filter_map(|(name, value)| {
+                    let (_, req) = parse_pin(value).ok()?;
+                    Some((name.clone(), req?))
+                })
+                .collect(),
         }
     }
 }
@@ -186,6 +215,7 @@ pub struct Packs {
     snapshots: Arc<DataSnapshots>,
     policy: Arc<ProfilePolicy>,
     pins: BTreeMap<String, String>,
+    pin_versions: BTreeMap<String, semver::VersionReq>,
     metrics: Arc<Metrics>,
     current: ArcSwap<PackSet>,
     state: tokio::sync::Mutex<LoaderState>,
@@ -208,6 +238,7 @@ impl Packs {
             snapshots: Arc::new(DataSnapshots::new(settings.data_root)?),
             policy: Arc::new(settings.profile_policy),
             pins: settings.pins,
+            pin_versions: settings.pin_versions,
             metrics,
             current: ArcSwap::from_pointee(PackSet::default()),
             state: tokio::sync::Mutex::new(LoaderState::default()),
@@ -221,6 +252,11 @@ impl Packs {
 
     pub fn logs(&self) -> &Arc<PluginLogs> {
         &self.logs
+    }
+
+    /// The versions of its pack that the operator pinned `capability` to, if any.
+    pub fn pinned_version(&self, capability: &str) -> Option<&semver::VersionReq> {
+        self.pin_versions.get(capability)
     }
 
     /// The serving state now. Hold the `Arc` for the whole call.

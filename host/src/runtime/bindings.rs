@@ -151,8 +151,7 @@ impl wit_sandbox::Host for CallState {
 
     fn list_dir(&mut self, path: String) -> Result<Vec<wit_sandbox::DirEntry>, PluginError> {
         let path = parse_path(&path)?;
-        let entries =
-            self.on_sandbox(|b| async move { b.driver().list_dir(&b.sandbox_id, &path).await })?;
+        let entries = self.on_sandbox(|b| async move { b.list_dir(&path).await })?;
         Ok(entries
             .into_iter()
             .map(|entry| wit_sandbox::DirEntry {
@@ -170,6 +169,6 @@ impl wit_sandbox::Host for CallState {
 
     fn remove(&mut self, path: String, recursive: bool) -> Result<(), PluginError> {
         let path = parse_path(&path)?;
-        self.on_sandbox(|b| async move { b.driver().remove(&b.sandbox_id, &path, recursive).await })
+        self.on_sandbox(|b| async move { b.remove(&path, recursive).await })
     }
 }

@@ -82,6 +82,13 @@ pub struct CallState {
 
 impl CallState {
     pub(super) fn log(&self, level: &str, message: &str) {
+        // A plugin may log what an exec printed: the sandbox's secret values never reach
+        // the log ring or the server's own log lines.
+        let masked = self
+            .sandbox
+            .as_ref()
+            .map(|binding| binding.masker().mask(message));
+        let message = masked.as_deref().unwrap_or(message);
         self.log.push(
             self.owner.as_deref(),
             &self.pack_id,

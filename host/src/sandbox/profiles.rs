@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::capabilities::scope::entry_covers;
+use crate::capabilities::secrets::{SecretValue, validate_secret_env};
 use crate::error::{ErrorCode, WharfError, WharfResult};
 
 /// The tag `scripts/build-base-image` builds.
@@ -60,6 +62,15 @@ pub struct Profile {
     /// Environment of every exec. Values are never logged or returned.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment of every exec whose values are also masked (`***`) in every output,
+    /// event, log line and error that leaves the server.
+    #[serde(default, skip_serializing)]
+    #[schema(value_type = Object)]
+    pub secret_env: BTreeMap<String, SecretValue>,
+    /// Per-operation policy, keyed like scope entries (`shell.run`, or `shell` for every
+    /// operation): `{ approval = "required" }` makes a call wait for an approver.
+    #[serde(default)]
+    pub operations: BTreeMap<String, OperationPolicy>,
     /// Working directory inside the container (docker driver).
     #[serde(default = "default_workdir")]
     pub workdir: String,
@@ -83,6 +94,22 @@ pub struct Profile {
     /// `/tmp` and the workspace volume stay writable).
     #[serde(default = "default_true")]
     pub read_only_root: bool,
+}
+
+/// Whether an operation needs a human decision before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalPolicy {
+    #[default]
+    None,
+    Required,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperationPolicy {
+    #[serde(default)]
+    pub approval: ApprovalPolicy,
 }
 
 fn default_image() -> String {
@@ -134,6 +161,8 @@ impl Profile {
             network: Network::None,
             capabilities: default_capabilities(),
             env: BTreeMap::new(),
+            secret_env: BTreeMap::new(),
+            operations: BTreeMap::new(),
             workdir: default_workdir(),
             idle_timeout_secs: default_idle(),
             max_ttl_secs: default_ttl(),
@@ -160,10 +189,45 @@ impl Profile {
         self.driver == "process" && self.isolation == Isolation::None
     }
 
+    /// Whether the profile allows `capability` (a name like `exec`, `files`, `shell`, or an
+    /// operation `shell.run`): an entry equal to it, `*`, or a dotted prefix of it.
     pub fn allows(&self, capability: &str) -> bool {
         self.capabilities
             .iter()
-            .any(|c| c == "*" || c == capability)
+            .any(|entry| entry_covers(entry, capability))
+    }
+
+    /// Whether `capability.operation` waits for an approver in this profile.
+    pub fn needs_approval(&self, operation: &str) -> bool {
+        self.operations.iter().any(|(entry, policy)| {
+            policy.approval == ApprovalPolicy::Required && entry_covers(entry, operation)
+        })
+    }
+
+    /// Whether any operation of this profile waits for an approver: then the direct routes
+    /// that could do the same unapproved (exec, file writes) are refused.
+    pub fn has_approval_rules(&self) -> bool {
+        self.operations
+            .values()
+            .any(|policy| policy.approval == ApprovalPolicy::Required)
+    }
+
+    /// Every secret value of the profile, for the masker.
+    pub fn secret_values(&self) -> impl Iterator<Item = &str> {
+        self.secret_env.values().map(SecretValue::expose)
+    }
+
+    /// The profile's environment, secret variables included.
+    pub fn full_env(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(
+                self.secret_env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_string())),
+            )
+            .collect()
     }
 
     /// `capability_not_supported` unless the profile allows `capability`.
@@ -227,6 +291,12 @@ impl Profile {
         {
             return Err(format!("profile {:?}: cpus must be in (0, 256]", self.name));
         }
+        validate_secret_env(
+            self.secret_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.expose())),
+        )
+        .map_err(|why| format!("profile {:?}: {why}", self.name))?;
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ use super::{
     DirEntry, ExecLimits, ExecOutput, ExecRequest, FileDownload, FileUpload, SandboxDriver,
     SandboxPath, SandboxSpec, limit_stream, upload_too_large,
 };
+use crate::capabilities::secrets::{RequestSecrets, SecretMasker};
 use crate::config::SandboxConfig;
 use crate::error::{ErrorCode, WharfError, WharfResult};
 use crate::store::keys::new_id;
@@ -169,16 +170,22 @@ pub struct Sandboxes {
 }
 
 /// One sandbox as a plugin call sees it: the `sandbox` imports are bound to it
-/// and to nothing else.
+/// and to nothing else. Its host calls count like direct calls: each is a sandbox
+/// operation in the metrics, an exec is an `exec` event, and each pushes back the idle
+/// deadline.
 #[derive(Clone)]
 pub struct SandboxBinding {
     pub sandbox_id: String,
     /// The sandbox's owner: plugin calls bound to it run (and log) on its behalf.
     owner: String,
     driver: Arc<dyn SandboxDriver>,
-    config: SandboxConfig,
+    service: Arc<Sandboxes>,
     limits: ExecLimits,
     env: Vec<(String, String)>,
+    /// The profile's and the request's secret values: masked in plugin log lines.
+    masker: SecretMasker,
+    /// `capability.operation` of the call, named in the events it causes.
+    via: String,
 }
 
 impl SandboxBinding {
@@ -190,13 +197,23 @@ impl SandboxBinding {
         &self.driver
     }
 
+    pub fn masker(&self) -> &SecretMasker {
+        &self.masker
+    }
+
     /// Applies the configured default and cap to a requested timeout.
     pub fn exec_timeout(&self, requested_ms: Option<u64>) -> Duration {
-        self.config.exec_timeout(requested_ms)
+        self.service.config.exec_timeout(requested_ms)
     }
 
     pub fn output_cap(&self) -> usize {
-        self.config.exec_output_cap_bytes
+        self.service.config.exec_output_cap_bytes
+    }
+
+    /// Counts one host call like the direct route that does the same.
+    async fn account(&self, operation: &str) {
+        self.service.count(self.driver.name(), operation);
+        self.service.touch(&self.sandbox_id).await;
     }
 
     pub async fn exec(&self, mut request: ExecRequest) -> WharfResult<ExecOutput> {
@@ -204,25 +221,52 @@ impl SandboxBinding {
         env.append(&mut request.env);
         request.env = env;
         request.limits = self.limits.clone();
-        self.driver.exec(&self.sandbox_id, request).await
+        let program = request.argv.first().cloned().unwrap_or_default();
+        self.service.count(self.driver.name(), "exec");
+        let output = self.driver.exec(&self.sandbox_id, request).await?;
+        self.service
+            .exec_events(
+                &self.sandbox_id,
+                &program,
+                &output,
+                &self.masker,
+                Some(&self.via),
+            )
+            .await;
+        self.service.touch(&self.sandbox_id).await;
+        Ok(output)
     }
 
     /// A whole file, for a plugin (at most `max_upload_bytes`).
     pub async fn read_file(&self, path: &SandboxPath) -> WharfResult<Vec<u8>> {
+        self.account("read_file").await;
         let download = self.driver.read_file(&self.sandbox_id, path).await?;
-        download.collect(self.config.max_upload_bytes as u64).await
+        download
+            .collect(self.service.config.max_upload_bytes as u64)
+            .await
     }
 
     /// Replaces a file with `data`, for a plugin (at most `max_upload_bytes`).
     pub async fn write_file(&self, path: &SandboxPath, data: Vec<u8>) -> WharfResult<()> {
-        let limit = self.config.max_upload_bytes as u64;
+        let limit = self.service.config.max_upload_bytes as u64;
         if data.len() as u64 > limit {
             return Err(upload_too_large(limit));
         }
+        self.account("write_file").await;
         self.driver
             .write_file(&self.sandbox_id, path, FileUpload::from_bytes(data))
             .await
             .map(|_| ())
+    }
+
+    pub async fn list_dir(&self, path: &SandboxPath) -> WharfResult<Vec<DirEntry>> {
+        self.account("list_dir").await;
+        self.driver.list_dir(&self.sandbox_id, path).await
+    }
+
+    pub async fn remove(&self, path: &SandboxPath, recursive: bool) -> WharfResult<()> {
+        self.account("remove").await;
+        self.driver.remove(&self.sandbox_id, path, recursive).await
     }
 }
 
@@ -231,6 +275,8 @@ impl SandboxBinding {
 pub struct ExecInput {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Secret variables of this request: set like `env`, and masked in its output.
+    pub secrets: RequestSecrets,
     pub cwd: Option<SandboxPath>,
     pub stdin: Option<Vec<u8>>,
     pub timeout_ms: Option<u64>,
@@ -536,7 +582,7 @@ impl Sandboxes {
         }
     }
 
-    async fn touch(&self, id: &str) {
+    pub(crate) async fn touch(&self, id: &str) {
         let _ = sqlx::query("UPDATE sandboxes SET last_active_ms = ? WHERE id = ?")
             .bind(now_ms())
             .bind(id)
@@ -748,6 +794,9 @@ impl Sandboxes {
         Ok(())
     }
 
+    /// Runs a command; its output comes back with the profile's and the request's secret
+    /// values masked. Streamed chunks (`input.sink`) are raw: the streaming route masks
+    /// each line record with [`Sandboxes::masker`].
     pub async fn exec(&self, owner: &str, id: &str, input: ExecInput) -> WharfResult<ExecOutput> {
         let (sandbox, profile, driver) = self.prepare(owner, id, "exec").await?;
         if input.argv.is_empty() {
@@ -755,11 +804,9 @@ impl Sandboxes {
                 "give `argv` (non-empty) or `command`",
             ));
         }
-        let mut env: Vec<(String, String)> = profile
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let masker = Self::masker(&profile, &input.secrets);
+        let mut env = profile.full_env();
+        env.extend(input.secrets.env());
         env.extend(input.env);
         let program = input.argv[0].clone();
         let request = ExecRequest {
@@ -772,30 +819,68 @@ impl Sandboxes {
             sink: input.sink,
             limits: profile.exec_limits(),
         };
+        self.count(driver.name(), "exec");
+        let mut output = driver
+            .exec(&sandbox.id, request)
+            .await
+            .map_err(|err| masker.mask_error(err))?;
+        self.exec_events(id, &program, &output, &masker, None).await;
+        self.touch(id).await;
+        output.stdout = masker.mask_bytes(output.stdout);
+        output.stderr = masker.mask_bytes(output.stderr);
+        Ok(output)
+    }
+
+    /// The masker for a sandbox of `profile` and a request's secrets.
+    pub fn masker(profile: &Profile, secrets: &RequestSecrets) -> SecretMasker {
+        SecretMasker::new(profile.secret_values().chain(secrets.values()))
+    }
+
+    /// The profile of the caller's sandbox (for its secrets and policies).
+    pub async fn profile_of(&self, owner: &str, id: &str) -> WharfResult<Profile> {
+        let sandbox = self.get(owner, id).await?;
+        self.profiles.get(&sandbox.profile)
+    }
+
+    pub(crate) fn count(&self, driver: &str, operation: &str) {
         self.metrics
             .operations
-            .with_label_values(&[driver.name(), "exec"])
+            .with_label_values(&[driver, operation])
             .inc();
-        let output = driver.exec(&sandbox.id, request).await?;
-        // Only the program name: arguments and environment may carry secrets.
-        self.event(
-            id,
-            "exec",
-            serde_json::json!({
-                "program": program,
-                "exit_code": output.exit_code,
-                "timed_out": output.timed_out,
-                "oom_killed": output.oom_killed,
-                "duration_ms": output.duration.as_millis() as u64,
-            }),
-        )
-        .await;
+    }
+
+    /// The `exec` event (and `oom_killed`) of one exec; `via` names the capability
+    /// operation that made it. Only the program name: arguments and environment may carry
+    /// secrets, and even the name is masked.
+    async fn exec_events(
+        &self,
+        id: &str,
+        program: &str,
+        output: &ExecOutput,
+        masker: &SecretMasker,
+        via: Option<&str>,
+    ) {
+        let program = masker.mask(program).into_owned();
+        let mut detail = serde_json::json!({
+            "program": program,
+            "exit_code": output.exit_code,
+            "timed_out": output.timed_out,
+            "oom_killed": output.oom_killed,
+            "duration_ms": output.duration.as_millis() as u64,
+        });
+        if let Some(via) = via {
+            detail["via"] = via.into();
+        }
+        self.event(id, "exec", detail).await;
         if output.oom_killed {
             self.event(id, "oom_killed", serde_json::json!({"program": program}))
                 .await;
         }
-        self.touch(id).await;
-        Ok(output)
+    }
+
+    /// Records a sandbox event on behalf of another subsystem (capability calls, approvals).
+    pub async fn record_event(&self, id: &str, kind: &str, detail: serde_json::Value) {
+        self.event(id, kind, detail).await;
     }
 
     pub async fn read_file(
@@ -805,6 +890,7 @@ impl Sandboxes {
         path: &SandboxPath,
     ) -> WharfResult<FileDownload> {
         let (_, _, driver) = self.prepare(owner, id, "files").await?;
+        self.count(driver.name(), "read_file");
         driver.read_file(id, path).await
     }
 
@@ -822,6 +908,7 @@ impl Sandboxes {
             return Err(upload_too_large(limit));
         }
         let (_, _, driver) = self.prepare(owner, id, "files").await?;
+        self.count(driver.name(), "write_file");
         upload.body = limit_stream(upload.body, limit);
         driver.write_file(id, path, upload).await
     }
@@ -833,11 +920,13 @@ impl Sandboxes {
         path: &SandboxPath,
     ) -> WharfResult<Vec<DirEntry>> {
         let (_, _, driver) = self.prepare(owner, id, "files").await?;
+        self.count(driver.name(), "list_dir");
         driver.list_dir(id, path).await
     }
 
     pub async fn mkdir(&self, owner: &str, id: &str, path: &SandboxPath) -> WharfResult<()> {
         let (_, _, driver) = self.prepare(owner, id, "files").await?;
+        self.count(driver.name(), "mkdir");
         driver.mkdir(id, path).await
     }
 
@@ -849,6 +938,7 @@ impl Sandboxes {
         recursive: bool,
     ) -> WharfResult<()> {
         let (_, _, driver) = self.prepare(owner, id, "files").await?;
+        self.count(driver.name(), "remove");
         driver.remove(id, path, recursive).await
     }
 
@@ -893,21 +983,28 @@ impl Sandboxes {
         self.events_seq.subscribe()
     }
 
-    /// Binds a running sandbox for a plugin call; the profile must allow the capability.
+    /// Binds a running sandbox for a plugin call of `operation` (`capability.operation`,
+    /// which the profile must allow), with the request's secret variables added to every
+    /// exec the plugin makes.
     pub async fn bind(
-        &self,
+        self: &Arc<Self>,
         owner: &str,
         id: &str,
-        capability: &str,
+        operation: &str,
+        secrets: &RequestSecrets,
     ) -> WharfResult<SandboxBinding> {
-        let (sandbox, profile, driver) = self.prepare(owner, id, capability).await?;
+        let (sandbox, profile, driver) = self.prepare(owner, id, operation).await?;
+        let mut env = profile.full_env();
+        env.extend(secrets.env());
         Ok(SandboxBinding {
             sandbox_id: sandbox.id,
             owner: sandbox.owner,
             driver,
-            config: self.config.clone(),
+            service: self.clone(),
             limits: profile.exec_limits(),
-            env: profile.env.into_iter().collect(),
+            env,
+            masker: Self::masker(&profile, secrets),
+            via: operation.to_string(),
         })
     }
 

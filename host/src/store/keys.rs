@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::{Db, now_rfc3339};
+use crate::capabilities::scope::{KeyScope, Role};
 use crate::error::{WharfError, WharfResult};
 
 const SECRET_PREFIX: &str = "wharf_";
@@ -19,6 +20,10 @@ pub struct Principal {
     pub key_id: String,
     pub owner: String,
     pub admin: bool,
+    /// Holds the `approver` role: may decide its owner's approvals.
+    pub approver: bool,
+    /// What the key may call and use (admin keys are never limited).
+    pub scope: KeyScope,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -26,8 +31,62 @@ pub struct ApiKey {
     pub id: String,
     pub owner: String,
     pub admin: bool,
+    /// `admin` (same as the flag) and `approver`.
+    pub roles: Vec<Role>,
+    pub scope: KeyScope,
     pub created_at: String,
     pub revoked_at: Option<String>,
+}
+
+/// What a new key may do besides using its owner's data.
+#[derive(Debug, Clone, Default)]
+pub struct KeyGrant {
+    pub admin: bool,
+    pub approver: bool,
+    pub scope: KeyScope,
+}
+
+impl KeyGrant {
+    pub fn admin() -> Self {
+        Self {
+            admin: true,
+            ..Self::default()
+        }
+    }
+
+    fn roles(&self) -> Vec<Role> {
+        let mut roles = Vec::new();
+        if self.admin {
+            roles.push(Role::Admin);
+        }
+        if self.approver {
+            roles.push(Role::Approver);
+        }
+        roles
+    }
+}
+
+fn json_list(list: &Option<Vec<String>>) -> Option<String> {
+    list.as_ref()
+        .map(|l| serde_json::to_string(l).expect("a list of strings serialises"))
+}
+
+fn parse_list(text: Option<String>) -> Option<Vec<String>> {
+    // A column this server wrote; unreadable text limits the key to nothing rather than all.
+    text.map(|text| serde_json::from_str(&text).unwrap_or_default())
+}
+
+fn row_scope(row: &sqlx::sqlite::SqliteRow) -> (KeyScope, Vec<Role>) {
+    let scope = KeyScope {
+        capabilities: parse_list(row.get("scope_capabilities")),
+        profiles: parse_list(row.get("scope_profiles")),
+    };
+    let mut roles: Vec<Role> =
+        serde_json::from_str(row.get::<&str, _>("roles")).unwrap_or_default();
+    if row.get::<i64, _>("admin") != 0 && !roles.contains(&Role::Admin) {
+        roles.insert(0, Role::Admin);
+    }
+    (scope, roles)
 }
 
 pub fn hash_secret(secret: &str) -> String {
@@ -65,16 +124,35 @@ pub fn new_id(prefix: &str) -> String {
 /// Resolves a presented secret to its principal; revoked and unknown keys give None.
 pub async fn authenticate(db: &Db, secret: &str) -> WharfResult<Option<Principal>> {
     let row = sqlx::query(
-        "SELECT id, owner, admin FROM api_keys WHERE secret_hash = ? AND revoked_at IS NULL",
+        "SELECT id, owner, admin, scope_capabilities, scope_profiles, roles FROM api_keys WHERE secret_hash = ? AND revoked_at IS NULL",
     )
     .bind(hash_secret(secret))
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|row| Principal {
+    Ok(row.map(|row| principal_from_row(&row)))
+}
+
+fn principal_from_row(row: &sqlx::sqlite::SqliteRow) -> Principal {
+    let (scope, roles) = row_scope(row);
+    Principal {
         key_id: row.get("id"),
         owner: row.get("owner"),
         admin: row.get::<i64, _>("admin") != 0,
-    }))
+        approver: roles.contains(&Role::Approver),
+        scope,
+    }
+}
+
+/// The principal of an unrevoked key, by id (a stored approval runs as the key that asked
+/// for it, with the scope that key has when it runs).
+pub async fn active_principal(db: &Db, key_id: &str) -> WharfResult<Option<Principal>> {
+    let row = sqlx::query(
+        "SELECT id, owner, admin, scope_capabilities, scope_profiles, roles FROM api_keys WHERE id = ? AND revoked_at IS NULL",
+    )
+    .bind(key_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|row| principal_from_row(&row)))
 }
 
 /// Whether `key_id` is an admin key that has not been revoked.
@@ -87,28 +165,40 @@ pub async fn is_active_admin(db: &Db, key_id: &str) -> WharfResult<bool> {
 }
 
 /// Creates a key and returns it with its secret (the only time the secret exists in clear).
-pub async fn create(db: &Db, owner: &str, admin: bool) -> WharfResult<(ApiKey, String)> {
+pub async fn create(db: &Db, owner: &str, grant: KeyGrant) -> WharfResult<(ApiKey, String)> {
     let secret = generate_secret();
-    let key = insert(db, owner, admin, &secret).await?;
+    let key = insert(db, owner, grant, &secret).await?;
     Ok((key, secret))
 }
 
-async fn insert(db: &Db, owner: &str, admin: bool, secret: &str) -> WharfResult<ApiKey> {
+async fn insert(db: &Db, owner: &str, grant: KeyGrant, secret: &str) -> WharfResult<ApiKey> {
+    let roles = grant.roles();
     let key = ApiKey {
         id: new_id("key"),
         owner: owner.to_string(),
-        admin,
+        admin: grant.admin,
+        roles,
+        scope: grant.scope,
         created_at: now_rfc3339(),
         revoked_at: None,
     };
+    let stored_roles: Vec<Role> = key
+        .roles
+        .iter()
+        .copied()
+        .filter(|role| *role != Role::Admin)
+        .collect();
     sqlx::query(
-        "INSERT INTO api_keys (id, owner, secret_hash, admin, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO api_keys (id, owner, secret_hash, admin, created_at, scope_capabilities, scope_profiles, roles) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&key.id)
     .bind(&key.owner)
     .bind(hash_secret(secret))
-    .bind(admin as i64)
+    .bind(key.admin as i64)
     .bind(&key.created_at)
+    .bind(json_list(&key.scope.capabilities))
+    .bind(json_list(&key.scope.profiles))
+    .bind(serde_json::to_string(&stored_roles).expect("roles serialise"))
     .execute(db)
     .await?;
     Ok(key)
@@ -130,7 +220,7 @@ pub async fn bootstrap_admin(db: &Db, configured: Option<&str>) -> WharfResult<O
             .fetch_optional(db)
             .await?;
         if known.is_none() {
-            insert(db, "admin", true, secret).await?;
+            insert(db, "admin", KeyGrant::admin(), secret).await?;
         }
         return Ok(None);
     }
@@ -140,24 +230,29 @@ pub async fn bootstrap_admin(db: &Db, configured: Option<&str>) -> WharfResult<O
     if any_admin.is_some() {
         return Ok(None);
     }
-    let (_, secret) = create(db, "admin", true).await?;
+    let (_, secret) = create(db, "admin", KeyGrant::admin()).await?;
     Ok(Some(secret))
 }
 
 pub async fn list(db: &Db) -> WharfResult<Vec<ApiKey>> {
     let rows = sqlx::query(
-        "SELECT id, owner, admin, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+        "SELECT id, owner, admin, scope_capabilities, scope_profiles, roles, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
     )
     .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|row| ApiKey {
-            id: row.get("id"),
-            owner: row.get("owner"),
-            admin: row.get::<i64, _>("admin") != 0,
-            created_at: row.get("created_at"),
-            revoked_at: row.get("revoked_at"),
+        .map(|row| {
+            let (scope, roles) = row_scope(&row);
+            ApiKey {
+                id: row.get("id"),
+                owner: row.get("owner"),
+                admin: row.get::<i64, _>("admin") != 0,
+                roles,
+                scope,
+                created_at: row.get("created_at"),
+                revoked_at: row.get("revoked_at"),
+            }
         })
         .collect())
 }
@@ -184,8 +279,8 @@ mod tests {
     async fn only_unrevoked_admin_keys_are_active_admins() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::open(dir.path()).await.unwrap();
-        let (admin, _) = create(&db, "ops", true).await.unwrap();
-        let (user, _) = create(&db, "alice", false).await.unwrap();
+        let (admin, _) = create(&db, "ops", KeyGrant::admin()).await.unwrap();
+        let (user, _) = create(&db, "alice", KeyGrant::default()).await.unwrap();
         assert!(is_active_admin(&db, &admin.id).await.unwrap());
         assert!(!is_active_admin(&db, &user.id).await.unwrap());
         assert!(!is_active_admin(&db, "key_unknown").await.unwrap());
@@ -197,7 +292,7 @@ mod tests {
     async fn lifecycle_generate_effective_revoked_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::open(dir.path()).await.unwrap();
-        let (key, secret) = create(&db, "alice", false).await.unwrap();
+        let (key, secret) = create(&db, "alice", KeyGrant::default()).await.unwrap();
         let who = authenticate(&db, &secret)
             .await
             .unwrap()

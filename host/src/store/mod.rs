@@ -2,6 +2,8 @@
 
 pub mod cases;
 pub mod jobs;
+pub mod approvals;
+pub mod audit;
 pub mod keys;
 pub mod sandboxes;
 

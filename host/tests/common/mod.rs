@@ -130,7 +130,15 @@ impl Harness {
             .create("tester", "local", None, None)
             .await
             .unwrap();
-        sandboxes.bind("tester", &sandbox.id, "test").await.unwrap()
+        sandboxes
+            .bind(
+                "tester",
+                &sandbox.id,
+                "test",
+                &wharf::capabilities::secrets::RequestSecrets::default(),
+            )
+            .await
+            .unwrap()
     }
 
     pub async fn invoke(
