@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! call(principal, sandbox_id, capability, operation, input, secrets)
+//!   0. the sandbox  the caller's (else not_found); unisolated profiles admin-only; key's profiles
 //!   1. routing      capability[@version] -> the adapter of the active pack (operator pins apply)
 //!   2. scope        the key may call `capability.operation`, and use the sandbox's profile
 //!   3. sandbox      the caller's sandbox (else not_found), its profile allows the operation
@@ -200,16 +201,18 @@ impl CapabilityService {
         secrets: &RequestSecrets,
         draft: &mut AuditDraft,
     ) -> WharfResult<CallOutcome> {
+        // The sandbox first: a sandbox the key may not use (another owner's, an unisolated
+        // profile for a non-admin key, a profile outside its scope) is refused whatever is
+        // loaded.
+        let (_, profile) = self.authorize_sandbox(principal, sandbox_id).await?;
+        draft.sandbox_found = true;
         // 1. Routing.
         let wanted = CapabilityName::parse(capability)?;
         let route = route(&self.packs, &wanted, operation)?;
         draft.pack = Some((route.pack.id.clone(), route.pack.version.to_string()));
         let full = format!("{}.{operation}", wanted.name);
-        // 2. The key's scope.
+        // 2. The key's scope; 3. the profile allows the operation (below).
         scope::require(principal, &full)?;
-        // 3. The sandbox and its profile.
-        let (_, profile) = self.authorize_sandbox(principal, sandbox_id).await?;
-        draft.sandbox_found = true;
         let masker = Sandboxes::masker(&profile, secrets);
         profile.require(&full)?;
         // 4. The approval gate.

@@ -196,6 +196,9 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(all.iter().map(|r| r.ts_ms).collect::<Vec<_>>(), [10, 4]);
+        // Newest first: bob's row (ts 10), then alice's newest (ts 4).
+        let owners: Vec<&str> = all.iter().map(|r| r.owner.as_str()).collect();
+        assert_eq!(owners, ["bob", "alice"]);
+        assert_eq!(all[0].seq - all[1].seq, 1);
     }
 }
