@@ -168,6 +168,10 @@ pub struct Sandboxes {
     pub metrics: SandboxMetrics,
 }
 
+/// The largest file a plugin reads whole (`read-file`); larger ones are
+/// `payload_too_large`, and an adapter reads them in ranges with an exec.
+pub const PLUGIN_READ_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
 /// One sandbox as a plugin call sees it: the `sandbox` imports are bound to it
 /// and to nothing else.
 #[derive(Clone)]
@@ -207,10 +211,14 @@ impl SandboxBinding {
         self.driver.exec(&self.sandbox_id, request).await
     }
 
-    /// A whole file, for a plugin (at most `max_upload_bytes`).
+    /// A whole file, for a plugin: at most [`PLUGIN_READ_MAX_BYTES`] (and
+    /// `max_upload_bytes`), refused with `payload_too_large` before any byte
+    /// is read. The bytes land in the plugin's memory, so a larger file would
+    /// trap it (and count against its circuit) instead of being refused.
     pub async fn read_file(&self, path: &SandboxPath) -> WharfResult<Vec<u8>> {
         let download = self.driver.read_file(&self.sandbox_id, path).await?;
-        download.collect(self.config.max_upload_bytes as u64).await
+        let limit = (self.config.max_upload_bytes as u64).min(PLUGIN_READ_MAX_BYTES);
+        download.collect(limit).await
     }
 
     /// Replaces a file with `data`, for a plugin (at most `max_upload_bytes`).
