@@ -213,7 +213,8 @@ fn text_cut(bytes: &[u8]) -> Option<usize> {
 
 /// Reads `max` bytes at `offset` of a large file with `tail | head` in the sandbox.
 fn read_range(path: &str, offset: u64, max: u64) -> Result<(u64, Vec<u8>), PluginError> {
-    const SCRIPT: &str = r#"wc -c < "$1" || exit 3; tail -c +"$2" -- "$1" | head -c "$3""#;
+    // The size goes to stderr, so stdout is the range alone (at most the exec output cap).
+    const SCRIPT: &str = r#"wc -c < "$1" >&2 || exit 3; tail -c +"$2" -- "$1" | head -c "$3""#;
     let out = sandbox::Command::new("sh")
         .args(["-c", SCRIPT, "sh", path])
         .arg((offset + 1).to_string())
@@ -227,12 +228,9 @@ fn read_range(path: &str, offset: u64, max: u64) -> Result<(u64, Vec<u8>), Plugi
             format!("reading {path} timed out"),
         ));
     }
-    let newline = out.stdout.iter().position(|b| *b == b'\n');
-    let size = newline
-        .and_then(|n| std::str::from_utf8(&out.stdout[..n]).ok())
-        .and_then(|text| text.trim().parse::<u64>().ok());
-    match (out.success(), newline, size) {
-        (true, Some(newline), Some(size)) => Ok((size, out.stdout[newline + 1..].to_vec())),
+    let size = out.stderr_lossy().trim().parse::<u64>();
+    match size {
+        Ok(size) if out.success() => Ok((size, out.stdout)),
         _ => Err(PluginError::internal(format!(
             "reading {path} in the sandbox failed: {}",
             out.stderr_lossy().trim()
