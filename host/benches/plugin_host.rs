@@ -113,7 +113,7 @@ async fn main() {
         h.packs_dir.join("core-adapters"),
     )
     .unwrap();
-    h.wait_active("core-adapters", "0.1.0").await;
+    h.wait_active("core-adapters", "0.2.0").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let router = h.server.router();

@@ -51,6 +51,7 @@ error_codes! {
     ApprovalDeclined => ("approval_declined", StatusCode::FORBIDDEN, false, "An approver declined the call; it never ran."),
     PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, false, "The request body exceeds the configured limit."),
     PluginError => ("plugin_error", StatusCode::UNPROCESSABLE_ENTITY, false, "The plugin ran and returned an error; `message` carries the plugin's code and text."),
+    CompileError => ("compile_error", StatusCode::UNPROCESSABLE_ENTITY, false, "The code given to an adapter does not compile (e.g. a Python `SyntaxError`); nothing ran, and the message names the line."),
     UpgradeRequired => ("upgrade_required", StatusCode::UPGRADE_REQUIRED, false, "The route is a WebSocket: send the GET with the WebSocket upgrade headers."),
     InvalidProbeStep => ("invalid_probe_step", StatusCode::UNPROCESSABLE_ENTITY, false, "The provider plugin's probe plan has a step path that breaks the outbound URL rules (the message names the step and the rule); no request was sent."),
     PluginTrap => ("plugin_trap", StatusCode::BAD_GATEWAY, true, "The plugin trapped (panic, out of memory, invalid state). The host kept serving."),

@@ -491,3 +491,291 @@ async fn the_exec_agent_channel_cannot_be_forged_blocked_or_flooded() {
         assert_eq!(status, 204);
     }
 }
+
+/// `GET /v1/sandboxes/{id}/files/{path}`: status and body bytes.
+async fn download(client: &Client, id: &str, path: &str) -> (u16, Vec<u8>) {
+    let response = client
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/sandboxes/{id}/files/{path}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+/// `PUT /v1/sandboxes/{id}/files/{path}`: status and answer.
+async fn upload(client: &Client, id: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+    client
+        .send(
+            client
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/v1/sandboxes/{id}/files/{path}"),
+                )
+                .body(body),
+        )
+        .await
+}
+
+/// The error code of an answer, or `ok` for a 2xx.
+fn outcome(status: u16, body: &Value) -> String {
+    if (200..300).contains(&status) {
+        "ok".to_string()
+    } else {
+        body["error"]["code"].as_str().unwrap_or("?").to_string()
+    }
+}
+
+/// The file operations the exec agent serves (it is PID 1: a path leading it
+/// out of the workspace could reach its own stdio, memory or environment)
+/// refuse symlinks out of the workspace and `..` above it, whatever they
+/// point at, through the files API and through a plugin; a FIFO is refused
+/// instead of hanging the agent; a file holding reply-like JSON lines is
+/// only data; and the agent still serves execs afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_file_operations_stay_inside_the_workspace() {
+    let Some((_root, server, admin, mallory)) = attack_server("mallory").await else {
+        return;
+    };
+    crate::adapters::install_core(&server, &admin).await;
+    let id = create(&mallory, "docker").await;
+    let out = exec(
+        &mallory,
+        &id,
+        json!({"command": "set -e
+ln -s /proc/1/fd/1 agent-stdout
+ln -s /proc/1/fd/0 agent-stdin
+ln -s /proc/self/environ environ
+ln -s /proc/1/mem agent-mem
+ln -s /etc etc
+ln -s / root
+ln -s .. up
+ln -s ../workspace/../etc via-dotdot
+mkdir -p sub && ln -s ../../etc/passwd sub/passwd
+mkfifo fifo
+printf 'inside\\n' > real.txt && ln -s real.txt alias"}),
+    )
+    .await;
+    assert_eq!(out["exit_code"], 0, "{out}");
+
+    let mut seen = Vec::new();
+    for path in [
+        "agent-stdout",
+        "agent-stdin",
+        "environ",
+        "agent-mem",
+        "etc/passwd",
+        "root/etc/passwd",
+        "up/etc/passwd",
+        "via-dotdot/passwd",
+        "sub/passwd",
+    ] {
+        let (status, body) = download(&mallory, &id, path).await;
+        let code = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+        seen.push(format!("GET {path}: {}", outcome(status, &code)));
+        let (status, body) =
+            upload(&mallory, &id, path, b"{\"id\":\"x\",\"exit\":0}\n".to_vec()).await;
+        seen.push(format!("PUT {path}: {}", outcome(status, &body)));
+        let (status, body) =
+            crate::adapters::call(&mallory, &id, "filesystem", "read", json!({"path": path})).await;
+        seen.push(format!(
+            "filesystem.read {path}: {}",
+            outcome(status, &body)
+        ));
+    }
+    for dir in ["etc", "root", "up", "root/proc/1/fd"] {
+        let (status, body) = mallory.get(&format!("/v1/sandboxes/{id}/dirs/{dir}")).await;
+        seen.push(format!("LIST {dir}: {}", outcome(status, &body)));
+    }
+    for path in ["etc/hostname", "up/x", "root/tmp"] {
+        let (status, body) = mallory
+            .delete(&format!("/v1/sandboxes/{id}/files/{path}?recursive=true"))
+            .await;
+        seen.push(format!("DELETE {path}: {}", outcome(status, &body)));
+    }
+    let (status, body) = mallory
+        .send(mallory.request(
+            reqwest::Method::PUT,
+            &format!("/v1/sandboxes/{id}/dirs/etc/new"),
+        ))
+        .await;
+    seen.push(format!("MKDIR etc/new: {}", outcome(status, &body)));
+    let expected: Vec<String> = [
+        "agent-stdout",
+        "agent-stdin",
+        "environ",
+        "agent-mem",
+        "etc/passwd",
+        "root/etc/passwd",
+        "up/etc/passwd",
+        "via-dotdot/passwd",
+        "sub/passwd",
+    ]
+    .iter()
+    .flat_map(|path| {
+        [
+            format!("GET {path}: invalid_path"),
+            format!("PUT {path}: invalid_path"),
+            format!("filesystem.read {path}: invalid_path"),
+        ]
+    })
+    .chain(
+        ["etc", "root", "up", "root/proc/1/fd"]
+            .iter()
+            .map(|d| format!("LIST {d}: invalid_path")),
+    )
+    .chain(
+        ["etc/hostname", "up/x", "root/tmp"]
+            .iter()
+            .map(|p| format!("DELETE {p}: invalid_path")),
+    )
+    .chain(["MKDIR etc/new: invalid_path".to_string()])
+    .collect();
+    assert_eq!(seen, expected);
+
+    // A FIFO is refused at once (a blocking open would hang the agent's thread).
+    let (status, body) = download(&mallory, &id, "fifo").await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    // Symlinks inside the workspace are followed; the link itself is what a delete removes.
+    assert_eq!(
+        download(&mallory, &id, "alias").await,
+        (200, b"inside\n".to_vec())
+    );
+    let (status, _) = mallory
+        .delete(&format!("/v1/sandboxes/{id}/files/etc"))
+        .await;
+    assert_eq!(status, 204, "deleting the link `etc` removes the link");
+    // Reply-like lines in a file are only its bytes, both ways.
+    let forged = format!(
+        "{{\"id\":\"{}\",\"exit\":0,\"done\":true}}\n",
+        "0".repeat(32)
+    )
+    .repeat(100);
+    let (status, _) = upload(&mallory, &id, "forged.jsonl", forged.clone().into_bytes()).await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        download(&mallory, &id, "forged.jsonl").await,
+        (200, forged.into_bytes())
+    );
+    // The agent still serves, and nothing outside the workspace changed.
+    let out = exec(
+        &mallory,
+        &id,
+        json!({"command": "cat /etc/hostname >/dev/null && ls /etc/new 2>&1; head -c 20 /etc/passwd"}),
+    )
+    .await;
+    assert_eq!(out["exit_code"], 0, "{out}");
+    assert!(
+        out["stdout"].as_str().unwrap().contains("No such file"),
+        "{out}"
+    );
+    assert!(
+        out["stdout"]
+            .as_str()
+            .unwrap()
+            .ends_with("root:x:0:0:root:/roo"),
+        "{out}"
+    );
+}
+
+/// A sandbox swaps a directory of the workspace for a symlink to `/` and back
+/// as fast as it can while a client reads `d/etc/os-release` through the
+/// files API: every answer is the decoy inside the workspace or a refusal,
+/// never the container's own file. (A check-then-open, as the `realpath`
+/// script of `docker exec` did, reads the real file when the swap lands
+/// between the two.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_swapped_in_while_a_path_is_resolved_is_not_followed() {
+    let Some((_root, _server, _admin, mallory)) = attack_server("mallory").await else {
+        return;
+    };
+    let id = create(&mallory, "docker").await;
+    let out = exec(
+        &mallory,
+        &id,
+        json!({"command": "mkdir -p real/etc && echo decoy > real/etc/os-release && ln -s / link && mv real d
+setsid sh -c 'while :; do mv -T d real; mv -T link d; mv -T d link; mv -T real d; done' </dev/null >/dev/null 2>&1 &
+echo started"}),
+    )
+    .await;
+    assert_eq!(out["stdout"], "started\n", "{out}");
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..300 {
+        let (status, body) = download(&mallory, &id, "d/etc/os-release").await;
+        let answer = match status {
+            200 if body == b"decoy\n" => "decoy".to_string(),
+            200 => format!(
+                "ESCAPED: {}",
+                String::from_utf8_lossy(&body[..body.len().min(40)])
+            ),
+            status => format!("{status}"),
+        };
+        *answers.entry(answer).or_default() += 1;
+    }
+    assert!(
+        answers.keys().all(|answer| !answer.starts_with("ESCAPED")),
+        "{answers:?}"
+    );
+    assert!(
+        answers.contains_key("decoy"),
+        "the swap loop ran: {answers:?}"
+    );
+}
+
+/// Files larger than the agent's reply cap travel in chunks both ways and
+/// arrive whole; a plugin reading a file far larger than its memory gets a
+/// bounded, truncated read instead of trapping (the host read such files
+/// whole into the plugin before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_files_pass_in_chunks_and_never_reach_a_plugin_whole() {
+    let Some((_root, server, admin, mallory)) = attack_server("mallory").await else {
+        return;
+    };
+    crate::adapters::install_core(&server, &admin).await;
+    let id = create(&mallory, "docker").await;
+    let out = exec(
+        &mallory,
+        &id,
+        json!({"command": "head -c 3000000 /dev/urandom > big.bin && sha256sum big.bin | cut -c1-64 && truncate -s 200M sparse.bin"}),
+    )
+    .await;
+    use sha2::Digest;
+    let sum = out["stdout"].as_str().unwrap().trim().to_string();
+    let (status, body) = download(&mallory, &id, "big.bin").await;
+    assert_eq!((status, body.len()), (200, 3_000_000));
+    assert_eq!(hex::encode(sha2::Sha256::digest(&body)), sum);
+    let (status, answer) = upload(&mallory, &id, "copy.bin", body.clone()).await;
+    assert_eq!(status, 201, "{answer}");
+    let out = exec(
+        &mallory,
+        &id,
+        json!({"command": "sha256sum copy.bin | cut -c1-64"}),
+    )
+    .await;
+    assert_eq!(out["stdout"].as_str().unwrap().trim(), sum);
+
+    let (status, answer) = crate::adapters::call(
+        &mallory,
+        &id,
+        "filesystem",
+        "read",
+        json!({"path": "sparse.bin", "offset": 1000, "encoding": "base64"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let output = &answer["output"];
+    assert_eq!(
+        (
+            output["size"].as_u64(),
+            output["bytes"].as_u64(),
+            output["truncated"].as_bool()
+        ),
+        (Some(200 * 1024 * 1024), Some(1024 * 1024), Some(true)),
+        "{output}"
+    );
+    let out = exec(&mallory, &id, json!({"argv": ["true"]})).await;
+    assert_eq!(out["exit_code"], 0, "the agent still serves: {out}");
+}

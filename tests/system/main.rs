@@ -1,5 +1,6 @@
 //! System tests: the real `wharf` binary on a free port, real built packs, HTTP.
 
+mod adapters;
 mod api_contract;
 mod attacks_docker;
 mod attacks_process;

@@ -57,7 +57,15 @@ async fn dropped_core_adapters_pack_runs_shell_in_a_local_sandbox() {
     assert_eq!(operations[0]["name"], "run");
     assert!(operations[0]["input_schema"].is_object());
     let (_, capabilities) = admin.get("/v1/capabilities").await;
-    assert_eq!(capabilities[0]["capability"], "shell");
+    let served: Vec<&str> = capabilities
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["capability"].as_str().unwrap())
+        .collect();
+    for capability in ["shell", "python", "filesystem", "git"] {
+        assert!(served.contains(&capability), "{capabilities}");
+    }
 
     let metrics = server.metrics().await;
     assert_eq!(

@@ -78,7 +78,7 @@ error_set!(
 );
 error_set!(
     /// A capability call: the sandbox is used, then a plugin runs.
-    InvokeErrors: ValidationError, InvalidPath, CapabilityNotSupported, Forbidden, QuotaExceeded, NotFound, FileNotFound, Conflict, PluginError,
+    InvokeErrors: ValidationError, InvalidPath, CapabilityNotSupported, Forbidden, QuotaExceeded, NotFound, FileNotFound, Conflict, PluginError, CompileError,
         PluginTrap, PluginUnavailable, SessionNotReady, DriverUnavailable, IsolationUnavailable, PluginTimeout, Timeout
 );
 error_set!(

@@ -130,7 +130,11 @@ pub struct InvokeOutcome {
     pub pack: String,
     pub version: String,
     pub generation: u64,
+    /// Wall-clock time of the plugin call, host calls included.
     pub duration_ms: f64,
+    /// Of `duration_ms`, the time spent in sandbox primitives the plugin called
+    /// (exec, file I/O); the rest is the wasm layer (instantiate, guest code, copies).
+    pub sandbox_ms: f64,
     #[schema(value_type = Object)]
     pub output: serde_json::Value,
 }
@@ -206,9 +210,9 @@ pub(crate) async fn invoke_route(
     let op = operation.to_string();
     let input_text = input.to_string();
     let started = Instant::now();
-    let result = tokio::task::spawn_blocking(move || {
+    let (result, sandbox_time) = tokio::task::spawn_blocking(move || {
         let _guard = guard;
-        component.adapter_call(Some(sandbox), |store, adapter| {
+        component.adapter_call_timed(Some(sandbox), |store, adapter| {
             adapter
                 .wharf_plugin_adapter()
                 .call_invoke(store, &op, &input_text)
@@ -231,6 +235,7 @@ pub(crate) async fn invoke_route(
         version: route.pack.version.to_string(),
         generation: route.pack.generation,
         duration_ms,
+        sandbox_ms: sandbox_time.as_secs_f64() * 1000.0,
         output,
     })
 }
@@ -243,6 +248,9 @@ fn plugin_error(capability: &str, err: PluginError) -> WharfError {
         "invalid_path" => ErrorCode::InvalidPath,
         "file_not_found" => ErrorCode::FileNotFound,
         "timeout" => ErrorCode::Timeout,
+        "compile_error" => ErrorCode::CompileError,
+        "conflict" => ErrorCode::Conflict,
+        "payload_too_large" => ErrorCode::PayloadTooLarge,
         _ => ErrorCode::PluginError,
     };
     WharfError::new(

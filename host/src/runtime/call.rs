@@ -286,13 +286,15 @@ impl LoadedComponent {
         owner: Option<Arc<str>>,
         sandbox: Option<SandboxBinding>,
         f: impl FnOnce(&mut Store<CallState>, &Pre) -> wasmtime::Result<R>,
-    ) -> WharfResult<R> {
+    ) -> WharfResult<(R, Duration)> {
         self.check_circuit()?;
         let started = Instant::now();
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
         let mut store = self.new_store(owner, sandbox, &stderr)?;
         let result = f(&mut store, &self.pre);
+        let host_time = store.data().host_time;
         self.finish_call(started, result, &store, &stderr)
+            .map(|value| (value, host_time))
     }
 
     /// Metrics, circuit and error classification after one call on `store`.
@@ -425,6 +427,16 @@ impl LoadedComponent {
         sandbox: Option<SandboxBinding>,
         f: impl FnOnce(&mut Store<CallState>, &CapabilityAdapter) -> wasmtime::Result<R>,
     ) -> WharfResult<R> {
+        self.adapter_call_timed(sandbox, f).map(|(value, _)| value)
+    }
+
+    /// [`Self::adapter_call`], also giving the time spent in host calls (the
+    /// sandbox primitives the plugin called): the rest is the wasm layer's.
+    pub fn adapter_call_timed<R>(
+        &self,
+        sandbox: Option<SandboxBinding>,
+        f: impl FnOnce(&mut Store<CallState>, &CapabilityAdapter) -> wasmtime::Result<R>,
+    ) -> WharfResult<(R, Duration)> {
         let owner = sandbox.as_ref().map(|binding| Arc::from(binding.owner()));
         self.call(owner, sandbox, |store, pre| match pre {
             Pre::Adapter(pre) => {
@@ -452,6 +464,7 @@ impl LoadedComponent {
                 "component is an adapter, not a provider"
             )),
         })
+        .map(|(value, _)| value)
     }
 }
 

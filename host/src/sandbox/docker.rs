@@ -13,10 +13,15 @@
 //! exec agent ([`docker_agent`], PID 1), which runs each command in a session
 //! of its own and kills that process group at the timeout and when the
 //! command ends; elsewhere through `docker exec` under `timeout -s KILL`, with
-//! the same group kill. File operations are `sh` scripts run with
+//! the same group kill. File operations go through the agent too (reads,
+//! writes, listings, removes, mkdir: one request each, bodies in chunks of at
+//! most 64 KiB read / 128 KiB written, so no reply line nears the cap); the
+//! agent resolves paths one name at a time from the workspace root and never
+//! leaves it. Containers without the agent run them as `sh` scripts with
 //! `docker exec`, streaming file bodies through the exec's stdin and stdout.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -38,7 +43,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 
-use super::docker_agent::{self, AgentConnection, Agents};
+use super::docker_agent::{self, AgentConnection, Agents, Reply};
 use super::profiles::{Network, Profile};
 use super::{
     ByteStream, DirEntry, DriverHealth, EntryKind, ExecOutput, ExecRequest, FileDownload,
@@ -345,6 +350,55 @@ fn file_op_result(raw: Raw, op: &str, path: &SandboxPath) -> WharfResult<Vec<u8>
     }
 }
 
+/// Bytes of an upload per agent request (a base64 line of about 171 KiB).
+const AGENT_WRITE_CHUNK: usize = 128 * 1024;
+/// How long a file request through the agent may take to answer.
+const AGENT_FILE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The error an agent's refusal stands for.
+fn agent_error(code: &str, message: String) -> WharfError {
+    match code {
+        "invalid_path" => WharfError::new(ErrorCode::InvalidPath, message),
+        "file_not_found" => WharfError::new(ErrorCode::FileNotFound, message),
+        "not_found" | "is_directory" | "not_directory" | "not_regular" | "size_mismatch" => {
+            WharfError::validation(message)
+        }
+        "not_empty" | "exists" | "changed" => WharfError::new(ErrorCode::Conflict, message),
+        _ => WharfError::internal(format!("exec agent: {message}")),
+    }
+}
+
+/// A directory entry's kind as `find -printf %y` and the agent name it.
+fn entry_kind(kind: &str) -> EntryKind {
+    match kind {
+        "f" => EntryKind::File,
+        "d" => EntryKind::Directory,
+        "l" => EntryKind::Symlink,
+        _ => EntryKind::Other,
+    }
+}
+
+/// A download in progress through the agent. Dropped before its last reply
+/// (the client went away), it tells the agent to stop reading.
+struct AgentRead {
+    replies: tokio::sync::mpsc::Receiver<Reply>,
+    cancel: Option<(Arc<AgentConnection>, String)>,
+}
+
+impl Drop for AgentRead {
+    fn drop(&mut self) {
+        if let Some((agent, id)) = self.cancel.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = agent
+                    .notify(&serde_json::json!({"op": "cancel", "target": id}))
+                    .await;
+            });
+        }
+    }
+}
+
 impl DockerDriver {
     /// Connects to the local engine; `None` when no daemon answers.
     pub async fn connect(instance: &str, defaults: DockerDefaults) -> Option<Self> {
@@ -624,13 +678,10 @@ impl DockerDriver {
                 out.keep(kind, &data, request.output_cap, request.sink.as_ref())
                     .await;
             } else if let Some(error) = &reply.error {
-                let message = reply.message.clone().unwrap_or_default();
-                return Err(match error.as_str() {
-                    "invalid_path" => WharfError::new(ErrorCode::InvalidPath, message),
-                    "file_not_found" => WharfError::new(ErrorCode::FileNotFound, message),
-                    "not_found" => WharfError::validation(message),
-                    _ => WharfError::internal(format!("exec agent: {message}")),
-                });
+                return Err(agent_error(
+                    error,
+                    reply.message.clone().unwrap_or_default(),
+                ));
             } else if let Some(code) = reply.exit {
                 out.timed_out = reply.timed_out == Some(true);
                 break Some(code);
@@ -728,6 +779,162 @@ impl DockerDriver {
         out.timed_out = host_deadline_hit
             || (killed && out.duration + Duration::from_millis(20) >= request.timeout);
         Ok(self.settle(sandbox_id, out, code).await)
+    }
+
+    /// The error a lost agent connection gives: the sandbox's connection is
+    /// forgotten, and the next call makes a new one.
+    fn agent_gone(&self, sandbox_id: &str) -> WharfError {
+        self.agents.forget(sandbox_id);
+        WharfError::new(
+            ErrorCode::SessionNotReady,
+            format!("the runtime of sandbox {sandbox_id} went away during the call"),
+        )
+        .with_retry_after(Duration::from_millis(1000))
+    }
+
+    /// Sends one file request to the agent and waits for its last reply
+    /// (`done`, or an error), collecting any directory entries on the way.
+    async fn agent_file_request(
+        &self,
+        agent: &AgentConnection,
+        sandbox_id: &str,
+        message: serde_json::Value,
+    ) -> WharfResult<(Reply, Vec<(String, String, u64)>)> {
+        let mut replies = agent
+            .request(message)
+            .await
+            .map_err(|_| self.agent_gone(sandbox_id))?;
+        let mut entries = Vec::new();
+        loop {
+            let mut reply = match tokio::time::timeout(AGENT_FILE_TIMEOUT, replies.recv()).await {
+                Err(_) => {
+                    return Err(WharfError::new(
+                        ErrorCode::Timeout,
+                        "the sandbox's exec agent did not finish the file operation in time",
+                    ));
+                }
+                Ok(None) => return Err(self.agent_gone(sandbox_id)),
+                Ok(Some(reply)) => reply,
+            };
+            if let Some(code) = &reply.error {
+                return Err(agent_error(code, reply.message.clone().unwrap_or_default()));
+            }
+            if let Some(batch) = reply.entries.take() {
+                entries.extend(batch);
+            }
+            if reply.done.is_some() {
+                return Ok((reply, entries));
+            }
+        }
+    }
+
+    /// A file read through the agent: its size first, then the bytes as the
+    /// caller takes them. A download dropped early cancels the read.
+    async fn read_with_agent(
+        &self,
+        agent: Arc<AgentConnection>,
+        sandbox_id: &str,
+        path: &SandboxPath,
+    ) -> WharfResult<FileDownload> {
+        let root = self.workdir(sandbox_id).await?;
+        let message = serde_json::json!({"op": "read", "root": root, "path": path.to_string()});
+        let (id, mut replies) = agent
+            .tracked_request(message)
+            .await
+            .map_err(|_| self.agent_gone(sandbox_id))?;
+        let first = replies
+            .recv()
+            .await
+            .ok_or_else(|| self.agent_gone(sandbox_id))?;
+        if let Some(code) = &first.error {
+            return Err(agent_error(code, first.message.clone().unwrap_or_default()));
+        }
+        let size = first.size.ok_or_else(|| {
+            WharfError::internal(format!("reading {path}: the agent sent no size"))
+        })?;
+        let read = AgentRead {
+            replies,
+            cancel: Some((agent, id)),
+        };
+        let body = futures::stream::unfold(read, |mut read| async move {
+            // Ended: the last reply came, or an error was handed on.
+            read.cancel.as_ref()?;
+            let reply = match read.replies.recv().await {
+                Some(reply) => reply,
+                None => {
+                    let err = WharfError::new(
+                        ErrorCode::SessionNotReady,
+                        "the sandbox's exec agent went away during the download",
+                    );
+                    drop(read.cancel.take());
+                    return Some((Err(err), read));
+                }
+            };
+            if reply.done.is_some() {
+                drop(read.cancel.take());
+                return None;
+            }
+            if let Some(code) = &reply.error {
+                drop(read.cancel.take());
+                let err = agent_error(code, reply.message.clone().unwrap_or_default());
+                return Some((Err(err), read));
+            }
+            let data = reply.data.as_deref().unwrap_or_default();
+            let chunk = BASE64
+                .decode(data)
+                .map(Bytes::from)
+                .map_err(|err| WharfError::internal(format!("exec agent file data: {err}")));
+            Some((chunk, read))
+        });
+        Ok(FileDownload {
+            size,
+            body: Box::pin(body),
+        })
+    }
+
+    /// A file written through the agent: a temporary file beside the target,
+    /// filled in chunks and renamed over it when the body ended well; on any
+    /// error it is removed and the old file stays.
+    async fn write_with_agent(
+        &self,
+        agent: &AgentConnection,
+        sandbox_id: &str,
+        path: &SandboxPath,
+        upload: FileUpload,
+    ) -> WharfResult<u64> {
+        let root = self.workdir(sandbox_id).await?;
+        let handle = docker_agent::request_id();
+        let open = serde_json::json!({
+            "op": "write_open", "root": root, "path": path.to_string(),
+            "handle": handle, "tmp": upload_tmp_name(),
+        });
+        self.agent_file_request(agent, sandbox_id, open).await?;
+        let mut body = upload.body;
+        let sent: WharfResult<()> = async {
+            while let Some(chunk) = body.next().await {
+                for piece in chunk?.chunks(AGENT_WRITE_CHUNK) {
+                    let message = serde_json::json!({
+                        "op": "write_chunk", "handle": handle, "data": BASE64.encode(piece),
+                    });
+                    agent
+                        .notify(&message)
+                        .await
+                        .map_err(|_| self.agent_gone(sandbox_id))?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(err) = sent {
+            let abort = serde_json::json!({"op": "write_abort", "handle": handle});
+            let _ = self.agent_file_request(agent, sandbox_id, abort).await;
+            return Err(err);
+        }
+        let commit = serde_json::json!({
+            "op": "write_commit", "handle": handle, "size": upload.declared_size,
+        });
+        let (reply, _) = self.agent_file_request(agent, sandbox_id, commit).await?;
+        Ok(reply.written.unwrap_or_default())
     }
 
     /// Reads the cgroup's OOM-kill counter; true when it grew since last read.
@@ -958,6 +1165,9 @@ impl SandboxDriver for DockerDriver {
     }
 
     async fn read_file(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<FileDownload> {
+        if let Some(agent) = self.agent(sandbox_id).await? {
+            return self.read_with_agent(agent, sandbox_id, path).await;
+        }
         // The script prints the size on a line of its own, then exactly that
         // many bytes; without the size line, its exit code says what failed.
         let cmd = self.file_command(sandbox_id, path, "read", &[]).await?;
@@ -1026,6 +1236,11 @@ impl SandboxDriver for DockerDriver {
         upload: FileUpload,
     ) -> WharfResult<u64> {
         refuse_root(path, "write to")?;
+        if let Some(agent) = self.agent(sandbox_id).await? {
+            return self
+                .write_with_agent(&agent, sandbox_id, path, upload)
+                .await;
+        }
         // With an announced size, the script checks it and renames in one
         // exec; without one, a second exec commits once the body ended well.
         let tmp = upload_tmp_name();
@@ -1053,27 +1268,34 @@ impl SandboxDriver for DockerDriver {
     }
 
     async fn list_dir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<Vec<DirEntry>> {
-        let raw = self.file_op(sandbox_id, path, "list", &[]).await?;
         let mut entries = Vec::new();
-        for record in raw.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-            let text = String::from_utf8_lossy(record);
-            let mut fields = text.splitn(3, '\t');
-            let (Some(kind), Some(size), Some(name)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            let kind = match kind {
-                "f" => EntryKind::File,
-                "d" => EntryKind::Directory,
-                "l" => EntryKind::Symlink,
-                _ => EntryKind::Other,
-            };
-            entries.push(DirEntry {
-                name: name.to_string(),
-                kind,
-                size: size.parse().unwrap_or(0),
-            });
+        if let Some(agent) = self.agent(sandbox_id).await? {
+            let root = self.workdir(sandbox_id).await?;
+            let message = serde_json::json!({"op": "list", "root": root, "path": path.to_string()});
+            let (_, listed) = self.agent_file_request(&agent, sandbox_id, message).await?;
+            for (name, kind, size) in listed {
+                entries.push(DirEntry {
+                    name,
+                    kind: entry_kind(&kind),
+                    size,
+                });
+            }
+        } else {
+            let raw = self.file_op(sandbox_id, path, "list", &[]).await?;
+            for record in raw.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+                let text = String::from_utf8_lossy(record);
+                let mut fields = text.splitn(3, '\t');
+                let (Some(kind), Some(size), Some(name)) =
+                    (fields.next(), fields.next(), fields.next())
+                else {
+                    continue;
+                };
+                entries.push(DirEntry {
+                    name: name.to_string(),
+                    kind: entry_kind(kind),
+                    size: size.parse().unwrap_or(0),
+                });
+            }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
@@ -1086,12 +1308,31 @@ impl SandboxDriver for DockerDriver {
         recursive: bool,
     ) -> WharfResult<()> {
         refuse_root(path, "remove")?;
+        if let Some(agent) = self.agent(sandbox_id).await? {
+            let root = self.workdir(sandbox_id).await?;
+            let message = serde_json::json!({
+                "op": "remove", "root": root, "path": path.to_string(), "recursive": recursive,
+            });
+            return self
+                .agent_file_request(&agent, sandbox_id, message)
+                .await
+                .map(|_| ());
+        }
         self.file_op(sandbox_id, path, "rm", &[if recursive { "1" } else { "0" }])
             .await
             .map(|_| ())
     }
 
     async fn mkdir(&self, sandbox_id: &str, path: &SandboxPath) -> WharfResult<()> {
+        if let Some(agent) = self.agent(sandbox_id).await? {
+            let root = self.workdir(sandbox_id).await?;
+            let message =
+                serde_json::json!({"op": "mkdir", "root": root, "path": path.to_string()});
+            return self
+                .agent_file_request(&agent, sandbox_id, message)
+                .await
+                .map(|_| ());
+        }
         self.file_op(sandbox_id, path, "mkdir", &[])
             .await
             .map(|_| ())

@@ -81,11 +81,18 @@ pub(super) struct Reply {
     pub error: Option<String>,
     pub message: Option<String>,
     pong: Option<bool>,
+    /// A file request's size (`read`, first reply) and bytes written (`write_commit`).
+    pub size: Option<u64>,
+    pub written: Option<u64>,
+    /// A batch of directory entries: name, kind (`f`, `d`, `l`, `o`) and size.
+    pub entries: Option<Vec<(String, String, u64)>>,
+    /// The last reply of a file request that went well.
+    pub done: Option<bool>,
 }
 
 impl Reply {
     fn is_last(&self) -> bool {
-        self.exit.is_some() || self.error.is_some() || self.pong.is_some()
+        self.exit.is_some() || self.error.is_some() || self.pong.is_some() || self.done.is_some()
     }
 }
 
@@ -98,7 +105,7 @@ pub(super) type AgentOutput =
 pub(super) type AgentInput = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// A request id nobody can guess: 128 random bits from the thread's CSPRNG.
-fn request_id() -> String {
+pub(super) fn request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
@@ -174,25 +181,44 @@ impl AgentConnection {
     /// closes after the last one (or when the connection is lost).
     pub(super) async fn request(
         &self,
-        mut message: serde_json::Value,
+        message: serde_json::Value,
     ) -> std::io::Result<mpsc::Receiver<Reply>> {
+        Ok(self.tracked_request(message).await?.1)
+    }
+
+    /// [`Self::request`], also giving the request's id (to cancel it).
+    pub(super) async fn tracked_request(
+        &self,
+        mut message: serde_json::Value,
+    ) -> std::io::Result<(String, mpsc::Receiver<Reply>)> {
         let id = request_id();
         message["id"] = id.clone().into();
-        let mut line = serde_json::to_vec(&message)?;
-        line.push(b'\n');
         let (sender, receiver) = mpsc::channel(REPLY_QUEUE);
         self.pending.lock().insert(id.clone(), sender);
+        if let Err(err) = self.send_line(&message).await {
+            self.pending.lock().remove(&id);
+            return Err(err);
+        }
+        Ok((id, receiver))
+    }
+
+    /// Sends a request that gets no reply (an upload's chunk, a cancel).
+    pub(super) async fn notify(&self, message: &serde_json::Value) -> std::io::Result<()> {
+        self.send_line(message).await
+    }
+
+    async fn send_line(&self, message: &serde_json::Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(message)?;
+        line.push(b'\n');
         let mut input = self.input.lock().await;
         let written = match input.write_all(&line).await {
             Ok(()) => input.flush().await,
             Err(err) => Err(err),
         };
-        if let Err(err) = written {
-            self.pending.lock().remove(&id);
+        if written.is_err() {
             self.close();
-            return Err(err);
         }
-        Ok(receiver)
+        written
     }
 }
 

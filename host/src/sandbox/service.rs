@@ -169,6 +169,10 @@ pub struct Sandboxes {
     pub metrics: SandboxMetrics,
 }
 
+/// The largest file a plugin reads whole (`read-file`); larger ones are
+/// `payload_too_large`, and an adapter reads them in ranges with an exec.
+pub const PLUGIN_READ_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
 /// One sandbox as a plugin call sees it: the `sandbox` imports are bound to it
 /// and to nothing else. Its host calls count like direct calls: each is a sandbox
 /// operation in the metrics, an exec is an `exec` event, and each pushes back the idle
@@ -237,13 +241,15 @@ impl SandboxBinding {
         Ok(output)
     }
 
-    /// A whole file, for a plugin (at most `max_upload_bytes`).
+    /// A whole file, for a plugin: at most [`PLUGIN_READ_MAX_BYTES`] (and
+    /// `max_upload_bytes`), refused with `payload_too_large` before any byte
+    /// is read. The bytes land in the plugin's memory, so a larger file would
+    /// trap it (and count against its circuit) instead of being refused.
     pub async fn read_file(&self, path: &SandboxPath) -> WharfResult<Vec<u8>> {
         self.account("read_file").await;
         let download = self.driver.read_file(&self.sandbox_id, path).await?;
-        download
-            .collect(self.service.config.max_upload_bytes as u64)
-            .await
+        let limit = (self.service.config.max_upload_bytes as u64).min(PLUGIN_READ_MAX_BYTES);
+        download.collect(limit).await
     }
 
     /// Replaces a file with `data`, for a plugin (at most `max_upload_bytes`).
