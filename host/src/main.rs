@@ -309,6 +309,9 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()>
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("WHARF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // bollard's debug events echo the engine's answers, which carry containers' environment
+    // (a case's secret_env): never below info, whatever WHARF_LOG asks.
+    let filter = filter.add_directive("bollard=info".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
