@@ -47,6 +47,7 @@ error_codes! {
     MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED, false, "The route exists but not with this HTTP method."),
     Conflict => ("conflict", StatusCode::CONFLICT, false, "The resource is in a state that does not allow this operation."),
     IdempotencyConflict => ("idempotency_conflict", StatusCode::CONFLICT, false, "The Idempotency-Key was already used with a different request body."),
+    OverlayConflict => ("overlay_conflict", StatusCode::CONFLICT, false, "An overlay does not apply to the tree: a hunk finds no place (the message names the overlay, patch, file and hunk), a file it adds or creates is already there with other content, or the tree holds a link where it writes. Nothing was written."),
     PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, false, "The request body exceeds the configured limit."),
     PluginError => ("plugin_error", StatusCode::UNPROCESSABLE_ENTITY, false, "The plugin ran and returned an error; `message` carries the plugin's code and text."),
     UpgradeRequired => ("upgrade_required", StatusCode::UPGRADE_REQUIRED, false, "The route is a WebSocket: send the GET with the WebSocket upgrade headers."),

@@ -4,7 +4,8 @@
 //! The modules mirror the domain: [`packs`] (manifest, loader, watcher,
 //! generations), [`runtime`] (wasmtime engine, limits, bindings),
 //! [`sandbox`] (drivers), [`capabilities`] (routing), [`probes`] (access
-//! probes, targets, schedules), [`outbound`] (the rules for every request
+//! probes, targets, schedules), [`overlays`] (pack patches for a target
+//! version range), [`outbound`] (the rules for every request
 //! the server or a plugin sends out), [`api`] (HTTP),
 //! [`store`] (SQLite).
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod outbound;
+pub mod overlays;
 pub mod packs;
 pub mod probes;
 pub mod runtime;

@@ -4,6 +4,7 @@ mod api_contract;
 mod attacks_docker;
 mod attacks_process;
 mod outbound;
+mod overlays;
 mod packs_policy;
 mod plugin_host;
 mod probes;

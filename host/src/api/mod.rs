@@ -4,6 +4,7 @@
 pub mod contract;
 pub mod error;
 pub mod keys;
+pub mod overlays;
 pub mod packs;
 pub mod probes;
 pub mod sandboxes;
@@ -72,6 +73,7 @@ fn documented_routes(
         .merge(keys::routes())
         .merge(sandboxes::routes())
         .merge(probes::routes())
+        .merge(overlays::routes())
         .merge(system::authenticated_routes());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(system::public_routes())
