@@ -29,6 +29,10 @@ pub struct Config {
     pub probes: ProbesConfig,
     pub quotas: QuotasConfig,
     pub metrics: MetricsConfig,
+    /// The run engine (leases, log caps) shared by cases and later batches and imports.
+    pub runs: crate::jobs::RunsConfig,
+    /// Cases: clone, build and run a repository (ports, limits, where it may clone from).
+    pub cases: crate::cases::CasesConfig,
     /// Sandbox profiles beside (or overriding) the built-in `local` and `docker`.
     pub profiles: std::collections::BTreeMap<String, crate::sandbox::Profile>,
 }
@@ -167,6 +171,8 @@ pub struct QuotasConfig {
     pub sandboxes_per_owner: u32,
     /// Probe targets an owner may register.
     pub probe_targets_per_owner: u32,
+    /// Cases an owner may hold (any status; delete old ones).
+    pub cases_per_owner: u32,
 }
 
 impl Default for QuotasConfig {
@@ -174,6 +180,7 @@ impl Default for QuotasConfig {
         Self {
             sandboxes_per_owner: 20,
             probe_targets_per_owner: 100,
+            cases_per_owner: 20,
         }
     }
 }
@@ -182,6 +189,11 @@ impl QuotasConfig {
     /// The sandbox cap for a caller; `None` for admin keys.
     pub fn sandboxes_for(&self, admin: bool) -> Option<u32> {
         (!admin).then_some(self.sandboxes_per_owner)
+    }
+
+    /// The case cap for a caller; `None` for admin keys.
+    pub fn cases_for(&self, admin: bool) -> Option<u32> {
+        (!admin).then_some(self.cases_per_owner)
     }
 
     /// The probe-target cap for a caller; `None` for admin keys.
@@ -270,6 +282,8 @@ impl Default for Config {
             probes: ProbesConfig::default(),
             quotas: QuotasConfig::default(),
             metrics: MetricsConfig::default(),
+            runs: Default::default(),
+            cases: Default::default(),
             profiles: Default::default(),
         }
     }

@@ -59,6 +59,16 @@ error_codes! {
     DriverUnavailable => ("driver_unavailable", StatusCode::SERVICE_UNAVAILABLE, true, "The sandbox driver (e.g. the Docker engine) is unavailable or failed the operation."),
     IsolationUnavailable => ("isolation_unavailable", StatusCode::SERVICE_UNAVAILABLE, false, "The process driver cannot confine execs on this host (the message names what is missing); an isolated profile cannot be used here."),
     Timeout => ("timeout", StatusCode::GATEWAY_TIMEOUT, true, "The operation did not finish within its time limit."),
+    GitCloneFailed => ("git_clone_failed", StatusCode::BAD_GATEWAY, true, "A case's repository could not be cloned (unreachable, not a repository, or past `[cases] clone_timeout_ms`); the message has git's reason."),
+    RefNotFound => ("ref_not_found", StatusCode::UNPROCESSABLE_ENTITY, false, "The case's `ref` (branch, tag or commit) is not in the repository."),
+    DockerfileNotFound => ("dockerfile_not_found", StatusCode::UNPROCESSABLE_ENTITY, false, "The case's Dockerfile (default `Dockerfile` in `context_dir`) is not a file inside the repository."),
+    DockerBuildFailed => ("docker_build_failed", StatusCode::UNPROCESSABLE_ENTITY, false, "The image build failed: the message names the failing step and its error, or the limit it passed (`[cases] build_timeout_ms`, `build_memory_mib`, `max_context_mib`)."),
+    PortPoolExhausted => ("port_pool_exhausted", StatusCode::SERVICE_UNAVAILABLE, true, "Every host port of `[cases] port_pool_start..=port_pool_end` is leased to a live case; stop one first."),
+    ContainerStartFailed => ("container_start_failed", StatusCode::BAD_GATEWAY, false, "The engine could not create or start the case's container, or it exited with code 0 before it answered."),
+    ContainerExitNonzero => ("container_exit_nonzero", StatusCode::UNPROCESSABLE_ENTITY, false, "The case's container exited with a nonzero code; the message has the code and its last log lines."),
+    ReadinessTimeout => ("readiness_timeout", StatusCode::GATEWAY_TIMEOUT, true, "The case's container ran but its access URL gave no 2xx answer within `[cases] readiness_timeout_ms`."),
+    DockerApiError => ("docker_api_error", StatusCode::BAD_GATEWAY, true, "The Docker engine failed a request for a case (or none answers)."),
+    RunInterrupted => ("run_interrupted", StatusCode::SERVICE_UNAVAILABLE, true, "The server stopped while this work was in progress (e.g. mid-build) and it could not be resumed; start it again."),
     InternalError => ("internal_error", StatusCode::INTERNAL_SERVER_ERROR, true, "An unexpected failure inside the host; see the server log with the request id."),
 }
 

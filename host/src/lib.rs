@@ -3,7 +3,8 @@
 //!
 //! The modules mirror the domain: [`packs`] (manifest, loader, watcher,
 //! generations), [`runtime`] (wasmtime engine, limits, bindings),
-//! [`sandbox`] (drivers), [`capabilities`] (routing), [`probes`] (access
+//! [`sandbox`] (drivers), [`jobs`] (the durable run engine), [`cases`] (repositories
+//! built and run), [`capabilities`] (routing), [`probes`] (access
 //! probes, targets, schedules), [`overlays`] (pack patches for a target
 //! version range), [`outbound`] (the rules for every request
 //! the server or a plugin sends out), [`api`] (HTTP),
@@ -11,8 +12,10 @@
 
 pub mod api;
 pub mod capabilities;
+pub mod cases;
 pub mod config;
 pub mod error;
+pub mod jobs;
 pub mod metrics;
 pub mod outbound;
 pub mod overlays;

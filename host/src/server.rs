@@ -7,7 +7,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::cases::Cases;
 use crate::config::Config;
+use crate::jobs::RunEngine;
 use crate::metrics::Metrics;
 use crate::packs::{PackSettings, Packs, watcher};
 use crate::probes::ProbeService;
@@ -144,6 +146,16 @@ impl Server {
             .context("starting probes")?,
         );
         let probe_scheduler = scheduler::spawn(probes.clone());
+        let runs = RunEngine::start(db.clone(), config.runs.clone());
+        let cases = Cases::start(
+            db.clone(),
+            runs.clone(),
+            packs.clone(),
+            &config,
+            instance_id(&config.data_dir)?,
+        )
+        .await
+        .context("starting cases")?;
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -151,6 +163,8 @@ impl Server {
             sandboxes,
             metrics,
             probes,
+            runs,
+            cases,
         };
         Ok((
             Server {

@@ -3,8 +3,10 @@
 mod api_contract;
 mod attacks_docker;
 mod attacks_process;
+mod cases;
 mod outbound;
 mod overlays;
+mod overlays_cases;
 mod packs_policy;
 mod plugin_host;
 mod probes;

@@ -1,6 +1,7 @@
 //! The HTTP API (axum). Routes are declared with utoipa so `/openapi.json`
 //! is generated from the same code that serves them.
 
+pub mod cases;
 pub mod contract;
 pub mod error;
 pub mod keys;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub sandboxes: Arc<Sandboxes>,
     pub metrics: Arc<Metrics>,
     pub probes: Arc<crate::probes::ProbeService>,
+    pub runs: Arc<crate::jobs::RunEngine>,
+    pub cases: Arc<crate::cases::Cases>,
 }
 
 #[derive(OpenApi)]
@@ -74,6 +77,7 @@ fn documented_routes(
         .merge(sandboxes::routes())
         .merge(probes::routes())
         .merge(overlays::routes())
+        .merge(cases::routes())
         .merge(system::authenticated_routes());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(system::public_routes())

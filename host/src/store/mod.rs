@@ -1,5 +1,7 @@
 //! State: SQLite through sqlx, with migrations embedded and run at start.
 
+pub mod cases;
+pub mod jobs;
 pub mod keys;
 pub mod sandboxes;
 
