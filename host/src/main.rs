@@ -435,7 +435,11 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()>
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("WHARF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("WHARF_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // bollard logs every JSON request body at debug level, container create bodies with
+        // their environment included: case `secret_env` values would reach the log.
+        .add_directive("bollard=info".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
