@@ -5,7 +5,8 @@
 //! generations), [`runtime`] (wasmtime engine, limits, bindings),
 //! [`sandbox`] (drivers), [`jobs`] (the durable run engine), [`cases`] (repositories
 //! built and run), [`capabilities`] (routing), [`probes`] (access
-//! probes, targets, schedules), [`outbound`] (the rules for every request
+//! probes, targets, schedules), [`overlays`] (pack patches for a target
+//! version range), [`outbound`] (the rules for every request
 //! the server or a plugin sends out), [`api`] (HTTP),
 //! [`store`] (SQLite).
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod jobs;
 pub mod metrics;
 pub mod outbound;
+pub mod overlays;
 pub mod packs;
 pub mod probes;
 pub mod runtime;

@@ -41,6 +41,47 @@ enum Command {
         #[command(subcommand)]
         command: PackCommand,
     },
+    /// Apply a pack's overlays to a local directory, or revert them.
+    Overlay {
+        #[command(subcommand)]
+        command: OverlayCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OverlayCommand {
+    /// Apply the overlays of a pack that match a target and version (or the ones named with
+    /// `--overlay`) to DIR: all of them or none (a hunk that does not apply is
+    /// `overlay_conflict` and nothing is written); one already applied is left alone.
+    /// `--revert` undoes them.
+    Apply(OverlayApplyArgs),
+}
+
+#[derive(clap::Args)]
+struct OverlayApplyArgs {
+    /// The pack (source or built) whose `overlays/` to use.
+    #[arg(long)]
+    pack: PathBuf,
+    /// What DIR is, e.g. a relay host's name (with --version).
+    #[arg(long, requires = "version", required_unless_present = "overlay")]
+    target: Option<String>,
+    /// DIR's version (semver, a leading `v` allowed).
+    #[arg(long, requires = "target")]
+    version: Option<String>,
+    /// An overlay by id instead of matching (repeatable; in the order given).
+    #[arg(long, conflicts_with = "target")]
+    overlay: Vec<String>,
+    /// Undo the overlays instead.
+    #[arg(long)]
+    revert: bool,
+    /// Check and report; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The directory to patch.
+    dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -112,6 +153,9 @@ fn main() -> ExitCode {
         Command::Pack {
             command: PackCommand::Validate { dir },
         } => validate(&dir),
+        Command::Overlay {
+            command: OverlayCommand::Apply(args),
+        } => overlay_apply(args),
         Command::Probe(args) => match probe(cli.config, args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),
@@ -170,6 +214,89 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
         manifest.version,
         manifest.components.len()
     );
+    Ok(())
+}
+
+/// `wharf overlay apply`: the pack's overlays read straight from its directory.
+fn overlay_apply(args: OverlayApplyArgs) -> anyhow::Result<()> {
+    use wharf::overlays::{self, apply};
+    let manifest = Manifest::load(&args.pack, Form::Either).map_err(|problems| {
+        for problem in &problems {
+            eprintln!("{problem}");
+        }
+        anyhow::anyhow!("{} problem(s) in {}", problems.len(), args.pack.display())
+    })?;
+    let carried = overlays::load::load_overlays(&args.pack, &manifest.data, Some(&args.pack))
+        .map_err(|why| anyhow::anyhow!("{}: {why}", args.pack.display()))?;
+    let pack_version = manifest.version.to_string();
+    let all: Vec<_> = carried
+        .into_iter()
+        .map(|overlay| {
+            (
+                overlays::info(&manifest.id, &pack_version, 0, &overlay),
+                overlays::Selected {
+                    pack: manifest.id.clone(),
+                    pack_version: pack_version.clone(),
+                    overlay,
+                },
+            )
+        })
+        .collect();
+    let fail =
+        |err: wharf::error::WharfError| anyhow::anyhow!("{} ({})", err.message, err.code.as_str());
+    let (selected, plan) = match (&args.target, &args.version) {
+        (Some(target), Some(version)) => {
+            let (plan, selected) = overlays::plan(all, target, version).map_err(fail)?;
+            (selected, Some(plan))
+        }
+        _ => (overlays::by_name(&all, &args.overlay).map_err(fail)?, None),
+    };
+    let direction = if args.revert {
+        apply::Direction::Revert
+    } else {
+        apply::Direction::Apply
+    };
+    let outcomes = apply::run(&args.dir, &selected, direction, args.dry_run).map_err(fail)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"plan": plan, "outcomes": outcomes}))?
+        );
+        return Ok(());
+    }
+    if let Some(plan) = &plan {
+        for other in &plan.not_matching {
+            println!(
+                "skipped {}/{}: {}",
+                other.overlay.pack, other.overlay.id, other.reason
+            );
+        }
+        if plan.matching.is_empty() {
+            println!(
+                "no overlay of {} {} matches {} {}",
+                manifest.id, manifest.version, plan.target, plan.version
+            );
+        }
+    }
+    let verb = |action: apply::Action| match action {
+        apply::Action::Applied if args.dry_run => "would apply",
+        apply::Action::Reverted if args.dry_run => "would revert",
+        apply::Action::Applied => "applied",
+        apply::Action::Reverted => "reverted",
+        apply::Action::AlreadyApplied => "already applied",
+        apply::Action::NotApplied => "not applied",
+    };
+    for outcome in &outcomes {
+        println!(
+            "{} {}/{} ({}){}{}",
+            verb(outcome.action),
+            outcome.pack,
+            outcome.overlay,
+            outcome.pack_version,
+            if outcome.files.is_empty() { "" } else { ": " },
+            outcome.files.join(", ")
+        );
+    }
     Ok(())
 }
 

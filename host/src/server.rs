@@ -151,6 +151,7 @@ impl Server {
         let cases = Cases::start(
             db.clone(),
             runs.clone(),
+            packs.clone(),
             &config,
             instance_id(&config.data_dir)?,
         )

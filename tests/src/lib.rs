@@ -256,6 +256,26 @@ impl Client {
         .await;
     }
 
+    /// Posts `body` to `path` until `check` accepts the answer (bounded).
+    pub async fn wait_for_post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let (check, body) = (&check, &body);
+        poll(what, || async move {
+            let (status, answer) = self.post(path, body.clone()).await;
+            if status == 200 && check(&answer) {
+                Ok(answer)
+            } else {
+                Err(format!("last answer {status} {answer}"))
+            }
+        })
+        .await
+    }
+
     /// Polls `path` until `check` accepts the body (bounded).
     pub async fn wait_for(
         &self,

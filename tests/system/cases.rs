@@ -93,12 +93,12 @@ impl Drop for EngineCleanup {
     }
 }
 
-struct CaseServer {
+pub(crate) struct CaseServer {
     // Dropped in this order: the server, then the engine cleanup, then the directory.
-    server: WharfProcess,
+    pub(crate) server: WharfProcess,
     _cleanup: EngineCleanup,
-    root: tempfile::TempDir,
-    admin: Client,
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) admin: Client,
     pool_start: u16,
 }
 
@@ -112,7 +112,7 @@ fn config(pool_start: u16, pool_size: u16, extra: &str) -> String {
 
 /// A server for case tests with a pool of `pool_size` ports; `None` when Docker tests
 /// are skipped (never under `CI=true`).
-fn case_server(pool_size: u16, extra: &str) -> Option<CaseServer> {
+pub(crate) fn case_server(pool_size: u16, extra: &str) -> Option<CaseServer> {
     if !docker_ready() {
         return None;
     }
@@ -146,7 +146,7 @@ async fn create_case(client: &Client, body: Value) -> String {
 }
 
 /// Polls the case until its status is one of `wanted` (or it ends otherwise: panic).
-async fn wait_status(client: &Client, id: &str, wanted: &[&str]) -> Value {
+pub(crate) async fn wait_status(client: &Client, id: &str, wanted: &[&str]) -> Value {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let (status, case) = client.get(&format!("/v1/cases/{id}")).await;
@@ -163,7 +163,7 @@ async fn wait_status(client: &Client, id: &str, wanted: &[&str]) -> Value {
     }
 }
 
-async fn whole_log(client: &Client, id: &str) -> Vec<Value> {
+pub(crate) async fn whole_log(client: &Client, id: &str) -> Vec<Value> {
     let (status, page) = client.get(&format!("/v1/cases/{id}/logs?offset=0")).await;
     assert_eq!(status, 200, "{page}");
     page["lines"].as_array().unwrap().clone()
@@ -566,7 +566,7 @@ async fn after_kill_9_a_running_case_keeps_running_and_a_mid_build_case_fails() 
 
 /// Security: a non-admin key cannot make the server clone its own disk (the data dir, or
 /// any path outside `[cases] local_roots`), cannot see another owner's case, and a case
-/// asking for overlays is refused, not run unpatched. Needs no Docker: all of it is
+/// asking for overlays in a malformed way or by an unknown name is refused before it runs. Needs no Docker: all of it is
 /// decided before anything is cloned.
 #[tokio::test]
 async fn non_admin_keys_cannot_clone_server_paths_or_see_other_owners_cases() {
@@ -608,8 +608,8 @@ async fn non_admin_keys_cannot_clone_server_paths_or_see_other_owners_cases() {
         json!({"git_url": "ext::sh -c id", "container_port": 80}),
         json!({"git_url": "https://example.com/r.git", "ref": "--upload-pack=id", "container_port": 80}),
         json!({"git_url": "https://example.com/r.git", "container_port": 80, "context_dir": "../.."}),
-        json!({"git_url": "https://example.com/r.git", "container_port": 80, "target": "sub2api", "version": "0.1.129"}),
-        json!({"git_url": "https://example.com/r.git", "container_port": 80, "overlays": ["fix"]}),
+        json!({"git_url": "https://example.com/r.git", "container_port": 80, "target": "sub2api", "version": "latest"}),
+        json!({"git_url": "https://example.com/r.git", "container_port": 80, "overlays": ["../fix"]}),
     ] {
         let (status, body) = mallory.post("/v1/cases", bad.clone()).await;
         assert_eq!(status, 400, "{bad}: {body}");
@@ -626,7 +626,19 @@ async fn non_admin_keys_cannot_clone_server_paths_or_see_other_owners_cases() {
             && body["error"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("overlays are not available yet"),
+                .contains("`target` and `version` go together"),
+        "{body}"
+    );
+    // A named overlay no active pack carries: refused before anything runs.
+    let (status, body) = mallory
+        .post(
+            "/v1/cases",
+            json!({"git_url": "https://example.com/r.git", "container_port": 80, "overlays": ["fix"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("not_found")),
         "{body}"
     );
     // Another owner's case is not found, in every route.

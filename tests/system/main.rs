@@ -6,6 +6,8 @@ mod attacks_docker;
 mod attacks_process;
 mod cases;
 mod outbound;
+mod overlays;
+mod overlays_cases;
 mod packs_policy;
 mod plugin_host;
 mod policy;

@@ -28,7 +28,7 @@ struct SocketRoutes;
 
 error_set!(
     /// Creating a case.
-    CreateErrors: ValidationError, Forbidden, QuotaExceeded, DockerApiError
+    CreateErrors: ValidationError, Forbidden, QuotaExceeded, NotFound, DockerApiError
 );
 error_set!(
     /// Reading a case, its run or its log.
@@ -55,8 +55,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Creates a case and answers at once with its `case_id` (status `queued`); the clone,
 /// patch, build, start and readiness check run in the background (see `GET
-/// /v1/cases/{id}` and its log). `target`, `version` and `overlays` are refused until
-/// overlays exist.
+/// /v1/cases/{id}` and its log). With `target` and `version`, the overlays of the active
+/// packs that match are applied after the clone; `overlays` names them instead (an unknown
+/// name is `not_found`).
 #[utoipa::path(post, path = "/v1/cases", request_body = CaseRequest,
     extensions(("x-wharf-outbound" = json!(true))),
     responses((status = 201, body = Case), CreateErrors))]

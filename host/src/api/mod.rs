@@ -7,6 +7,7 @@ pub mod audit;
 pub mod contract;
 pub mod error;
 pub mod keys;
+pub mod overlays;
 pub mod packs;
 pub mod probes;
 pub mod sandboxes;
@@ -79,6 +80,7 @@ fn documented_routes(
         .merge(keys::routes())
         .merge(sandboxes::routes())
         .merge(probes::routes())
+        .merge(overlays::routes())
         .merge(cases::routes())
         .merge(approvals::routes())
         .merge(audit::routes())

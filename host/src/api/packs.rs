@@ -65,6 +65,8 @@ pub struct PackDetail {
     profiles: Vec<String>,
     /// Those the policy refused, with the reason.
     refused_profiles: Vec<RefusedProfile>,
+    /// Overlays it carries (`overlays/<id>`); `GET /v1/overlays` has their details.
+    overlays: Vec<String>,
     /// Other rows for this id (shadowed, quarantined or draining generations).
     others: Vec<PackRow>,
     /// Recent plugin log lines of the caller's own calls (an admin sees every owner's and
@@ -125,6 +127,7 @@ async fn get_pack(
             .collect(),
         profiles: pack.profiles.iter().map(|p| p.name.clone()).collect(),
         refused_profiles: pack.refused_profiles.clone(),
+        overlays: pack.overlays.iter().map(|o| o.id.clone()).collect(),
         others: snapshot
             .rows()
             .into_iter()

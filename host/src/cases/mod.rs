@@ -5,8 +5,10 @@
 //! then runs the phases, each a step of the run:
 //! 1. `clone` ([`git`]): shallow, at `ref`, from https (outbound address rules) or a local
 //!    path (admin keys, or under `[cases] local_roots`);
-//! 2. `patch` ([`Cases::patch_phase`]): overlays; until the overlays subsystem fills it in,
-//!    a case that asks for overlays is refused at create (never silently ignored);
+//! 2. `patch` ([`Cases::patch_phase`]): the overlays of the active packs that match the
+//!    case's `target` and `version` (or the ones it names) are applied all or nothing
+//!    ([`crate::overlays`]); a hunk that does not apply fails the case with
+//!    `overlay_conflict` and nothing is written;
 //! 3. `build` ([`build`], bollard): streamed into the log, bounded in memory, time and
 //!    context size; at most `[cases] max_concurrent_builds` at once (clone, patch and
 //!    build hold one slot; the rest wait `queued`);
@@ -187,13 +189,14 @@ pub struct CaseRequest {
     /// The port the app listens on inside the container.
     #[schema(minimum = 1, maximum = 65535)]
     pub container_port: u16,
-    /// Overlay target (e.g. a relay host's name): not available yet.
+    /// Overlay target (e.g. a relay host's name), with `version`: the overlays of the active
+    /// packs that match are applied after the clone.
     #[serde(default)]
     pub target: Option<String>,
-    /// Target version for overlays: not available yet.
+    /// The target's semver version (a leading `v` allowed), with `target`.
     #[serde(default)]
     pub version: Option<String>,
-    /// Overlays to apply by id: not available yet.
+    /// Overlays to apply by id (`<overlay>` or `<pack>/<overlay>`) instead of matching.
     #[serde(default)]
     pub overlays: Option<Vec<String>>,
 }
@@ -293,6 +296,8 @@ fn rfc3339(ms: i64) -> String {
 pub struct Cases {
     db: Db,
     engine: Arc<RunEngine>,
+    /// Where the overlays of the patch phase come from.
+    packs: Arc<crate::packs::Packs>,
     docker: Option<Docker>,
     config: CasesConfig,
     quotas: QuotasConfig,
@@ -313,6 +318,7 @@ impl Cases {
     pub async fn start(
         db: Db,
         engine: Arc<RunEngine>,
+        packs: Arc<crate::packs::Packs>,
         config: &crate::config::Config,
         instance: String,
     ) -> anyhow::Result<Arc<Cases>> {
@@ -339,6 +345,7 @@ impl Cases {
         let cases = Arc::new(Cases {
             db,
             engine,
+            packs,
             docker,
             build_slots: Arc::new(Semaphore::new(cases_config.max_concurrent_builds)),
             config: cases_config,
@@ -381,12 +388,15 @@ impl Cases {
         principal: &Principal,
         request: CaseRequest,
     ) -> WharfResult<Case> {
-        if request.target.is_some() || request.version.is_some() || request.overlays.is_some() {
-            return Err(WharfError::validation(
-                "overlays are not available yet: `target`, `version` and `overlays` cannot be used \
-                 (the request was not run, so nothing is silently left unpatched)",
-            ));
-        }
+        let overlays = crate::overlays::Request {
+            target: request.target.clone(),
+            version: request.version.clone(),
+            overlays: request.overlays.clone().unwrap_or_default(),
+        };
+        overlays.check()?;
+        // Named overlays must exist now; the patch phase selects again from the packs
+        // active then.
+        overlays.select(&self.packs.snapshot())?;
         git::classify_source(
             &request.git_url,
             principal.admin,
@@ -456,9 +466,9 @@ impl Cases {
             secret_names: request.secret_env.keys().cloned().collect(),
             container_port: request.container_port,
             admin: principal.admin,
-            target: None,
-            version: None,
-            overlays: Vec::new(),
+            target: overlays.target,
+            version: overlays.version,
+            overlays: overlays.overlays,
         };
         let spec_json =
             serde_json::to_string(&spec).map_err(|err| WharfError::internal(err.to_string()))?;
@@ -774,27 +784,74 @@ impl Cases {
         Ok(())
     }
 
-    /// The overlays to apply before the build, and their application: the **patch phase**.
-    ///
-    /// Today no case reaches it with overlays (create refuses `target`, `version` and
-    /// `overlays` with `validation_error`), so it applies nothing and says so. The overlays
-    /// subsystem fills it in: match the case's target/version (or named overlays), dry-run
-    /// every patch on `checkout`, then apply all or nothing (`overlay_conflict` naming the
-    /// file and hunk), log on [`Stream::Patch`], and return the ids applied (stored as
-    /// `overlays_applied`).
-    /// The case's `target`, `version` and `overlays` are in `spec` (create stores them
-    /// once it stops refusing them).
+    /// The **patch phase**: the overlays the case asks for (matching its `target` and
+    /// `version` in the packs active now, or named), applied to `checkout` all or nothing
+    /// (every patch is applied in memory first; a hunk that does not apply is
+    /// `overlay_conflict` naming overlay, patch, file and hunk, and nothing is written). An
+    /// overlay already in the tree is not applied twice. Says on [`Stream::Patch`] what was
+    /// chosen, why the others were not, and what each changed; returns the
+    /// `<pack>/<overlay>` names applied (stored as `overlays_applied`).
     async fn patch_phase(
         &self,
         id: &str,
         spec: &CaseSpec,
         checkout: &std::path::Path,
     ) -> WharfResult<Vec<String>> {
-        let _ = (spec, checkout);
-        self.engine
-            .log(id, Stream::Patch, Level::Info, "no overlays requested")
-            .await;
-        Ok(Vec::new())
+        use crate::overlays::apply::{self, Action, Direction};
+        let request = crate::overlays::Request {
+            target: spec.target.clone(),
+            version: spec.version.clone(),
+            overlays: spec.overlays.clone(),
+        };
+        let (selected, lines) = request.select(&self.packs.snapshot())?;
+        for line in &lines {
+            self.engine.log(id, Stream::Patch, Level::Info, line).await;
+        }
+        if selected.is_empty() {
+            return Ok(Vec::new());
+        }
+        let root = checkout.to_path_buf();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            apply::run(&root, &selected, Direction::Apply, false)
+        })
+        .await
+        .map_err(|err| WharfError::internal(format!("patch task failed: {err}")))?;
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                self.engine
+                    .log(
+                        id,
+                        Stream::Patch,
+                        Level::Error,
+                        &format!(
+                            "{}: {} (nothing was written)",
+                            err.code.as_str(),
+                            err.message
+                        ),
+                    )
+                    .await;
+                return Err(err);
+            }
+        };
+        let mut applied = Vec::new();
+        for outcome in outcomes {
+            let name = format!("{}/{}", outcome.pack, outcome.overlay);
+            let line = match outcome.action {
+                Action::AlreadyApplied => format!(
+                    "already applied {name} ({}): left as it is",
+                    outcome.pack_version
+                ),
+                _ => format!(
+                    "applied {name} ({}): {}",
+                    outcome.pack_version,
+                    outcome.files.join(", ")
+                ),
+            };
+            self.engine.log(id, Stream::Patch, Level::Info, &line).await;
+            applied.push(name);
+        }
+        Ok(applied)
     }
 }
 

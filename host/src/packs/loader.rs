@@ -72,6 +72,8 @@ pub struct LoadedPack {
     pub profiles: Vec<Profile>,
     /// Those it refused, with the reason.
     pub refused_profiles: Vec<RefusedProfile>,
+    /// Overlays it carries (`overlays/<id>/overlay.toml`), read from its data snapshot.
+    pub overlays: Vec<Arc<crate::overlays::Overlay>>,
     pub(super) inflight: AtomicUsize,
 }
 
@@ -189,6 +191,9 @@ pub fn load_pack(
         .canonicalize()
         .map_err(|err| format!("{}: {err}", dir.display()))?;
     let data_root = snapshots.snapshot(&root, &manifest.data)?;
+    // Overlays are read before any component compiles: a bad one fails the load cheaply.
+    let overlays =
+        crate::overlays::load::load_overlays(&root, &manifest.data, data_root.as_deref())?;
     let mut components = Vec::new();
     for (i, spec) in manifest.components.iter().enumerate() {
         let at = format!("components[{i}] ({})", spec.name);
@@ -239,6 +244,7 @@ pub fn load_pack(
         data_root,
         profiles,
         refused_profiles,
+        overlays,
         inflight: AtomicUsize::new(0),
     })
 }

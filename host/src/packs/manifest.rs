@@ -373,7 +373,7 @@ impl Manifest {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     (2..=64).contains(&id.len())
         && id.starts_with(|c: char| c.is_ascii_lowercase())
         && id

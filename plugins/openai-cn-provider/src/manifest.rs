@@ -568,6 +568,7 @@ mod tests {
             [
                 "deepseek",
                 "glm",
+                "kimi-a7m",
                 "kimi",
                 "minimax",
                 "openai-compatible",
