@@ -3,6 +3,7 @@
 mod api_contract;
 mod attacks_docker;
 mod attacks_process;
+mod author_kit;
 mod outbound;
 mod packs_policy;
 mod plugin_host;
