@@ -126,6 +126,27 @@ enum PackCommand {
     },
     /// Report every problem of a pack (source or built), with file and field.
     Validate { dir: PathBuf },
+    /// Scaffold a source pack: pack.toml and one component crate on the plugin SDK, with
+    /// tests (`cargo test`), ready for `wharf pack build`.
+    New {
+        /// Pack id, component and crate name: 2-64 chars of a-z, 0-9 and '-'.
+        name: String,
+        #[arg(long, value_enum, default_value_t = KindArg::Adapter)]
+        kind: KindArg,
+        /// Directory to create the pack in (as `<dir>/<name>`).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Depend on a local checkout of `plugin-sdk/` instead of the published crate
+        /// (for working on the SDK itself, and for this repository's tests).
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    Adapter,
+    Provider,
 }
 
 fn main() -> ExitCode {
@@ -156,6 +177,15 @@ fn main() -> ExitCode {
         Command::Overlay {
             command: OverlayCommand::Apply(args),
         } => overlay_apply(args),
+        Command::Pack {
+            command:
+                PackCommand::New {
+                    name,
+                    kind,
+                    dir,
+                    sdk_path,
+                },
+        } => new_pack(name, kind, &dir, sdk_path),
         Command::Probe(args) => match probe(cli.config, args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),
@@ -169,6 +199,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn new_pack(
+    name: String,
+    kind: KindArg,
+    dir: &std::path::Path,
+    sdk_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use wharf::packs::manifest::ComponentKind;
+    use wharf::packs::scaffold::{Scaffold, SdkSource};
+    let scaffold = Scaffold {
+        name,
+        kind: match kind {
+            KindArg::Adapter => ComponentKind::Adapter,
+            KindArg::Provider => ComponentKind::Provider,
+        },
+        sdk: sdk_path.map_or(SdkSource::Registry, SdkSource::Path),
+    };
+    let root = wharf::packs::scaffold::new_pack(dir, &scaffold)?;
+    println!("created {}", root.display());
+    println!(
+        "  test:  cargo test --manifest-path {}",
+        root.join(&scaffold.name).join("Cargo.toml").display()
+    );
+    println!("  build: wharf pack build {} --out <dir>", root.display());
+    Ok(())
 }
 
 fn validate(dir: &std::path::Path) -> anyhow::Result<()> {

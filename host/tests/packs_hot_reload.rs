@@ -135,7 +135,7 @@ async fn broken_new_versions_are_quarantined_and_the_old_keeps_answering() {
     let manifest = std::fs::read_to_string(h.packs_dir.join("future-api/pack.toml")).unwrap();
     std::fs::write(
         h.packs_dir.join("future-api/pack.toml"),
-        manifest.replace("wharf = \"^0.1\"", "wharf = \"^0.2\""),
+        manifest.replace("wharf = \"^0.2\"", "wharf = \"^0.3\""),
     )
     .unwrap();
 

@@ -97,8 +97,49 @@ type Handler = Box<dyn Fn(&str, &str) -> Result<String, PluginError>>;
 struct Entry {
     name: Cow<'static, str>,
     description: Cow<'static, str>,
+    hints: OperationHints,
     schemas: fn() -> (String, String),
     handler: Handler,
+}
+
+/// What an operation does to the sandbox, published by `describe()` (contract 0.2). The
+/// host shows the hints (`GET /v1/packs/{id}`), MCP clients get them as tool annotations
+/// (`readOnlyHint`, `destructiveHint`, `idempotentHint`), and the host's policy can reason
+/// on them. Set them with [`Operations::read_only`], [`Operations::non_destructive`],
+/// [`Operations::idempotent`] or [`Operations::hints`] right after [`Operations::add`].
+///
+/// The default assumes the worst, like MCP for a tool without annotations: not read-only,
+/// destructive, not idempotent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OperationHints {
+    /// Changes nothing in the sandbox: no file written or removed, no process left running.
+    /// It may still run commands that only read (`git status`, `grep`).
+    pub read_only: bool,
+    /// May delete or overwrite data that was there before (meaningless when read-only).
+    pub destructive: bool,
+    /// Running it again with the same input has no further effect.
+    pub idempotent: bool,
+}
+
+impl Default for OperationHints {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            destructive: true,
+            idempotent: false,
+        }
+    }
+}
+
+impl OperationHints {
+    /// Read-only (and so neither destructive nor with effects to repeat: idempotent).
+    pub fn read_only() -> Self {
+        Self {
+            read_only: true,
+            destructive: false,
+            idempotent: true,
+        }
+    }
 }
 
 /// The table of an adapter's operations, filled by [`Adapter::operations`].
@@ -149,6 +190,7 @@ impl Operations {
         self.entries.push(Entry {
             name,
             description: description.into(),
+            hints: OperationHints::default(),
             schemas: || (input_schema::<I>(), output_schema::<O>()),
             handler: Box::new(move |operation, input| {
                 let input = decode_input::<I>(operation, input)?;
@@ -157,6 +199,52 @@ impl Operations {
             }),
         });
         self
+    }
+
+    /// Sets the [`OperationHints`] of the operation registered last.
+    ///
+    /// ```
+    /// # use wharf_plugin_sdk::adapter::{Empty, OperationHints, Operations};
+    /// let mut ops = Operations::new();
+    /// ops.add("status", "Shows the status", |_: Empty| Ok(Empty {}))
+    ///     .read_only()
+    ///     .add("write", "Writes a file", |_: Empty| Ok(Empty {}))
+    ///     .idempotent()
+    ///     .add("append", "Appends a line", |_: Empty| Ok(Empty {}))
+    ///     .non_destructive();
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If no operation was registered yet (a programming error in the adapter).
+    pub fn hints(&mut self, hints: OperationHints) -> &mut Self {
+        self.last().hints = hints;
+        self
+    }
+
+    /// Marks the operation registered last as read-only (see [`OperationHints::read_only`]).
+    pub fn read_only(&mut self) -> &mut Self {
+        self.hints(OperationHints::read_only())
+    }
+
+    /// Marks the operation registered last as idempotent: repeating it with the same input
+    /// changes nothing more (writing a file, deleting a path).
+    pub fn idempotent(&mut self) -> &mut Self {
+        self.last().hints.idempotent = true;
+        self
+    }
+
+    /// Marks the operation registered last as non-destructive: it adds, but never deletes
+    /// or overwrites what was there.
+    pub fn non_destructive(&mut self) -> &mut Self {
+        self.last().hints.destructive = false;
+        self
+    }
+
+    fn last(&mut self) -> &mut Entry {
+        self.entries
+            .last_mut()
+            .expect("wharf adapter: set hints right after `Operations::add`")
     }
 
     /// Names of the registered operations, in registration order.
@@ -198,6 +286,8 @@ pub struct OperationInfo {
     pub input_schema: String,
     /// JSON Schema (draft 2020-12) of the output document, as JSON text.
     pub output_schema: String,
+    /// What the operation does to the sandbox.
+    pub hints: OperationHints,
 }
 
 /// The full self-description of an adapter: what `describe()` returns.
@@ -222,6 +312,7 @@ pub fn describe<A: Adapter + ?Sized>() -> Description {
                 description: entry.description.into_owned(),
                 input_schema,
                 output_schema,
+                hints: entry.hints,
             }
         })
         .collect();
@@ -331,6 +422,11 @@ pub mod __export {
                     description: op.description,
                     input_schema: op.input_schema,
                     output_schema: op.output_schema,
+                    hints: wit::OperationHints {
+                        read_only: op.hints.read_only,
+                        destructive: op.hints.destructive,
+                        idempotent: op.hints.idempotent,
+                    },
                 })
                 .collect(),
         }
@@ -434,6 +530,7 @@ mod tests {
             ops.add("add", "Adds two numbers", |i: AddInput| {
                 Ok(AddOutput { sum: i.a + i.b })
             })
+            .read_only()
             .add("fail", "Always fails", |_: Empty| -> Result<Empty, _> {
                 Err(PluginError::new("upstream_busy", "later").retriable())
             })
@@ -520,6 +617,32 @@ mod tests {
         assert_eq!(err.code, "invalid_input");
         let err = invoke::<Calc>("fail", "null").unwrap_err();
         assert_eq!(err.code, "invalid_input");
+    }
+
+    #[test]
+    fn hints_default_to_the_worst_case() {
+        let d = describe::<Calc>();
+        assert_eq!(d.operations[0].hints, OperationHints::read_only());
+        assert_eq!(
+            d.operations[1].hints,
+            OperationHints {
+                read_only: false,
+                destructive: true,
+                idempotent: false
+            }
+        );
+        let mut ops = Operations::new();
+        ops.add("put", "", |_: Empty| Ok(Empty {}))
+            .idempotent()
+            .non_destructive();
+        let hints = ops.entries[0].hints;
+        assert!(hints.idempotent && !hints.destructive && !hints.read_only);
+    }
+
+    #[test]
+    #[should_panic(expected = "right after")]
+    fn hints_need_an_operation() {
+        Operations::new().read_only();
     }
 
     #[test]

@@ -2,8 +2,13 @@
 //!
 //! The one crate a Wharf plugin author needs. A plugin is a `cdylib` crate
 //! built for `wasm32-wasip2` into a WebAssembly component that implements the
-//! `wharf:plugin@0.1.0` contract (`wit/plugin.wit`). This crate hides the
-//! component-model bindings: you implement a trait and call one export macro.
+//! `wharf:plugin@0.2.0` contract (`wit/v0.2.0/plugin.wit`, shipped inside this crate).
+//! This crate hides the component-model bindings: you implement a trait and call one
+//! export macro. Its pack declares `requires.wharf = "^0.2"`.
+//!
+//! Every released contract version stays in `wit/v<version>/` and the host keeps serving
+//! it: a pack built with SDK 0.1 (`wharf:plugin@0.1.0`, `requires.wharf = "^0.1"`) loads
+//! and answers beside 0.2 packs. The SDK's minor version follows the contract's.
 //!
 //! Enable exactly one feature per plugin crate, for the kind of plugin it is:
 //!
@@ -35,7 +40,7 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! wharf-plugin-sdk = { version = "0.1", features = ["adapter"] }
+//! wharf-plugin-sdk = { version = "0.2", features = ["adapter"] }
 //! serde = { version = "1", features = ["derive"] }
 //! schemars = { version = "1", default-features = false, features = ["derive", "std"] }
 //! ```
@@ -89,7 +94,8 @@
 //!     }
 //!
 //!     fn operations(ops: &mut Operations) {
-//!         ops.add("greet", "Greets `name` with `echo`", greet);
+//!         // Hints tell the host and MCP clients what the operation does to the sandbox.
+//!         ops.add("greet", "Greets `name` with `echo`", greet).read_only();
 //!     }
 //! }
 //!
@@ -108,8 +114,22 @@
 //! pack (see `docs/pack-format.md`), or let `wharf pack build` do both.
 //!
 //! The same code runs natively, so an adapter is unit-tested with plain
-//! `cargo test` through [`adapter::describe`] and [`adapter::invoke`]; sandbox
-//! calls return an `unsupported` error there, and logs go to stderr.
+//! `cargo test` through [`adapter::describe`] and [`adapter::invoke`]. Sandbox calls
+//! there go to a [`testing::FakeSandbox`] installed by the test (an in-memory
+//! filesystem and scripted exec results; without one they return an `unsupported`
+//! error), and logs go to stderr:
+//!
+//! ```ignore
+//! #[test]
+//! fn greets() {
+//!     use wharf_plugin_sdk::sandbox::ExecOutput;
+//!     let _fake = wharf_plugin_sdk::testing::FakeSandbox::new()
+//!         .on_exec(["echo", "Hello, Ada!"], ExecOutput::ok("Hello, Ada!\n"))
+//!         .install();
+//!     let out = wharf_plugin_sdk::adapter::invoke::<Greeter>("greet", r#"{"name":"Ada"}"#);
+//!     assert_eq!(out.unwrap(), r#"{"greeting":"Hello, Ada!"}"#);
+//! }
+//! ```
 //!
 //! A provider plugin looks the same with [`provider::Provider`] and
 //! [`export_provider!`]; see the [`provider`] module.
@@ -128,6 +148,8 @@ pub mod log;
 pub mod adapter;
 #[cfg(feature = "adapter")]
 pub mod sandbox;
+#[cfg(all(feature = "adapter", not(target_arch = "wasm32")))]
+pub mod testing;
 
 #[cfg(feature = "provider")]
 pub mod provider;
@@ -148,7 +170,7 @@ pub mod __bindings {
     #[allow(missing_docs)]
     pub mod adapter {
         wit_bindgen::generate!({
-            path: "../wit",
+            path: "wit/v0.2.0",
             world: "capability-adapter",
             pub_export_macro: true,
             export_macro_name: "__export_capability_adapter",
@@ -162,7 +184,7 @@ pub mod __bindings {
     #[allow(missing_docs)]
     pub mod provider {
         wit_bindgen::generate!({
-            path: "../wit",
+            path: "wit/v0.2.0",
             world: "llm-provider",
             pub_export_macro: true,
             export_macro_name: "__export_llm_provider",

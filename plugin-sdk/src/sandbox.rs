@@ -24,8 +24,10 @@
 //! }
 //! ```
 //!
-//! Outside of a WebAssembly component (native unit tests) every function here
-//! returns an `unsupported` error.
+//! Outside of a WebAssembly component (native unit tests) these functions act on the
+//! [`FakeSandbox`](crate::testing::FakeSandbox) installed for the current thread, an
+//! in-memory filesystem with scripted exec results; without one, they return an
+//! `unsupported` error.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -121,6 +123,26 @@ impl Command {
         &self.argv
     }
 
+    /// The extra environment variables, in the order they were set.
+    pub fn get_envs(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The working directory, if set.
+    pub fn get_cwd(&self) -> Option<&str> {
+        self.cwd.as_deref()
+    }
+
+    /// The bytes for stdin, if set.
+    pub fn get_stdin(&self) -> Option<&[u8]> {
+        self.stdin.as_deref()
+    }
+
+    /// The timeout in milliseconds, if set.
+    pub fn get_timeout_ms(&self) -> Option<u32> {
+        self.timeout_ms
+    }
+
     /// Runs the command to completion and collects its output.
     ///
     /// A non-zero exit status is not an error: check [`ExecOutput::success`].
@@ -172,6 +194,28 @@ impl ExecOutput {
     }
 }
 
+impl ExecOutput {
+    /// A successful exit (status 0) with `stdout`; handy for scripting a
+    /// [`FakeSandbox`](crate::testing::FakeSandbox) in native tests.
+    pub fn ok(stdout: impl Into<Vec<u8>>) -> Self {
+        Self {
+            exit_code: Some(0),
+            stdout: stdout.into(),
+            ..Self::default()
+        }
+    }
+
+    /// A failed exit with `code` and `stderr`; handy for scripting a
+    /// [`FakeSandbox`](crate::testing::FakeSandbox) in native tests.
+    pub fn failed(code: i32, stderr: impl Into<Vec<u8>>) -> Self {
+        Self {
+            exit_code: Some(code),
+            stderr: stderr.into(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Kind of a directory entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {
@@ -196,9 +240,40 @@ pub struct DirEntry {
     pub size: u64,
 }
 
-/// Reads a whole file.
+/// What [`stat`] knows about a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStat {
+    /// What the path is (a symbolic link is reported as one, not followed).
+    pub kind: EntryKind,
+    /// Size in bytes (files; 0 or filesystem-specific for others).
+    pub size: u64,
+}
+
+/// Reads a whole file. The host refuses files over its plugin read limit with
+/// `payload_too_large`; for large files use [`read_file_range`], since the whole file
+/// would land in the plugin's memory (64 MiB by default).
 pub fn read_file(path: &str) -> Result<Vec<u8>, PluginError> {
     imp::read_file(path)
+}
+
+/// Reads `length` bytes from `offset`: fewer only at the end of the file, none past it.
+/// Only the slice enters the plugin's memory. A `length` over the host's plugin read
+/// limit is `payload_too_large`. Needs `requires.wharf = "^0.2"`.
+///
+/// ```no_run
+/// # use wharf_plugin_sdk::{sandbox, PluginError};
+/// # fn head() -> Result<Vec<u8>, PluginError> {
+/// let first_kib = sandbox::read_file_range("big.log", 0, 1024)?;
+/// # Ok(first_kib) }
+/// ```
+pub fn read_file_range(path: &str, offset: u64, length: u64) -> Result<Vec<u8>, PluginError> {
+    imp::read_file_range(path, offset, length)
+}
+
+/// Kind and size of a path; a missing path is `file_not_found`. Needs
+/// `requires.wharf = "^0.2"`.
+pub fn stat(path: &str) -> Result<FileStat, PluginError> {
+    imp::stat(path)
 }
 
 /// Reads a whole file as UTF-8 text; invalid UTF-8 is an `invalid_data` error.
@@ -283,39 +358,72 @@ mod imp {
     pub(super) fn remove(path: &str, recursive: bool) -> Result<(), PluginError> {
         Ok(wit::remove(path, recursive)?)
     }
+
+    pub(super) fn read_file_range(
+        path: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, PluginError> {
+        Ok(wit::read_file_range(path, offset, length)?)
+    }
+
+    pub(super) fn stat(path: &str) -> Result<super::FileStat, PluginError> {
+        let stat = wit::stat(path)?;
+        Ok(super::FileStat {
+            kind: entry_kind(stat.kind),
+            size: stat.size,
+        })
+    }
+
+    fn entry_kind(kind: wit::EntryKind) -> EntryKind {
+        match kind {
+            wit::EntryKind::File => EntryKind::File,
+            wit::EntryKind::Directory => EntryKind::Directory,
+            wit::EntryKind::Symlink => EntryKind::Symlink,
+            wit::EntryKind::Other => EntryKind::Other,
+        }
+    }
 }
 
-/// Native builds (unit tests, clippy): there is no host to call.
+/// Native builds (unit tests, clippy): the fake sandbox of the current thread, if any.
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
-    use super::{Command, DirEntry, ExecOutput};
+    use super::{Command, DirEntry, ExecOutput, FileStat};
     use crate::PluginError;
+    use crate::testing::with_installed;
 
-    fn unsupported(what: &str) -> PluginError {
-        PluginError::new(
-            crate::error::codes::UNSUPPORTED,
-            format!("sandbox {what} is only available inside a Wharf WebAssembly component"),
-        )
+    pub(super) fn exec(cmd: Command) -> Result<ExecOutput, PluginError> {
+        with_installed("exec", |fake| fake.exec(cmd))
     }
 
-    pub(super) fn exec(_cmd: Command) -> Result<ExecOutput, PluginError> {
-        Err(unsupported("exec"))
+    pub(super) fn read_file(path: &str) -> Result<Vec<u8>, PluginError> {
+        with_installed("read-file", |fake| fake.read_file(path))
     }
 
-    pub(super) fn read_file(_path: &str) -> Result<Vec<u8>, PluginError> {
-        Err(unsupported("read-file"))
+    pub(super) fn read_file_range(
+        path: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, PluginError> {
+        with_installed("read-file-range", |fake| {
+            fake.read_file_range(path, offset, length)
+        })
     }
 
-    pub(super) fn write_file(_path: &str, _data: &[u8]) -> Result<(), PluginError> {
-        Err(unsupported("write-file"))
+    pub(super) fn stat(path: &str) -> Result<FileStat, PluginError> {
+        with_installed("stat", |fake| fake.stat(path))
     }
 
-    pub(super) fn list_dir(_path: &str) -> Result<Vec<DirEntry>, PluginError> {
-        Err(unsupported("list-dir"))
+    pub(super) fn write_file(path: &str, data: &[u8]) -> Result<(), PluginError> {
+        with_installed("write-file", |fake| fake.write_file(path, data))
     }
 
-    pub(super) fn remove(_path: &str, _recursive: bool) -> Result<(), PluginError> {
-        Err(unsupported("remove"))
+    pub(super) fn list_dir(path: &str) -> Result<Vec<DirEntry>, PluginError> {
+        with_installed("list-dir", |fake| fake.list_dir(path))
+    }
+
+    pub(super) fn remove(path: &str, recursive: bool) -> Result<(), PluginError> {
+        with_installed("remove", |fake| fake.remove(path, recursive))
     }
 }
 

@@ -5,6 +5,7 @@ mod api_contract;
 mod attacks_docker;
 mod attacks_process;
 mod cases;
+mod author_kit;
 mod outbound;
 mod overlays;
 mod overlays_cases;

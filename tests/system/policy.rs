@@ -618,7 +618,7 @@ async fn adapter_host_calls_count_as_sandbox_use() {
     // A version the serving pack does not meet is refused; one it meets is served.
     let (status, refused) = admin
         .post(
-            &format!("/v1/sandboxes/{id}/capabilities/shell@%5E0.2/run"),
+            &format!("/v1/sandboxes/{id}/capabilities/shell@%5E99.0/run"),
             json!({ "command": "true" }),
         )
         .await;
@@ -626,7 +626,7 @@ async fn adapter_host_calls_count_as_sandbox_use() {
     assert_eq!(refused["error"]["code"], "capability_not_supported");
     let (status, ok) = admin
         .post(
-            &format!("/v1/sandboxes/{id}/capabilities/shell@0.1/run"),
+            &format!("/v1/sandboxes/{id}/capabilities/shell@%3E%3D0.1/run"),
             json!({ "command": "true" }),
         )
         .await;

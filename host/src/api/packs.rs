@@ -57,6 +57,9 @@ pub struct PackDetail {
     sha256: String,
     loaded_at: String,
     requires_wharf: String,
+    /// The `wharf:plugin` version `requires_wharf` picked: the bindings its components run
+    /// with (`0.1.0` packs keep working beside `0.2.0` ones).
+    plugin_api: String,
     permissions: Permissions,
     /// Declared data folders: a snapshot of them is all its plugins see at `/pack`.
     data: Vec<String>,
@@ -110,6 +113,7 @@ async fn get_pack(
         sha256: pack.digest.clone(),
         loaded_at: pack.loaded_at.clone(),
         requires_wharf: manifest.requires.to_string(),
+        plugin_api: manifest.plugin_api.version().to_string(),
         permissions: manifest.permissions.clone(),
         data: manifest.data.clone(),
         components: pack

@@ -91,8 +91,10 @@ fn same_secret(presented: &str, expected: &str) -> bool {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Info {
     version: &'static str,
-    /// Version of the `wharf:plugin` WIT package served to plugins.
+    /// The current version of the `wharf:plugin` WIT package (what the SDK builds against).
     plugin_api: String,
+    /// Every `wharf:plugin` version served side by side; a pack's `requires.wharf` picks one.
+    plugin_apis: Vec<String>,
     /// Sandbox drivers available on this host.
     drivers: Vec<&'static str>,
     /// What the process driver confines on this host.
@@ -108,6 +110,10 @@ async fn info(State(state): State<AppState>) -> Json<Info> {
     Json(Info {
         version: env!("CARGO_PKG_VERSION"),
         plugin_api: crate::packs::manifest::PLUGIN_API_VERSION.to_string(),
+        plugin_apis: crate::packs::manifest::PluginApi::ALL
+            .iter()
+            .map(|api| api.version().to_string())
+            .collect(),
         drivers: state.sandboxes.driver_names(),
         process_isolation: state.sandboxes.process_isolation(),
         unisolated_profiles: state.sandboxes.profiles().unisolated(),

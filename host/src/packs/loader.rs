@@ -32,6 +32,20 @@ pub struct OperationInfo {
     pub input_schema: serde_json::Value,
     #[schema(value_type = Object)]
     pub output_schema: serde_json::Value,
+    pub hints: OperationHints,
+}
+
+/// What an operation does to the sandbox, as its adapter declares it (`wharf:plugin@0.2.0`;
+/// a 0.1 adapter declares nothing and counts as not read-only, destructive, not idempotent).
+/// The names follow MCP's tool annotations (`readOnlyHint`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct OperationHints {
+    /// Changes nothing in the sandbox (it may still run commands that only read).
+    pub read_only: bool,
+    /// May delete or overwrite existing data (meaningless when read-only).
+    pub destructive: bool,
+    /// Running it again with the same input has no further effect.
+    pub idempotent: bool,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -221,6 +235,7 @@ pub fn load_pack(
                 pack_id: &manifest.id,
                 name: &spec.name,
                 kind: spec.kind,
+                api: manifest.plugin_api,
                 wasm: &wasm,
                 sha256,
                 generation,
@@ -326,6 +341,11 @@ fn adapter_info(
         operations.push(OperationInfo {
             input_schema: parse(&op.name, "input", &op.input_schema)?,
             output_schema: parse(&op.name, "output", &op.output_schema)?,
+            hints: OperationHints {
+                read_only: op.hints.read_only,
+                destructive: op.hints.destructive && !op.hints.read_only,
+                idempotent: op.hints.idempotent,
+            },
             name: op.name,
             description: op.description,
         });

@@ -9,9 +9,12 @@ use std::path::{Component as PathComponent, Path, PathBuf};
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 
-/// The version of the `wharf:plugin` WIT package this host serves.
-/// Packs declare a requirement on it in `requires.wharf`.
-pub const PLUGIN_API_VERSION: Version = Version::new(0, 1, 0);
+pub use crate::runtime::bindings::PluginApi;
+
+/// The current version of the `wharf:plugin` WIT package (what the SDK builds against).
+/// Packs declare a requirement in `requires.wharf`; every version of [`PluginApi::ALL`] is
+/// served, and the requirement picks one.
+pub const PLUGIN_API_VERSION: Version = Version::new(0, 2, 0);
 
 pub const MANIFEST_FILE: &str = "pack.toml";
 
@@ -118,6 +121,8 @@ pub struct Manifest {
     pub authors: Vec<String>,
     pub data: Vec<String>,
     pub requires: VersionReq,
+    /// The contract version `requires` picked: the newest served one it accepts.
+    pub plugin_api: PluginApi,
     pub permissions: Permissions,
     pub limits: Limits,
     pub components: Vec<ComponentSpec>,
@@ -212,17 +217,20 @@ impl Manifest {
             .map_err(|err| problem("version", format!("{:?} is not semver: {err}", raw.version)))
             .ok();
         let requires = match VersionReq::parse(&raw.requires.wharf) {
-            Ok(req) if !req.matches(&PLUGIN_API_VERSION) => {
-                problem(
-                    "requires.wharf",
-                    format!(
-                        "{:?} is not satisfied by this host's plugin API {PLUGIN_API_VERSION}",
-                        raw.requires.wharf
-                    ),
-                );
-                None
-            }
-            Ok(req) => Some(req),
+            Ok(req) => match PluginApi::for_requirement(&req) {
+                Some(api) => Some((req, api)),
+                None => {
+                    problem(
+                        "requires.wharf",
+                        format!(
+                            "{:?} matches none of the plugin API versions this host serves ({})",
+                            raw.requires.wharf,
+                            PluginApi::served()
+                        ),
+                    );
+                    None
+                }
+            },
             Err(err) => {
                 problem(
                     "requires.wharf",
@@ -356,13 +364,14 @@ impl Manifest {
         }
 
         match (version, requires) {
-            (Some(version), Some(requires)) if problems.is_empty() => Ok(Manifest {
+            (Some(version), Some((requires, plugin_api))) if problems.is_empty() => Ok(Manifest {
                 id: raw.id.clone(),
                 version,
                 description: raw.description.clone(),
                 authors: raw.authors.clone(),
                 data: raw.data.clone(),
                 requires,
+                plugin_api,
                 permissions: raw.permissions.clone(),
                 limits: raw.limits,
                 components,
@@ -373,6 +382,7 @@ impl Manifest {
     }
 }
 
+/// A pack id or component name: 2-64 chars of a-z, 0-9 and '-', starting with a letter.
 pub(crate) fn valid_id(id: &str) -> bool {
     (2..=64).contains(&id.len())
         && id.starts_with(|c: char| c.is_ascii_lowercase())
@@ -452,7 +462,28 @@ kind = "gadget"
             .iter()
             .find(|p| p.field == "requires.wharf")
             .unwrap();
-        assert!(requires.message.contains("0.1.0"), "{}", requires.message);
+        assert!(
+            requires.message.contains("0.1.0, 0.2.0"),
+            "{}",
+            requires.message
+        );
+    }
+
+    #[test]
+    fn requirement_picks_the_contract_version() {
+        for (requirement, api) in [
+            ("^0.1", PluginApi::V0_1),
+            ("0.1.0", PluginApi::V0_1),
+            ("^0.2", PluginApi::V0_2),
+            (">=0.1", PluginApi::V0_2),
+        ] {
+            let text = BUILT.replace("^0.1", requirement);
+            let m = Manifest::parse(&text, "pack.toml", Form::Built).unwrap();
+            assert_eq!(m.plugin_api, api, "{requirement}");
+        }
+        let problems =
+            Manifest::parse(&BUILT.replace("^0.1", "^0.3"), "pack.toml", Form::Built).unwrap_err();
+        assert_eq!(problems[0].field, "requires.wharf");
     }
 
     #[test]

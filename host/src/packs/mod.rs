@@ -9,6 +9,7 @@ pub mod data;
 pub mod loader;
 pub mod manifest;
 pub mod profiles;
+pub mod scaffold;
 pub mod watcher;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -19,7 +20,9 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use self::data::DataSnapshots;
-pub use self::loader::{AdapterInfo, InflightGuard, LoadedPack, OperationInfo, PackComponent};
+pub use self::loader::{
+    AdapterInfo, InflightGuard, LoadedPack, OperationHints, OperationInfo, PackComponent,
+};
 use self::profiles::ProfilePolicy;
 use crate::config::PacksConfig;
 use crate::metrics::Metrics;

@@ -35,7 +35,8 @@ use crate::outbound::{
 };
 use crate::packs::{InflightGuard, Packs};
 use crate::runtime::bindings::adapter::wharf::plugin::types::PluginError;
-use crate::runtime::bindings::provider::LlmProvider;
+// Whatever contract version the provider was built against, it answers in the current types.
+use crate::runtime::bindings::Provider as LlmProvider;
 use crate::runtime::bindings::provider::exports::wharf::plugin::provider as wit;
 use crate::runtime::call::ProviderSession;
 use crate::runtime::{CallState, LoadedComponent};

@@ -10,8 +10,7 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::adapter::{CapabilityAdapter, CapabilityAdapterPre};
-use super::bindings::provider::{LlmProvider as Provider, LlmProviderPre as ProviderPre};
+use super::bindings::{Adapter, AdapterPre, Provider, ProviderPre};
 use super::circuit::Circuit;
 use super::logs::PackLog;
 use super::{EPOCH_TICK, Runtime};
@@ -183,8 +182,8 @@ impl std::fmt::Display for DeadlineExceeded {
 impl std::error::Error for DeadlineExceeded {}
 
 pub(super) enum Pre {
-    Adapter(CapabilityAdapterPre<CallState>),
-    Provider(ProviderPre<CallState>),
+    Adapter(AdapterPre),
+    Provider(ProviderPre),
 }
 
 /// A compiled, pre-instantiated component of a loaded pack.
@@ -192,6 +191,8 @@ pub struct LoadedComponent {
     pub pack_id: Arc<str>,
     pub name: Arc<str>,
     pub kind: ComponentKind,
+    /// The contract version it was loaded with.
+    pub api: super::bindings::PluginApi,
     pub sha256: String,
     pub generation: u64,
     pub limits: EffectiveLimits,
@@ -425,7 +426,7 @@ impl LoadedComponent {
     pub fn adapter_call<R>(
         &self,
         sandbox: Option<SandboxBinding>,
-        f: impl FnOnce(&mut Store<CallState>, &CapabilityAdapter) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<CallState>, &Adapter) -> wasmtime::Result<R>,
     ) -> WharfResult<R> {
         self.adapter_call_timed(sandbox, f).map(|(value, _)| value)
     }

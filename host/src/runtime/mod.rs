@@ -14,11 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use self::bindings::adapter::{CapabilityAdapter, CapabilityAdapterPre};
-use self::bindings::provider::{LlmProvider as Provider, LlmProviderPre as ProviderPre};
+use self::bindings::PluginApi;
 use self::call::Pre;
 pub use self::call::{CallState, EffectiveLimits, LoadedComponent};
 use self::circuit::Circuit;
@@ -32,7 +31,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 pub struct Runtime {
     engine: Engine,
+    /// The imports of the adapter world of every served contract version, side by side
+    /// (their instance names carry the version: `wharf:plugin/sandbox@0.1.0`, `@0.2.0`).
     adapter_linker: Linker<CallState>,
+    /// The same for the provider world.
     provider_linker: Linker<CallState>,
     /// Compiled components by wasm sha256: the same bytes are compiled once.
     compiled: Mutex<HashMap<String, Component>>,
@@ -54,6 +56,8 @@ pub struct ComponentLoad<'a> {
     pub pack_id: &'a str,
     pub name: &'a str,
     pub kind: ComponentKind,
+    /// The contract version its pack's `requires.wharf` picked: the bindings it gets.
+    pub api: PluginApi,
     pub wasm: &'a [u8],
     pub sha256: &'a str,
     pub generation: u64,
@@ -91,10 +95,12 @@ impl Runtime {
 
         let mut adapter_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut adapter_linker)?;
-        CapabilityAdapter::add_to_linker::<_, HasSelf<_>>(&mut adapter_linker, |state| state)?;
         let mut provider_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut provider_linker)?;
-        Provider::add_to_linker::<_, HasSelf<_>>(&mut provider_linker, |state| state)?;
+        for api in PluginApi::ALL {
+            bindings::add_adapter_imports(api, &mut adapter_linker)?;
+            bindings::add_provider_imports(api, &mut provider_linker)?;
+        }
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
@@ -135,17 +141,22 @@ impl Runtime {
     pub fn load(&self, load: ComponentLoad<'_>) -> anyhow::Result<LoadedComponent> {
         let component = self.compile(load.wasm, load.sha256)?;
         let pre = match load.kind {
-            ComponentKind::Adapter => Pre::Adapter(CapabilityAdapterPre::new(
-                self.adapter_linker.instantiate_pre(&component)?,
+            ComponentKind::Adapter => Pre::Adapter(bindings::adapter_pre(
+                load.api,
+                &self.adapter_linker,
+                &component,
             )?),
-            ComponentKind::Provider => Pre::Provider(ProviderPre::new(
-                self.provider_linker.instantiate_pre(&component)?,
+            ComponentKind::Provider => Pre::Provider(bindings::provider_pre(
+                load.api,
+                &self.provider_linker,
+                &component,
             )?),
         };
         Ok(LoadedComponent {
             pack_id: load.pack_id.into(),
             name: load.name.into(),
             kind: load.kind,
+            api: load.api,
             sha256: load.sha256.to_string(),
             generation: load.generation,
             limits: load.limits,

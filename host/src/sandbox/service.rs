@@ -252,6 +252,72 @@ impl SandboxBinding {
         download.collect(limit).await
     }
 
+    /// At most `length` bytes of a file from `offset`, for a plugin: fewer only at the end
+    /// of the file, none past it. The rest of the file streams by and is dropped, so memory
+    /// holds only the slice. A `length` over `max_upload_bytes` is `payload_too_large`.
+    pub async fn read_file_range(
+        &self,
+        path: &SandboxPath,
+        offset: u64,
+        length: u64,
+    ) -> WharfResult<Vec<u8>> {
+        let limit = self.config.max_upload_bytes as u64;
+        if length > limit {
+            return Err(WharfError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("a plugin reads at most {limit} bytes at a time; {length} were asked"),
+            ));
+        }
+        use futures::StreamExt;
+        let mut download = self.driver.read_file(&self.sandbox_id, path).await?;
+        let want = length.min(download.size.saturating_sub(offset)) as usize;
+        let mut skip = offset;
+        let mut slice = Vec::with_capacity(want);
+        while slice.len() < want {
+            let Some(chunk) = download.body.next().await else {
+                break;
+            };
+            let chunk = chunk?;
+            let from = skip.min(chunk.len() as u64) as usize;
+            skip -= from as u64;
+            let take = (want - slice.len()).min(chunk.len() - from);
+            slice.extend_from_slice(&chunk[from..from + take]);
+        }
+        Ok(slice)
+    }
+
+    /// Kind and size of `path` (a symbolic link is reported as one, not followed), read
+    /// from its parent's listing, which every driver serves.
+    pub async fn stat(&self, path: &SandboxPath) -> WharfResult<super::DirEntry> {
+        let (Some(parent), Some(name)) = (path.as_path().parent(), path.as_path().file_name())
+        else {
+            return Ok(super::DirEntry {
+                name: String::new(),
+                kind: super::EntryKind::Directory,
+                size: 0,
+            });
+        };
+        let parent = SandboxPath::parse(&parent.to_string_lossy())?;
+        let missing = || WharfError::new(ErrorCode::FileNotFound, format!("{path}: no such file"));
+        let entries = match self.driver.list_dir(&self.sandbox_id, &parent).await {
+            Ok(entries) => entries,
+            // A parent that is missing or is not a directory holds no such path.
+            Err(err)
+                if matches!(
+                    err.code,
+                    ErrorCode::FileNotFound | ErrorCode::ValidationError
+                ) =>
+            {
+                return Err(missing());
+            }
+            Err(err) => return Err(err),
+        };
+        entries
+            .into_iter()
+            .find(|entry| std::ffi::OsStr::new(&entry.name) == name)
+            .ok_or_else(missing)
+    }
+
     /// Replaces a file with `data`, for a plugin (at most `max_upload_bytes`).
     pub async fn write_file(&self, path: &SandboxPath, data: Vec<u8>) -> WharfResult<()> {
         let limit = self.service.config.max_upload_bytes as u64;

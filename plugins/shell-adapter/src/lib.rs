@@ -157,7 +157,9 @@ wharf_plugin_sdk::export_adapter!(Shell);
 #[cfg(test)]
 mod tests {
     use wharf_plugin_sdk::adapter::{describe, invoke};
+    use wharf_plugin_sdk::sandbox::ExecOutput;
     use wharf_plugin_sdk::serde_json;
+    use wharf_plugin_sdk::testing::FakeSandbox;
 
     use super::*;
 
@@ -170,6 +172,8 @@ mod tests {
         let d = describe::<Shell>();
         assert_eq!(d.info.capability, "shell");
         assert_eq!(d.operations.len(), 1);
+        // Any command may write or delete: the worst-case hints.
+        assert!(!d.operations[0].hints.read_only && d.operations[0].hints.destructive);
         let schema: serde_json::Value =
             serde_json::from_str(&d.operations[0].input_schema).unwrap();
         assert_eq!(schema["required"], serde_json::json!(["command"]));
@@ -200,6 +204,75 @@ mod tests {
             assert_eq!(err.code, "invalid_input", "{json}");
             assert!(err.message.contains(needle), "{json}: {}", err.message);
         }
+    }
+
+    fn run_json(input: &str) -> serde_json::Value {
+        serde_json::from_str(&invoke::<Shell>("run", input).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn runs_sh_in_the_sandbox() {
+        let fake = FakeSandbox::new()
+            .dir("work")
+            .on_exec(["sh", "-c", "cat; echo $A"], ExecOutput::ok("in\n1\n"))
+            .install();
+        let out = run_json(
+            r#"{"command": "cat; echo $A", "env": {"A": "1"}, "cwd": "work", "stdin": "in", "timeout_ms": 250}"#,
+        );
+        assert_eq!(out["exit_code"], 0);
+        assert_eq!(out["stdout"], "in\n1\n");
+        assert_eq!(out["stderr"], "");
+        assert_eq!(out["timed_out"], false);
+        let execs = fake.execs();
+        assert_eq!(execs.len(), 1);
+        assert_eq!(execs[0].env, [("A".to_string(), "1".to_string())]);
+        assert_eq!(execs[0].cwd.as_deref(), Some("work"));
+        assert_eq!(execs[0].stdin.as_deref(), Some(&b"in"[..]));
+        assert_eq!(execs[0].timeout_ms, Some(250));
+    }
+
+    #[test]
+    fn reports_failures_timeouts_and_truncation() {
+        let _fake = FakeSandbox::new()
+            .on_exec(["sh", "-c", "exit 3"], ExecOutput::failed(3, "nope\n"))
+            .on_exec(
+                ["sh", "-c", "sleep 9"],
+                ExecOutput {
+                    exit_code: None,
+                    timed_out: true,
+                    duration_ms: 100,
+                    ..ExecOutput::default()
+                },
+            )
+            .on_exec(
+                ["sh", "-c", "yes"],
+                ExecOutput {
+                    stdout: b"y\n\xff".to_vec(),
+                    stdout_truncated: true,
+                    ..ExecOutput::ok("")
+                },
+            )
+            .install();
+        let out = run_json(r#"{"command": "exit 3"}"#);
+        assert_eq!(
+            (out["exit_code"].clone(), out["stderr"].clone()),
+            (3.into(), "nope\n".into())
+        );
+        let out = run_json(r#"{"command": "sleep 9"}"#);
+        assert!(out["exit_code"].is_null());
+        assert_eq!(out["timed_out"], true);
+        let out = run_json(r#"{"command": "yes"}"#);
+        assert_eq!(out["stdout"], "y\n\u{fffd}");
+        assert_eq!(out["stdout_truncated"], true);
+    }
+
+    #[test]
+    fn sandbox_errors_pass_through() {
+        let _fake = FakeSandbox::new().install();
+        let err = invoke::<Shell>("run", r#"{"command": "ls", "cwd": "missing"}"#).unwrap_err();
+        assert_eq!(err.code, "file_not_found");
+        let err = invoke::<Shell>("run", r#"{"command": "ls", "cwd": "../up"}"#).unwrap_err();
+        assert_eq!(err.code, "invalid_path");
     }
 
     #[test]
