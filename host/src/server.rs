@@ -7,8 +7,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
-use crate::cases::Cases;
 use crate::capabilities::service::CapabilityService;
+use crate::cases::Cases;
 use crate::config::Config;
 use crate::jobs::RunEngine;
 use crate::metrics::Metrics;

@@ -139,7 +139,11 @@ pub(crate) fn case_server(pool_size: u16, extra: &str) -> Option<CaseServer> {
 async fn create_case(client: &Client, body: Value) -> String {
     let (status, case) = client.post("/v1/cases", body).await;
     assert_eq!(status, 201, "{case}");
-    assert_eq!(case["status"], "queued", "{case}");
+    // The answer is the stored case; a free build slot may already have taken it.
+    assert!(
+        ["queued", "cloning"].contains(&case["status"].as_str().unwrap_or_default()),
+        "{case}"
+    );
     let id = case["case_id"].as_str().unwrap().to_string();
     assert!(id.starts_with("case_"), "{id}");
     id

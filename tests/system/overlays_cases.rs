@@ -297,7 +297,7 @@ async fn case_overlays_match_skip_other_versions_and_conflict_cleanly() {
     );
     assert!(case["image_id"].is_null(), "nothing was built: {case:#}");
     assert_eq!(case["overlays_applied"], json!([]));
-    let checkout = cs.server.data_dir.join("cases").join(&id);
+    let checkout = cs.server.data_dir.join("cases").join(&id).join("src");
     if checkout.exists() {
         assert_eq!(
             git(&checkout, &["status", "--porcelain"]),

@@ -152,7 +152,24 @@ async fn a_key_scoped_to_reading_files_is_refused_shell_and_direct_exec_and_writ
     let (_, offered) = read_only
         .get(&format!("/v1/sandboxes/{id}/capabilities"))
         .await;
-    assert_eq!(offered, json!([]), "shell is outside the key's scope");
+    let offered: Vec<(String, String)> = offered
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|cap| {
+            cap["operations"].as_array().unwrap().iter().map(move |op| {
+                (
+                    cap["capability"].as_str().unwrap().to_string(),
+                    op["name"].as_str().unwrap().to_string(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(
+        offered,
+        [("filesystem".to_string(), "read".to_string())],
+        "only filesystem.read is in the key's scope, never shell"
+    );
     let (status, refused) = shell(&read_only, &id, "echo pwned > pwned.txt").await;
     assert_eq!(status, 403, "{refused}");
     assert_eq!(refused["error"]["code"], "forbidden");
@@ -373,7 +390,7 @@ async fn approvals_declined_never_run_approved_run_once_expired_never_run() {
     assert_eq!(ran["key_id"], asker_id.as_str());
     assert_eq!(ran["operation"], "run");
     assert_eq!(ran["pack"], "core-adapters");
-    assert_eq!(ran["pack_version"], "0.1.0");
+    assert_eq!(ran["pack_version"], pack_version("packs/core-adapters"));
     assert!(ran["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(
         rows.iter()
@@ -631,4 +648,16 @@ async fn adapter_host_calls_count_as_sandbox_use() {
         )
         .await;
     assert_eq!(status, 200, "{ok}");
+}
+
+/// The version a source pack declares (the audit names the version that served).
+fn pack_version(source: &str) -> String {
+    let manifest = std::fs::read_to_string(wharf_e2e::repo_root().join(source).join("pack.toml"))
+        .expect("reading pack.toml");
+    manifest
+        .lines()
+        .find_map(|line| line.strip_prefix("version = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("a version line")
+        .to_string()
 }

@@ -530,13 +530,13 @@ async fn pack_hot_swap_during_200_scheduled_probes_fails_none() {
     let (server, admin) =
         start_with_openai_cn(root.path(), &[("WHARF_PROBE_TICK_MS", "100")]).await;
 
-    // 1.1.0: the Kimi smoke model changes from kimi-k2.6 to kimi-k2.5.
-    let next = root.path().join("built/openai-cn-pack-1.1.0");
+    // 1.2.0: the Kimi smoke model changes from kimi-k2.6 to kimi-k2.5.
+    let next = root.path().join("built/openai-cn-pack-1.2.0");
     wharf_e2e::copy_dir(&root.path().join("built/openai-cn-pack"), &next);
     let manifest = std::fs::read_to_string(next.join("pack.toml"))
         .unwrap()
-        .replace("version = \"1.0.0\"", "version = \"1.1.0\"");
-    assert!(manifest.contains("1.1.0"));
+        .replace("version = \"1.1.0\"", "version = \"1.2.0\"");
+    assert!(manifest.contains("1.2.0"));
     std::fs::write(next.join("pack.toml"), manifest).unwrap();
     let kimi = next.join("providers/kimi.json");
     let text = std::fs::read_to_string(&kimi).unwrap().replace(
@@ -571,12 +571,12 @@ async fn pack_hot_swap_during_200_scheduled_probes_fails_none() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    install_pack(&next, &server.packs_dir, "openai-cn-pack-1.1.0");
+    install_pack(&next, &server.packs_dir, "openai-cn-pack-1.2.0");
     let results = loop {
         let results = collect().await;
         let after = results
             .iter()
-            .filter(|r| r["pack_version"] == "1.1.0")
+            .filter(|r| r["pack_version"] == "1.2.0")
             .count();
         if results.len() >= 200 && after >= 40 {
             break results;
@@ -597,7 +597,7 @@ async fn pack_hot_swap_during_200_scheduled_probes_fails_none() {
         failed[0]
     );
     for result in &results {
-        let expected = if result["pack_version"] == "1.1.0" {
+        let expected = if result["pack_version"] == "1.2.0" {
             "kimi-k2.5"
         } else {
             "kimi-k2.6"
@@ -616,11 +616,11 @@ async fn pack_hot_swap_during_200_scheduled_probes_fails_none() {
     assert_eq!(per_target.len(), 20, "every target was probed");
     assert_eq!(mock.violations.load(Ordering::SeqCst), 0);
     println!(
-        "hot swap: {} scheduled probes, {} on 1.1.0, none failed",
+        "hot swap: {} scheduled probes, {} on 1.2.0, none failed",
         results.len(),
         results
             .iter()
-            .filter(|r| r["pack_version"] == "1.1.0")
+            .filter(|r| r["pack_version"] == "1.2.0")
             .count()
     );
 }

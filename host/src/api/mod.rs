@@ -1,9 +1,9 @@
 //! The HTTP API (axum). Routes are declared with utoipa so `/openapi.json`
 //! is generated from the same code that serves them.
 
-pub mod cases;
 pub mod approvals;
 pub mod audit;
+pub mod cases;
 pub mod contract;
 pub mod error;
 pub mod keys;

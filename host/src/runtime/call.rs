@@ -436,7 +436,7 @@ impl LoadedComponent {
     pub fn adapter_call_timed<R>(
         &self,
         sandbox: Option<SandboxBinding>,
-        f: impl FnOnce(&mut Store<CallState>, &CapabilityAdapter) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<CallState>, &Adapter) -> wasmtime::Result<R>,
     ) -> WharfResult<(R, Duration)> {
         let owner = sandbox.as_ref().map(|binding| Arc::from(binding.owner()));
         self.call(owner, sandbox, |store, pre| match pre {

@@ -261,7 +261,7 @@ impl SandboxBinding {
         offset: u64,
         length: u64,
     ) -> WharfResult<Vec<u8>> {
-        let limit = self.config.max_upload_bytes as u64;
+        let limit = self.service.config.max_upload_bytes as u64;
         if length > limit {
             return Err(WharfError::new(
                 ErrorCode::PayloadTooLarge,

@@ -1,9 +1,9 @@
 //! State: SQLite through sqlx, with migrations embedded and run at start.
 
-pub mod cases;
-pub mod jobs;
 pub mod approvals;
 pub mod audit;
+pub mod cases;
+pub mod jobs;
 pub mod keys;
 pub mod sandboxes;
 

@@ -197,7 +197,7 @@ mod tests {
     fn catalog_maps_onto_the_wit_records() {
         seeded();
         let providers = <OpenAiCn as Provider>::catalog().unwrap();
-        assert_eq!(providers.len(), 7);
+        assert_eq!(providers.len(), 8);
         let kimi = providers.iter().find(|p| p.id == "kimi").unwrap();
         assert_eq!(kimi.display_name, "Moonshot Kimi");
         assert_eq!(kimi.smoke_test_model, "kimi-k2.6");
