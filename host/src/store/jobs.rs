@@ -134,6 +134,7 @@ pub async fn transition(
     now_ms: i64,
 ) -> WharfResult<bool> {
     let mut tx = db.begin().await?;
+    lock_run(&mut tx, id).await?;
     let current: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?")
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -269,6 +270,7 @@ pub async fn delete_run(db: &Db, id: &str) -> WharfResult<()> {
 /// Opens step `name` of a run; returns its number.
 pub async fn begin_step(db: &Db, run_id: &str, name: &str, now_ms: i64) -> WharfResult<i64> {
     let mut tx = db.begin().await?;
+    lock_run(&mut tx, run_id).await?;
     let seq: i64 =
         sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM run_steps WHERE run_id = ?")
             .bind(run_id)
@@ -429,4 +431,18 @@ pub async fn last_ts_of_stream(db: &Db, run_id: &str, stream: &str) -> WharfResu
             .fetch_one(db)
             .await?,
     )
+}
+
+/// Takes the write lock on a run's row before a transaction reads what it then writes.
+///
+/// Under SQLite a transaction that reads first and writes second fails at once with
+/// `SQLITE_BUSY` (no busy wait) when another connection wrote in between; writing first
+/// makes it wait its turn (`busy_timeout`) and read a state nobody changes under it.
+/// PostgreSQL takes the same row lock.
+async fn lock_run(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, id: &str) -> WharfResult<()> {
+    sqlx::query("UPDATE runs SET updated_ms = updated_ms WHERE id = ?")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
