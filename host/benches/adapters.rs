@@ -227,108 +227,99 @@ cd .. && git clone -q origin.git work"}),
         "{profile}: adapter layer over a direct exec, p50: {:+.2} ms",
         adapter - direct
     );
-    bench
-        .op(
-            &id,
+    type Input = fn(usize) -> Value;
+    let operations: [(&str, &str, usize, Input, &str); 12] = [
+        (
             "python",
             "run",
             ROUNDS,
             |_| json!({"code": "result = 6 * 7"}),
-        )
-        .await
-        .print("python.run `result = 6 * 7`");
-    bench
-        .op(
-            &id,
+            "python.run `result = 6 * 7`",
+        ),
+        (
             "filesystem",
             "read",
             ROUNDS,
             |_| json!({"path": "one-kib.txt"}),
-        )
-        .await
-        .print("filesystem.read 1 KiB");
-    bench
-        .op(
-            &id,
+            "filesystem.read 1 KiB",
+        ),
+        (
             "filesystem",
             "write",
             ROUNDS,
             |i| json!({"path": format!("w{i}.txt"), "content": "x".repeat(1024)}),
-        )
-        .await
-        .print("filesystem.write 1 KiB");
-    bench
-        .op(
-            &id,
+            "filesystem.write 1 KiB",
+        ),
+        (
             "filesystem",
             "list",
             ROUNDS,
             |_| json!({"path": "tree"}),
-        )
-        .await
-        .print("filesystem.list (100 entries)");
-    bench
-        .op(
-            &id,
+            "filesystem.list (100 entries)",
+        ),
+        (
             "filesystem",
             "delete",
             ROUNDS,
             |i| json!({"path": format!("w{i}.txt")}),
-        )
-        .await
-        .print("filesystem.delete");
-    bench
-        .op(
-            &id,
+            "filesystem.delete",
+        ),
+        (
             "filesystem",
             "glob",
             ROUNDS,
             |_| json!({"pattern": "**/f1*.txt"}),
-        )
-        .await
-        .print("filesystem.glob `**/f1*.txt`");
-    bench
-        .op(
-            &id,
+            "filesystem.glob `**/f1*.txt`",
+        ),
+        (
             "filesystem",
             "search",
             ROUNDS,
             |_| json!({"query": "needle", "path": "tree", "limit": 1000}),
-        )
-        .await
-        .print("filesystem.search (100 files)");
-    bench
-        .op(
-            &id,
+            "filesystem.search (100 files)",
+        ),
+        (
             "git",
             "clone",
             ROUNDS / 4,
             |i| json!({"url": "origin.git", "path": format!("clone{i}")}),
-        )
-        .await
-        .print("git.clone (local bare repository)");
-    bench
-        .op(&id, "git", "status", ROUNDS, |_| json!({"path": "work"}))
-        .await
-        .print("git.status");
-    bench
-        .op(&id, "git", "diff", ROUNDS, |_| json!({"path": "work"}))
-        .await
-        .print("git.diff");
-    bench
-        .op(
-            &id,
+            "git.clone (local bare repository)",
+        ),
+        (
+            "git",
+            "status",
+            ROUNDS,
+            |_| json!({"path": "work"}),
+            "git.status",
+        ),
+        (
+            "git",
+            "diff",
+            ROUNDS,
+            |_| json!({"path": "work"}),
+            "git.diff",
+        ),
+        (
             "git",
             "commit",
             ROUNDS,
             |i| json!({"path": "work", "message": format!("round {i}"), "allow_empty": true}),
-        )
-        .await
-        .print("git.commit (empty)");
-    bench
-        .op(&id, "git", "log", ROUNDS, |_| json!({"path": "work"}))
-        .await
-        .print("git.log (20 commits)");
+            "git.commit (empty)",
+        ),
+        (
+            "git",
+            "log",
+            ROUNDS,
+            |_| json!({"path": "work"}),
+            "git.log (20 commits)",
+        ),
+    ];
+    for (capability, operation, rounds, input, label) in operations {
+        bench
+            .op(&id, capability, operation, rounds, input)
+            .await
+            .print(label);
+    }
 }
 
 /// A 1 KiB read on Docker through the exec agent against the engine's exec.

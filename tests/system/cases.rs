@@ -20,6 +20,12 @@ const SECRET: &str = "sk-wharf-case-secret-5f1e9c";
 fn fixture_repo(root: &Path, name: &str) -> PathBuf {
     let repo = root.join("repos").join(name);
     wharf_e2e::copy_dir(&repo_root().join("tests/fixtures/cases").join(name), &repo);
+    commit_all(&repo);
+    repo
+}
+
+/// Turns a directory into a git repository with everything in one commit on `main`.
+fn commit_all(repo: &Path) {
     for args in [
         vec!["init", "-q", "-b", "main"],
         vec!["add", "-A"],
@@ -36,12 +42,11 @@ fn fixture_repo(root: &Path, name: &str) -> PathBuf {
     ] {
         let out = Command::new("git")
             .args(&args)
-            .current_dir(&repo)
+            .current_dir(repo)
             .output()
             .unwrap();
         assert!(out.status.success(), "git {args:?}: {out:?}");
     }
-    repo
 }
 
 /// `count` consecutive free ports on the loopback, from a random base.
@@ -672,5 +677,73 @@ async fn non_admin_keys_cannot_clone_server_paths_or_see_other_owners_cases() {
         assert!(!listed.to_string().contains(id));
         let (status, _) = mallory.delete(&format!("/v1/cases/{id}")).await;
         assert_eq!(status, 204);
+    }
+}
+
+/// Attack: a repository whose symlinks point at host files, used as file, build context and
+/// Dockerfile. Links go into the build context as links (resolved inside the image, where
+/// the host file is not); a context or Dockerfile that leaves the checkout is refused.
+#[tokio::test]
+async fn symlinks_in_a_repository_never_bring_host_files_into_a_build() {
+    let Some(t) = case_server(1, "") else { return };
+    let marker = "host-only-marker-3d9a61";
+    let outside = t.root.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("marker.txt"), marker).unwrap();
+    std::fs::write(
+        outside.join("Dockerfile"),
+        format!("FROM wharf/sandbox-base:1\nRUN echo {marker}\n"),
+    )
+    .unwrap();
+    let repo = t.root.path().join("repos/linky");
+    std::fs::create_dir_all(&repo).unwrap();
+    let marker_path = outside.join("marker.txt");
+    let escapes = format!("../../../../../../../../..{}", marker_path.display());
+    std::os::unix::fs::symlink(&marker_path, repo.join("leak-abs")).unwrap();
+    std::os::unix::fs::symlink(&escapes, repo.join("leak-rel")).unwrap();
+    std::os::unix::fs::symlink(&outside, repo.join("ctx-link")).unwrap();
+    std::os::unix::fs::symlink(outside.join("Dockerfile"), repo.join("Dockerfile.link")).unwrap();
+    // The build prints what the links hold inside the image, then fails on purpose.
+    std::fs::write(
+        repo.join("Dockerfile"),
+        "FROM wharf/sandbox-base:1\nCOPY . /ctx\n\
+         RUN ls -l /ctx; cat /ctx/leak-abs /ctx/leak-rel; echo links-were-read; exit 7\n",
+    )
+    .unwrap();
+    commit_all(&repo);
+    let git_url = repo.to_str().unwrap();
+
+    let id = create_case(&t.admin, static_case(&repo)).await;
+    let case = wait_status(&t.admin, &id, &["failed"]).await;
+    assert_eq!(case["error_code"], "docker_build_failed", "{case}");
+    let log = whole_log(&t.admin, &id).await;
+    let text = serde_json::to_string(&log).unwrap();
+    assert!(
+        text.contains("links-were-read"),
+        "the RUN step ran: {log:#?}"
+    );
+    assert!(text.contains("leak-abs ->"), "copied as a link: {log:#?}");
+    assert!(
+        !text.contains(marker),
+        "a host file reached the build: {log:#?}"
+    );
+    assert!(!case.to_string().contains(marker), "{case}");
+
+    for (field, value) in [
+        ("context_dir", "ctx-link"),
+        ("dockerfile", "Dockerfile.link"),
+    ] {
+        let id = create_case(
+            &t.admin,
+            json!({"git_url": git_url, "ref": "main", "container_port": 8000, field: value}),
+        )
+        .await;
+        let case = wait_status(&t.admin, &id, &["failed"]).await;
+        assert_eq!(
+            case["error_code"], "dockerfile_not_found",
+            "{field}: {case}"
+        );
+        let log = serde_json::to_string(&whole_log(&t.admin, &id).await).unwrap();
+        assert!(!log.contains(marker), "{field}: {log}");
     }
 }

@@ -92,6 +92,24 @@ async fn shell(client: &Client, sandbox: &str, command: &str) -> (u16, Value) {
         .await
 }
 
+/// `shell.run` with request secrets in the `Wharf-Secret-Env` header.
+async fn shell_with_secrets(
+    client: &Client,
+    sandbox: &str,
+    secrets: &Value,
+    body: Value,
+) -> (u16, Value) {
+    let path = format!("/v1/sandboxes/{sandbox}/capabilities/shell/run");
+    client
+        .send(
+            client
+                .request(Method::POST, &path)
+                .header("wharf-secret-env", secrets.to_string())
+                .json(&body),
+        )
+        .await
+}
+
 /// The bytes of a workspace file, or the status when it cannot be read.
 async fn read_file(client: &Client, sandbox: &str, path: &str) -> Result<String, u16> {
     let response = client
@@ -284,10 +302,15 @@ async fn approvals_declined_never_run_approved_run_once_expired_never_run() {
         .get(&format!("/v1/approvals/{declined_id}"))
         .await;
     assert_eq!(status, 404);
-    let (status, _) = other_approver
-        .post(&format!("/v1/approvals/{declined_id}/approve"), json!({}))
-        .await;
-    assert_eq!(status, 404);
+    for decision in ["approve", "decline"] {
+        let (status, _) = other_approver
+            .post(
+                &format!("/v1/approvals/{declined_id}/{decision}"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 404, "another owner's approver may not {decision}");
+    }
     let (_, others) = other_approver.get("/v1/approvals").await;
     assert_eq!(others["items"], json!([]));
     // The asker is no approver.
@@ -517,38 +540,25 @@ async fn secret_values_never_leave_the_server() {
         .await;
     assert_eq!(status, 400, "{out}");
     // The capability call with a header secret: output, and an error from the plugin.
-    let (status, out) = alice
-        .send(
-            alice
-                .request(
-                    Method::POST,
-                    &format!("/v1/sandboxes/{id}/capabilities/shell/run"),
-                )
-                .header(
-                    "wharf-secret-env",
-                    json!({ "HDR_TOKEN": HEADER_SECRET }).to_string(),
-                )
-                .json(&json!({ "command": "echo $HDR_TOKEN $PROFILE_TOKEN; echo $HDR_TOKEN >&2" })),
-        )
-        .await;
+    let header = json!({ "HDR_TOKEN": HEADER_SECRET });
+    let (status, out) = shell_with_secrets(
+        &alice,
+        &id,
+        &header,
+        json!({ "command": "echo $HDR_TOKEN $PROFILE_TOKEN; echo $HDR_TOKEN >&2" }),
+    )
+    .await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["output"]["stdout"], "*** ***\n");
     assert_eq!(out["output"]["stderr"], "***\n");
     seen.push(out);
-    let (status, out) = alice
-        .send(
-            alice
-                .request(
-                    Method::POST,
-                    &format!("/v1/sandboxes/{id}/capabilities/shell/run"),
-                )
-                .header(
-                    "wharf-secret-env",
-                    json!({ "HDR_TOKEN": HEADER_SECRET }).to_string(),
-                )
-                .json(&json!({ "command": "true", "cwd": format!("no/{HEADER_SECRET}") })),
-        )
-        .await;
+    let (status, out) = shell_with_secrets(
+        &alice,
+        &id,
+        &header,
+        json!({ "command": "true", "cwd": format!("no/{HEADER_SECRET}") }),
+    )
+    .await;
     assert!(status >= 400, "{out}");
     seen.push(out);
     // A streamed exec (in an admin sandbox: the stream helper's key is the admin's).
@@ -594,6 +604,58 @@ async fn secret_values_never_leave_the_server() {
     }
 }
 
+/// Attack: the most request secrets the header may carry (32 values of 4096 bytes), all
+/// printed by the command: every one is masked, and one more secret or one more byte is a
+/// validation error that echoes none of them.
+#[tokio::test]
+async fn the_largest_secret_header_is_masked_whole_and_one_more_is_refused() {
+    let Some((_root, server, admin)) = server(600).await else {
+        return;
+    };
+    let (_, alice) = key(&server, &admin, "alice", json!({})).await;
+    let id = sandbox(&alice, "secretive").await;
+    let secret = |i: usize| format!("{i:02}{}", "k".repeat(4094));
+    let full: serde_json::Map<String, Value> = (0..32)
+        .map(|i| (format!("S{i}"), Value::from(secret(i))))
+        .collect();
+    let command = (0..32)
+        .map(|i| format!("echo $S{i}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let (status, out) = shell_with_secrets(
+        &alice,
+        &id,
+        &Value::from(full.clone()),
+        json!({ "command": command }),
+    )
+    .await;
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        &out.to_string()[..300.min(out.to_string().len())]
+    );
+    assert_eq!(out["output"]["stdout"], "***\n".repeat(32));
+    assert!(!out.to_string().contains(&"k".repeat(64)));
+
+    let mut too_many = full.clone();
+    too_many.insert("S32".into(), Value::from(secret(32)));
+    let mut too_long = full;
+    too_long.insert("S0".into(), Value::from(format!("{}k", secret(0))));
+    for (what, header) in [("33 secrets", too_many), ("4097 bytes", too_long)] {
+        let (status, out) = shell_with_secrets(
+            &alice,
+            &id,
+            &Value::from(header),
+            json!({ "command": "true" }),
+        )
+        .await;
+        assert_eq!(status, 400, "{what}");
+        assert_eq!(out["error"]["code"], "validation_error", "{what}");
+        assert!(!out.to_string().contains("kkkk"), "{what}: {out}");
+    }
+}
+
 #[tokio::test]
 async fn adapter_host_calls_count_as_sandbox_use() {
     let Some((_root, server, admin)) = server(600).await else {
@@ -601,7 +663,7 @@ async fn adapter_host_calls_count_as_sandbox_use() {
     };
     let id = sandbox(&admin, "idle").await;
     let (status, out) = shell(&admin, &id, "sleep 4; echo done").await;
-    assert_eq!(status, 200, "{out}");
+    assert_eq!(status, 200, "{}", out["error"]);
     // The adapter's exec ended just now and pushed back the idle deadline (8 s): the
     // sandbox stays running well past 8 s after the call began, though no other request
     // touched it.

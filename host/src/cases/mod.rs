@@ -257,31 +257,6 @@ pub struct Case {
     pub updated_at: String,
 }
 
-/// Replaces every secret value in text by `***`.
-#[derive(Clone, Default)]
-pub struct Masker {
-    secrets: Vec<String>,
-}
-
-impl Masker {
-    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
-        let mut secrets: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
-        // Longest first: a secret that contains another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self { secrets }
-    }
-
-    pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in &self.secrets {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), "***");
-            }
-        }
-        out
-    }
-}
-
 fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
@@ -888,13 +863,6 @@ fn check_env(field: &str, env: &BTreeMap<String, String>) -> WharfResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn masking_hides_every_secret_longest_first() {
-        let masker = Masker::new(["sk-abc".to_string(), "sk-abcdef".to_string()]);
-        assert_eq!(masker.mask("key sk-abcdef and sk-abc"), "key *** and ***");
-        assert_eq!(Masker::default().mask("plain"), "plain");
-    }
 
     #[test]
     fn env_names_and_sizes_are_bounded() {

@@ -15,9 +15,9 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use super::{
-    CaseSpec, CaseStatus, Cases, LABEL_CASE, LABEL_INSTANCE, LABEL_OWNER, LIVE, Masker, build, git,
-    store,
+    CaseSpec, CaseStatus, Cases, LABEL_CASE, LABEL_INSTANCE, LABEL_OWNER, LIVE, build, git, store,
 };
+use crate::capabilities::secrets::SecretMasker;
 use crate::error::{ErrorCode, WharfError, WharfResult};
 use crate::jobs::log::Level;
 use crate::jobs::{RetryPolicy, RunState, Stream, now_ms};
@@ -44,7 +44,7 @@ struct Job {
     owner: String,
     spec: CaseSpec,
     secret_env: BTreeMap<String, String>,
-    masker: Masker,
+    masker: SecretMasker,
 }
 
 async fn load(cases: &Cases, id: &str) -> WharfResult<Job> {
@@ -61,7 +61,7 @@ async fn load(cases: &Cases, id: &str) -> WharfResult<Job> {
     Ok(Job {
         id: row.id,
         owner: row.owner,
-        masker: Masker::new(secret_env.values().cloned()),
+        masker: SecretMasker::new(secret_env.values().map(String::as_str)),
         spec,
         secret_env,
     })
@@ -233,9 +233,9 @@ fn short(id: &str) -> &str {
 pub(super) async fn fail(cases: &Cases, id: &str, err: WharfError) {
     let masker = match load(cases, id).await {
         Ok(job) => job.masker,
-        Err(_) => Masker::default(),
+        Err(_) => SecretMasker::default(),
     };
-    let message = masker.mask(&err.message);
+    let message = masker.mask(&err.message).into_owned();
     let failed = store::set_failed(
         &cases.db,
         id,
@@ -307,7 +307,60 @@ async fn build_image(cases: &Cases, job: &Job, checkout: &Path) -> WharfResult<S
         ..Default::default()
     };
     let id = job.id.as_str();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
+    let tar = bytes::Bytes::from(tar);
+    let mut attempt = 1;
+    let image = loop {
+        match stream_build(cases, job, &docker, options.clone(), tar.clone()).await {
+            // Another build or a case delete (this server or another one on the same
+            // engine) removed an untagged cache layer this build was about to reuse. The
+            // legacy builder reports that as a failed export; a second try rebuilds the
+            // missing layer.
+            Err(err) if attempt == 1 && is_layer_cache_race(&err.message) => {
+                attempt += 1;
+                let line = format!(
+                    "retrying the build once: a cached layer vanished ({})",
+                    err.message
+                );
+                cases
+                    .engine
+                    .log(id, Stream::System, Level::Warn, &line)
+                    .await;
+            }
+            other => break other?,
+        }
+    };
+    let image = match image {
+        Some(image) => image,
+        None => docker
+            .inspect_image(&tag)
+            .await
+            .map_err(|err| engine_error("inspecting the built image", &err))?
+            .id
+            .unwrap_or(tag),
+    };
+    cases
+        .engine
+        .log(
+            id,
+            Stream::Build,
+            Level::Info,
+            &format!("built image {image}"),
+        )
+        .await;
+    Ok(image)
+}
+
+/// Sends one build to the engine and streams its output into the case log. Answers the
+/// image id when the engine reported one.
+async fn stream_build(
+    cases: &Cases,
+    job: &Job,
+    docker: &bollard::Docker,
+    options: BuildImageOptions,
+    tar: bytes::Bytes,
+) -> WharfResult<Option<String>> {
+    let id = job.id.as_str();
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar)));
     let mut step: Option<String> = None;
     let mut image: Option<String> = None;
     let timeout = Duration::from_millis(cases.config.build_timeout_ms);
@@ -317,7 +370,7 @@ async fn build_image(cases: &Cases, job: &Job, checkout: &Path) -> WharfResult<S
                 Ok(info) => {
                     if let Some(text) = info.stream {
                         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                            let line = job.masker.mask(line);
+                            let line = job.masker.mask(line).into_owned();
                             if line.starts_with("Step ") {
                                 step = Some(line.clone());
                             }
@@ -328,7 +381,7 @@ async fn build_image(cases: &Cases, job: &Job, checkout: &Path) -> WharfResult<S
                         }
                     }
                     if let Some(status) = info.status {
-                        let line = job.masker.mask(&status);
+                        let line = job.masker.mask(&status).into_owned();
                         cases
                             .engine
                             .log(id, Stream::Build, Level::Info, &line)
@@ -344,7 +397,7 @@ async fn build_image(cases: &Cases, job: &Job, checkout: &Path) -> WharfResult<S
                 | Err(bollard::errors::Error::DockerResponseServerError {
                     message: error, ..
                 }) => {
-                    let error = job.masker.mask(&error);
+                    let error = job.masker.mask(&error).into_owned();
                     cases
                         .engine
                         .log(id, Stream::Build, Level::Error, &error)
@@ -369,25 +422,13 @@ async fn build_image(cases: &Cases, job: &Job, checkout: &Path) -> WharfResult<S
             ));
         }
     }
-    let image = match image {
-        Some(image) => image,
-        None => docker
-            .inspect_image(&tag)
-            .await
-            .map_err(|err| engine_error("inspecting the built image", &err))?
-            .id
-            .unwrap_or(tag),
-    };
-    cases
-        .engine
-        .log(
-            id,
-            Stream::Build,
-            Level::Info,
-            &format!("built image {image}"),
-        )
-        .await;
     Ok(image)
+}
+
+/// The legacy builder's answer when a parent layer it reused from cache was removed
+/// mid-build.
+fn is_layer_cache_race(message: &str) -> bool {
+    message.contains("unknown parent image ID") || message.contains("No such image: sha256:")
 }
 
 fn build_failed(step: Option<&str>, error: &str, cases: &Cases) -> WharfError {
@@ -526,11 +567,11 @@ async fn create_and_start(cases: &Cases, job: &Job, image: &str, port: u16) -> W
     Ok(created.id)
 }
 
-fn start_error(what: &str, err: &bollard::errors::Error, masker: &Masker) -> WharfError {
+fn start_error(what: &str, err: &bollard::errors::Error, masker: &SecretMasker) -> WharfError {
     match err {
         bollard::errors::Error::DockerResponseServerError { message, .. } => WharfError::new(
             ErrorCode::ContainerStartFailed,
-            masker.mask(&format!("{what}: {message}")),
+            masker.mask_string(format!("{what}: {message}")),
         ),
         other => engine_error(what, other),
     }
@@ -586,7 +627,7 @@ async fn exited(cases: &Cases, container_id: &str) -> WharfResult<Option<i64>> {
 }
 
 /// The last lines a container wrote, masked.
-async fn last_lines(cases: &Cases, masker: &Masker, container_id: &str) -> Vec<String> {
+async fn last_lines(cases: &Cases, masker: &SecretMasker, container_id: &str) -> Vec<String> {
     let Ok(docker) = cases.docker() else {
         return Vec::new();
     };
@@ -604,7 +645,7 @@ async fn last_lines(cases: &Cases, masker: &Masker, container_id: &str) -> Vec<S
         let text = String::from_utf8_lossy(&chunk.into_bytes()).into_owned();
         lines.extend(
             text.lines()
-                .map(|l| masker.mask(&l.chars().take(300).collect::<String>())),
+                .map(|l| masker.mask_string(l.chars().take(300).collect())),
         );
     }
     let skip = lines.len().saturating_sub(LAST_LINES);
@@ -638,7 +679,7 @@ fn spawn_follower(
     id: &str,
     container_id: &str,
     after: Option<f64>,
-    masker: Masker,
+    masker: SecretMasker,
 ) {
     let Ok(docker) = cases.docker().cloned() else {
         return;

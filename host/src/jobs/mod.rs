@@ -266,33 +266,18 @@ impl RunEngine {
             now_ms() + self.config.lease_ttl_ms as i64,
         )
         .await?;
-        store::transition(
-            &self.db,
-            id,
-            &["queued"],
-            RunState::Running.as_str(),
-            None,
-            reason,
-            false,
-            now_ms(),
-        )
-        .await?;
-        Ok(())
+        self.mark_running(id, &["queued"], reason).await
     }
 
     /// Records a reason on a running run without changing its state (e.g. re-attached).
     pub async fn note(&self, id: &str, reason: &str) -> WharfResult<()> {
-        store::transition(
-            &self.db,
-            id,
-            &["running"],
-            RunState::Running.as_str(),
-            None,
-            reason,
-            false,
-            now_ms(),
-        )
-        .await?;
+        self.mark_running(id, &["running"], reason).await
+    }
+
+    /// Records a transition to `running` (kept when the run is in none of `from`).
+    async fn mark_running(&self, id: &str, from: &[&str], reason: &str) -> WharfResult<()> {
+        let to = RunState::Running.as_str();
+        store::transition(&self.db, id, from, to, None, reason, false, now_ms()).await?;
         Ok(())
     }
 

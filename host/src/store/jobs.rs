@@ -24,7 +24,7 @@ pub struct RunRow {
     pub log_truncated: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StepRow {
     pub seq: i64,
     pub name: String,
@@ -36,7 +36,7 @@ pub struct StepRow {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TransitionRow {
     pub seq: i64,
     pub at_ms: i64,
@@ -46,7 +46,7 @@ pub struct TransitionRow {
     pub reason: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LogRow {
     pub offset: i64,
     pub ts: f64,
@@ -179,24 +179,13 @@ pub async fn transition(
 }
 
 pub async fn transitions(db: &Db, run_id: &str) -> WharfResult<Vec<TransitionRow>> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, TransitionRow>(
         "SELECT seq, at_ms, from_state, to_state, error_code, reason FROM run_transitions \
          WHERE run_id = ? ORDER BY seq",
     )
     .bind(run_id)
     .fetch_all(db)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|row| TransitionRow {
-            seq: row.get("seq"),
-            at_ms: row.get("at_ms"),
-            from_state: row.get("from_state"),
-            to_state: row.get("to_state"),
-            error_code: row.get("error_code"),
-            reason: row.get("reason"),
-        })
-        .collect())
+    .await?)
 }
 
 /// Takes the lease of a run for `holder` until `expires_ms`.
@@ -343,26 +332,13 @@ pub async fn end_open_steps(
 }
 
 pub async fn steps(db: &Db, run_id: &str) -> WharfResult<Vec<StepRow>> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, StepRow>(
         "SELECT seq, name, state, attempts, started_ms, ended_ms, error_code, reason FROM run_steps \
          WHERE run_id = ? ORDER BY seq",
     )
     .bind(run_id)
     .fetch_all(db)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|row| StepRow {
-            seq: row.get("seq"),
-            name: row.get("name"),
-            state: row.get("state"),
-            attempts: row.get("attempts"),
-            started_ms: row.get("started_ms"),
-            ended_ms: row.get("ended_ms"),
-            error_code: row.get("error_code"),
-            reason: row.get("reason"),
-        })
-        .collect())
+    .await?)
 }
 
 /// Appends one log line at `offset` and counts its bytes; `truncated` marks the run's log
@@ -401,7 +377,7 @@ pub async fn append_log(
 
 /// Up to `limit` lines from `offset` on, in order.
 pub async fn read_log(db: &Db, run_id: &str, offset: i64, limit: i64) -> WharfResult<Vec<LogRow>> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, LogRow>(
         "SELECT \"offset\", ts, stream, level, line FROM run_log WHERE run_id = ? AND \"offset\" >= ? \
          ORDER BY \"offset\" LIMIT ?",
     )
@@ -409,17 +385,7 @@ pub async fn read_log(db: &Db, run_id: &str, offset: i64, limit: i64) -> WharfRe
     .bind(offset)
     .bind(limit)
     .fetch_all(db)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|row| LogRow {
-            offset: row.get("offset"),
-            ts: row.get("ts"),
-            stream: row.get("stream"),
-            level: row.get("level"),
-            line: row.get("line"),
-        })
-        .collect())
+    .await?)
 }
 
 /// The timestamp of the last line of `stream` in a run's log, if any.
