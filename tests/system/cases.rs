@@ -68,7 +68,8 @@ fn free_port_range(count: u16) -> u16 {
     panic!("no free port range of {count}");
 }
 
-/// Removes every container and image a test server made (by its instance label).
+/// Removes every container (by its instance label) and case image (by its tag) a test
+/// server made.
 struct EngineCleanup {
     data_dir: PathBuf,
 }
@@ -78,12 +79,22 @@ impl Drop for EngineCleanup {
         let Ok(instance) = std::fs::read_to_string(self.data_dir.join("instance-id")) else {
             return;
         };
-        let label = format!("label=wharf.instance={}", instance.trim());
+        let instance = instance.trim();
+        let label = format!("label=wharf.instance={instance}");
+        let reference = format!("reference=wharf-case/*:{instance}");
+        // Images by tag, unforced: another test's case may share an image (same tree).
         for (list, remove) in [
             (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
             (
-                vec!["image", "ls", "-q", "--filter", &label],
-                vec!["rmi", "-f"],
+                vec![
+                    "image",
+                    "ls",
+                    "--filter",
+                    &reference,
+                    "--format",
+                    "{{.Repository}}:{{.Tag}}",
+                ],
+                vec!["rmi"],
             ),
         ] {
             let out = Command::new("docker").args(&list).output().unwrap();

@@ -297,12 +297,19 @@ async fn case_overlays_match_skip_other_versions_and_conflict_cleanly() {
     );
     assert!(case["image_id"].is_null(), "nothing was built: {case:#}");
     assert_eq!(case["overlays_applied"], json!([]));
-    let checkout = cs.server.data_dir.join("cases").join(&id).join("src");
-    if checkout.exists() {
-        assert_eq!(
-            git(&checkout, &["status", "--porcelain"]),
-            "",
-            "a clean tree"
-        );
-    }
+    // Nothing was written (the dry run failed; `wharf overlay apply` shows the same tree
+    // clean in tests/system/overlays.rs), and the failed case left no checkout behind.
+    let log = whole_log(&admin, &id).await;
+    assert!(
+        log.iter().any(|l| l["stream"] == "patch"
+            && l["line"]
+                .as_str()
+                .unwrap()
+                .ends_with("(nothing was written)")),
+        "{log:#?}"
+    );
+    assert!(
+        !cs.server.data_dir.join("cases").join(&id).exists(),
+        "the checkout of a failed case is removed"
+    );
 }

@@ -611,6 +611,12 @@ impl Cases {
         self.get(owner, id).await
     }
 
+    /// The tag of a case's image: `wharf-case/<case id>:<server instance id>`, so the
+    /// images of one server are found by the reference `wharf-case/*:<instance>`.
+    pub(super) fn image_tag(&self, id: &str) -> String {
+        format!("wharf-case/{id}:{}", self.instance)
+    }
+
     /// Stops the case, then removes its image, its run and its row.
     pub async fn delete(&self, owner: &str, id: &str) -> WharfResult<()> {
         self.stop(owner, id).await?;
@@ -626,7 +632,7 @@ impl Cases {
                 ..Default::default()
             };
             if let Err(err) = docker
-                .remove_image(&image_tag(id), Some(options), None)
+                .remove_image(&self.image_tag(id), Some(options), None)
                 .await
             {
                 tracing::debug!(case = id, error = %err, "removing a case image");
@@ -828,11 +834,6 @@ impl Cases {
         }
         Ok(applied)
     }
-}
-
-/// The tag of a case's image.
-fn image_tag(id: &str) -> String {
-    format!("wharf-case/{id}:latest")
 }
 
 fn check_env(field: &str, env: &BTreeMap<String, String>) -> WharfResult<()> {

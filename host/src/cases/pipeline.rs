@@ -236,6 +236,9 @@ pub(super) async fn fail(cases: &Cases, id: &str, err: WharfError) {
         Err(_) => SecretMasker::default(),
     };
     let message = masker.mask(&err.message).into_owned();
+    // The checkout goes first, so whoever sees `failed` sees no half-made tree. (An ended
+    // case has none left to lose: every path removes it.)
+    let _ = std::fs::remove_dir_all(cases.checkout_dir(id));
     let failed = store::set_failed(
         &cases.db,
         id,
@@ -272,7 +275,6 @@ pub(super) async fn fail(cases: &Cases, id: &str, err: WharfError) {
     {
         tracing::warn!(case = id, error = %err.message, "ending a case run");
     }
-    let _ = std::fs::remove_dir_all(cases.checkout_dir(id));
 }
 
 fn engine_error(what: &str, err: &bollard::errors::Error) -> WharfError {
@@ -291,7 +293,11 @@ async fn build_image(cases: &Cases, job: &Job, checkout: &Path) -> WharfResult<S
         .await
         .map_err(|err| WharfError::internal(format!("build context: {err}")))??;
     let memory = (cases.config.build_memory_mib << 20).min(i32::MAX as u64) as i32;
-    let tag = super::image_tag(&job.id);
+    let tag = cases.image_tag(&job.id);
+    // No build labels: the legacy builder adds them as a last LABEL step, which commits a
+    // new layer on every build (seconds each here) and gives every case its own image id.
+    // Without them a warm cache builds in milliseconds and an identical tree shares one
+    // image; the tag names the case and this server.
     let options = BuildImageOptions {
         dockerfile,
         t: Some(tag.clone()),
@@ -299,11 +305,6 @@ async fn build_image(cases: &Cases, job: &Job, checkout: &Path) -> WharfResult<S
         forcerm: true,
         memory: Some(memory),
         memswap: Some(memory),
-        labels: Some(HashMap::from([
-            (LABEL_CASE.to_string(), job.id.clone()),
-            (LABEL_OWNER.to_string(), job.owner.clone()),
-            (LABEL_INSTANCE.to_string(), cases.instance.clone()),
-        ])),
         ..Default::default()
     };
     let id = job.id.as_str();
