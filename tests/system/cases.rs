@@ -488,6 +488,26 @@ async fn a_pool_of_two_ports_refuses_the_third_case_until_one_stops() {
 }
 
 #[tokio::test]
+async fn a_pool_port_taken_by_another_program_is_skipped() {
+    let Some(t) = case_server(2, "") else { return };
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", t.pool_start)).unwrap();
+    let repo = fixture_repo(t.root.path(), "static-site");
+    let id = create_case(&t.admin, static_case(&repo)).await;
+    let case = wait_status(&t.admin, &id, &["running"]).await;
+    assert_eq!(case["host_port"], t.pool_start + 1, "{case}");
+    let log = whole_log(&t.admin, &id).await;
+    let skipped = format!(
+        "host port {} is taken outside Wharf; trying another",
+        t.pool_start
+    );
+    assert!(
+        log.iter().any(|l| l["line"] == skipped.as_str()),
+        "{log:#?}"
+    );
+    drop(squatter);
+}
+
+#[tokio::test]
 async fn a_container_exiting_3_fails_the_case_and_frees_its_port() {
     let Some(t) = case_server(1, "") else { return };
     let dying = fixture_repo(t.root.path(), "exit-3");

@@ -449,41 +449,64 @@ fn build_failed(step: Option<&str>, error: &str, cases: &Cases) -> WharfError {
 }
 
 /// Leases a port, creates the hardened container and starts it. On failure the lease and
-/// the container are given back before the error is returned.
+/// the container are given back before the error is returned. A port the engine finds taken
+/// outside this server (another server's case, any program) is skipped for the next free
+/// one, up to [`MAX_TAKEN_PORTS`] times.
 async fn start_container(cases: &Cases, job: &Job, image: &str) -> WharfResult<(String, u16)> {
     let id = job.id.as_str();
-    let port = match store::port_of(&cases.db, id).await? {
-        Some(port) => port as u16,
-        None => store::lease_port(
-            &cases.db,
-            id,
-            cases.config.port_pool_start,
-            cases.config.port_pool_end,
-            now_ms(),
-        )
-        .await?
-        .ok_or_else(|| {
-            WharfError::new(
-                ErrorCode::PortPoolExhausted,
-                format!(
-                    "every port of the pool {}-{} is leased to a live case",
-                    cases.config.port_pool_start, cases.config.port_pool_end
-                ),
-            )
-        })?,
-    };
-    let result = create_and_start(cases, job, image, port).await;
-    match result {
-        Ok(container_id) => {
-            store::set_container(&cases.db, id, &container_id, i64::from(port), now_ms()).await?;
-            Ok((container_id, port))
-        }
-        Err(err) => {
-            cases.remove_containers(id).await;
-            store::release_port(&cases.db, id).await?;
-            Err(err)
+    let mut taken: Vec<u16> = Vec::new();
+    loop {
+        let port = match store::port_of(&cases.db, id).await? {
+            Some(port) => port as u16,
+            None => lease_port(cases, id, &taken).await?,
+        };
+        match create_and_start(cases, job, image, port).await {
+            Ok(container_id) => {
+                store::set_container(&cases.db, id, &container_id, i64::from(port), now_ms())
+                    .await?;
+                return Ok((container_id, port));
+            }
+            Err(err) => {
+                cases.remove_containers(id).await;
+                store::release_port(&cases.db, id).await?;
+                if !is_port_taken(&err.message) || taken.len() >= MAX_TAKEN_PORTS {
+                    return Err(err);
+                }
+                let line = format!("host port {port} is taken outside Wharf; trying another");
+                cases
+                    .engine
+                    .log(id, Stream::System, Level::Warn, &line)
+                    .await;
+                taken.push(port);
+            }
         }
     }
+}
+
+/// How many ports of the pool a case start skips because the engine found them taken.
+const MAX_TAKEN_PORTS: usize = 8;
+
+async fn lease_port(cases: &Cases, id: &str, taken: &[u16]) -> WharfResult<u16> {
+    let (first, last) = (cases.config.port_pool_start, cases.config.port_pool_end);
+    store::lease_port(&cases.db, id, first, last, taken, now_ms())
+        .await?
+        .ok_or_else(|| {
+            let outside = if taken.is_empty() {
+                String::new()
+            } else {
+                format!(" (ports taken outside Wharf: {taken:?})")
+            };
+            WharfError::new(
+                ErrorCode::PortPoolExhausted,
+                format!("every port of the pool {first}-{last} is leased to a live case{outside}"),
+            )
+        })
+}
+
+/// The engine's answer when the host port is bound already (by a container it knows, or
+/// by any other program).
+fn is_port_taken(message: &str) -> bool {
+    message.contains("port is already allocated") || message.contains("address already in use")
 }
 
 async fn create_and_start(cases: &Cases, job: &Job, image: &str, port: u16) -> WharfResult<String> {

@@ -243,14 +243,15 @@ pub async fn delete(db: &Db, id: &str) -> WharfResult<()> {
     Ok(())
 }
 
-/// Leases the lowest free port of `first..=last` to `case_id`; `None` when every port is
-/// leased. The port's primary key makes a concurrent lease of the same port fail, and the
+/// Leases the lowest free port of `first..=last` not in `skip` to `case_id`; `None` when
+/// every such port is leased. The port's primary key makes a concurrent lease of the same port fail, and the
 /// loser tries the next one.
 pub async fn lease_port(
     db: &Db,
     case_id: &str,
     first: u16,
     last: u16,
+    skip: &[u16],
     now_ms: i64,
 ) -> WharfResult<Option<u16>> {
     loop {
@@ -261,8 +262,8 @@ pub async fn lease_port(
         .bind(i64::from(last))
         .fetch_all(db)
         .await?;
-        let Some(free) =
-            (first..=last).find(|port| leased.binary_search(&i64::from(*port)).is_err())
+        let Some(free) = (first..=last)
+            .find(|port| !skip.contains(port) && leased.binary_search(&i64::from(*port)).is_err())
         else {
             return Ok(None);
         };
