@@ -1,7 +1,8 @@
 //! MCP at `/mcp` through the real binary: the official `mcp` Python client (PyPI) lists the
 //! tools, creates a sandbox and runs python on the Docker driver, and sees the list change
 //! when a new pack version is dropped; a key scoped to `filesystem.read` sees and calls only
-//! that; a session id is refused to any key but the one that opened it; the session limits.
+//! that; a call that waits for an approver answers the approval to poll, and runs once
+//! approved; a session id is refused to any key but the one that opened it; the session limits.
 //!
 //! The client runs with `WHARF_MCP_PYTHON` (a Python with `mcp` installed; `scripts/test`
 //! sets it from `scripts/install-mcp-client`). Without it the client tests skip, except
@@ -18,7 +19,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, repo_root};
 
-use crate::adapters::docker_adapters_server;
+use crate::adapters::{docker_adapters_server, install_core};
+use crate::sandboxes::docker_server_with;
 
 /// The sandbox tools every key with an unlimited scope sees.
 const SANDBOX_TOOLS: [&str; 6] = [
@@ -371,6 +373,70 @@ async fn a_key_scoped_to_filesystem_read_sees_and_calls_only_that_over_mcp() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 404);
     let (status, _) = full.delete(&format!("/v1/sandboxes/{sandbox}")).await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_call_that_waits_for_an_approver_answers_the_approval_and_runs_once_approved() {
+    let Some(python) = mcp_python() else {
+        return;
+    };
+    let config = "[profiles.guarded]\ndriver = \"docker\"\n\n[profiles.guarded.operations.\"shell.run\"]\napproval = \"required\"\n";
+    let Some((_root, server, admin)) = docker_server_with(config) else {
+        return;
+    };
+    install_core(&server, &admin).await;
+    let dave = key(&admin, "dave", json!({})).await;
+    let approver = Client::new(
+        &server,
+        Some(&key(&admin, "dave", json!({ "roles": ["approver"] })).await),
+    );
+    let dave_rest = Client::new(&server, Some(&dave));
+    let (status, created) = dave_rest
+        .post("/v1/sandboxes", json!({ "profile": "guarded" }))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let sandbox = created["id"].as_str().unwrap().to_string();
+
+    let mut client = McpClient::start(&python, &server, &dave, &["approval", &sandbox]);
+    client.expect("initialized").await;
+    let called = client.expect("called").await;
+    client.finish().await;
+    // Not an error: the approval, and how to follow it.
+    let result = &called["result"];
+    assert_eq!(result["is_error"], false, "{called}");
+    assert_eq!(
+        result["structured"]["status"], "pending_approval",
+        "{called}"
+    );
+    let approval = &result["structured"]["approval"];
+    assert_eq!(approval["status"], "pending", "{called}");
+    assert_eq!(approval["capability"], "shell");
+    let id = approval["id"].as_str().unwrap();
+    let poll = result["structured"]["poll"]["path"].as_str().unwrap();
+    assert_eq!(poll, format!("/v1/approvals/{id}?wait=30"));
+    assert!(
+        result["text"][0].as_str().unwrap().contains(poll),
+        "{called}"
+    );
+    let log = format!("/v1/sandboxes/{sandbox}/files/approved.log");
+    let response = dave_rest.request(Method::GET, &log).send().await.unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        404,
+        "nothing ran before the approval"
+    );
+
+    let (status, decided) = approver
+        .post(&format!("/v1/approvals/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{decided}");
+    let (status, done) = dave_rest.get(poll).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let response = dave_rest.request(Method::GET, &log).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "ran\n", "it ran once");
+    let (status, _) = dave_rest.delete(&format!("/v1/sandboxes/{sandbox}")).await;
     assert_eq!(status, 204);
 }
 

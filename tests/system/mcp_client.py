@@ -9,6 +9,7 @@ stdin when the Rust test must act in between (drop a pack). Scenarios:
                         to drop a pack (prints "ready_for_drop", reads "dropped"), and report
                         the tools/list_changed notification and the new list
   scoped <sandbox id>   list tools, then call filesystem_read, shell_run and sandbox_exec
+  approval <sandbox id> call shell_run where the profile makes it wait for an approver
 """
 
 import asyncio
@@ -74,6 +75,13 @@ async def scoped(session, sandbox):
         say("called", tool=name, result=result_json(result))
 
 
+async def approval(session, sandbox):
+    result = await session.call_tool(
+        "shell_run", {"sandbox_id": sandbox, "input": {"command": "echo ran >> approved.log"}}
+    )
+    say("called", tool="shell_run", result=result_json(result))
+
+
 async def main():
     url, key, scenario, *args = sys.argv[1:]
     changed = asyncio.Event()
@@ -96,6 +104,8 @@ async def main():
                 await agent(session, changed, *args)
             elif scenario == "scoped":
                 await scoped(session, *args)
+            elif scenario == "approval":
+                await approval(session, *args)
             else:
                 raise SystemExit(f"unknown scenario {scenario}")
     say("done")
