@@ -2,7 +2,8 @@
 //! tools, creates a sandbox and runs python on the Docker driver, and sees the list change
 //! when a new pack version is dropped; a key scoped to `filesystem.read` sees and calls only
 //! that; a call that waits for an approver answers the approval to poll, and runs once
-//! approved; a session id is refused to any key but the one that opened it; the session limits.
+//! approved; a session id is refused to any key but the one that opened it; the session limits
+//! and the idle timeout.
 //!
 //! The client runs with `WHARF_MCP_PYTHON` (a Python with `mcp` installed; `scripts/test`
 //! sets it from `scripts/install-mcp-client`). Without it the client tests skip, except
@@ -548,4 +549,27 @@ async fn an_mcp_session_answers_only_the_key_that_opened_it_within_the_session_l
         .unwrap();
     assert!(closed.status().is_success(), "{}", closed.status());
     open_session(&server, &carol_too).await;
+}
+
+#[tokio::test]
+async fn an_idle_mcp_session_closes_and_frees_its_slot() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("wharf.toml"),
+        "[mcp]\nmax_sessions_per_key = 1\nsession_idle_secs = 1\n",
+    )
+    .unwrap();
+    let server = WharfProcess::start(root.path(), &[]);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    let erin = key(&admin, "erin", json!({})).await;
+    let idle = open_session(&server, &erin).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let response = post_mcp(&server, Some(&erin), Some(&idle), list).await;
+    assert_eq!(
+        response.status().as_u16(),
+        404,
+        "an idled-out session is gone"
+    );
+    open_session(&server, &erin).await;
 }
