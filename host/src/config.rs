@@ -35,6 +35,8 @@ pub struct Config {
     pub cases: crate::cases::CasesConfig,
     pub approvals: ApprovalsConfig,
     pub audit: AuditConfig,
+    /// MCP at `/mcp` (streamable HTTP): sessions and their limits.
+    pub mcp: McpConfig,
     /// Sandbox profiles beside (or overriding) the built-in `local` and `docker`.
     pub profiles: std::collections::BTreeMap<String, crate::sandbox::Profile>,
 }
@@ -109,6 +111,42 @@ impl Default for ApprovalsConfig {
             ttl_secs: 3600,
             max_wait_secs: 60,
             pending_per_owner: 100,
+        }
+    }
+}
+
+/// MCP over streamable HTTP at `/mcp`, behind the same API keys as the REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpConfig {
+    /// Serve `/mcp` at all.
+    pub enabled: bool,
+    /// Open sessions at once, all keys together; past it a new session is refused
+    /// (`mcp_session_limit`) until one closes or idles out.
+    pub max_sessions: usize,
+    /// Open sessions one API key may hold at once (admin keys too): one key cannot take
+    /// every slot.
+    pub max_sessions_per_key: usize,
+    /// A session that receives no message for this long is closed (its id then answers 404
+    /// and the client starts a new one).
+    pub session_idle_secs: u64,
+    /// The largest file `sandbox_file_read` returns (bigger files: `payload_too_large`;
+    /// use the files API for them).
+    pub max_file_read_bytes: u64,
+    /// `Host` header values accepted (`host` or `host:port`); empty accepts any. Every
+    /// request needs an API key, which a DNS-rebinding page cannot send.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_sessions: 256,
+            max_sessions_per_key: 32,
+            session_idle_secs: 600,
+            max_file_read_bytes: 1 << 20,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -332,6 +370,7 @@ impl Default for Config {
             cases: Default::default(),
             approvals: ApprovalsConfig::default(),
             audit: AuditConfig::default(),
+            mcp: McpConfig::default(),
             profiles: Default::default(),
         }
     }

@@ -61,6 +61,7 @@ error_codes! {
     SessionNotReady => ("session_not_ready", StatusCode::SERVICE_UNAVAILABLE, true, "The sandbox is not running yet; retry after `retry_after_ms`."),
     DriverUnavailable => ("driver_unavailable", StatusCode::SERVICE_UNAVAILABLE, true, "The sandbox driver (e.g. the Docker engine) is unavailable or failed the operation."),
     IsolationUnavailable => ("isolation_unavailable", StatusCode::SERVICE_UNAVAILABLE, false, "The process driver cannot confine execs on this host (the message names what is missing); an isolated profile cannot be used here."),
+    McpSessionLimit => ("mcp_session_limit", StatusCode::SERVICE_UNAVAILABLE, true, "The server (`[mcp] max_sessions`) or this API key (`max_sessions_per_key`) holds as many MCP sessions as allowed; close one (`DELETE /mcp`) or wait for one to idle out (`session_idle_secs`)."),
     Timeout => ("timeout", StatusCode::GATEWAY_TIMEOUT, true, "The operation did not finish within its time limit."),
     GitCloneFailed => ("git_clone_failed", StatusCode::BAD_GATEWAY, true, "A case's repository could not be cloned (unreachable, not a repository, or past `[cases] clone_timeout_ms`); the message has git's reason."),
     RefNotFound => ("ref_not_found", StatusCode::UNPROCESSABLE_ENTITY, false, "The case's `ref` (branch, tag or commit) is not in the repository."),

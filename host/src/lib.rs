@@ -7,7 +7,7 @@
 //! built and run), [`capabilities`] (routing), [`probes`] (access
 //! probes, targets, schedules), [`overlays`] (pack patches for a target
 //! version range), [`outbound`] (the rules for every request
-//! the server or a plugin sends out), [`api`] (HTTP),
+//! the server or a plugin sends out), [`api`] (HTTP), [`mcp`] (MCP at `/mcp`),
 //! [`store`] (SQLite).
 
 pub mod api;
@@ -16,6 +16,7 @@ pub mod cases;
 pub mod config;
 pub mod error;
 pub mod jobs;
+pub mod mcp;
 pub mod metrics;
 pub mod outbound;
 pub mod overlays;

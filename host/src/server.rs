@@ -177,6 +177,7 @@ impl Server {
             runs,
             cases,
             capabilities,
+            shutdown: tokio_util::sync::CancellationToken::new(),
         };
         Ok((
             Server {
@@ -199,8 +200,12 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = self.router();
+        let streams = self.state.shutdown.clone();
         axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                streams.cancel();
+            })
             .await?;
         Ok(())
     }

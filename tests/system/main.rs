@@ -6,6 +6,7 @@ mod attacks_docker;
 mod attacks_process;
 mod author_kit;
 mod cases;
+mod mcp;
 mod outbound;
 mod overlays;
 mod overlays_cases;

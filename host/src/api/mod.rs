@@ -47,6 +47,9 @@ pub struct AppState {
     pub cases: Arc<crate::cases::Cases>,
     /// Every capability call goes through it (routing, scopes, approvals, masking, audit).
     pub capabilities: Arc<crate::capabilities::service::CapabilityService>,
+    /// Cancelled when the server stops serving: long-lived streams (MCP sessions) end, so
+    /// a graceful shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[derive(OpenApi)]
@@ -103,6 +106,11 @@ pub fn router(state: AppState) -> Router {
     let (router, openapi) =
         documented_routes(|routes| routes.route_layer(key_check)).split_for_parts();
     let openapi = Arc::new(contract::complete(openapi));
+    // MCP authenticates on its own (the same keys), and keeps sessions to their key.
+    let router = match crate::mcp::routes(&state) {
+        Some(mcp) => router.merge(mcp),
+        None => router,
+    };
     router
         .route(
             "/openapi.json",

@@ -162,18 +162,7 @@ async fn create_sandbox(
         }
         None => None,
     };
-    if state.sandboxes.profiles().get(&profile)?.unconfined() && !principal.admin {
-        return Err(unconfined_forbidden(&profile).into());
-    }
-    scope::require_profile(&principal, &profile)?;
-    let normalized = serde_json::json!({ "profile": profile });
-    let fingerprint = hex::encode(sha2::Sha256::digest(normalized.to_string().as_bytes()));
-    let idempotency = key.as_deref().map(|key| (key, fingerprint.as_str()));
-    let quota = state.config.quotas.sandboxes_for(principal.admin);
-    let (sandbox, replay) = state
-        .sandboxes
-        .create(&principal.owner, &profile, idempotency, quota)
-        .await?;
+    let (sandbox, replay) = create_for(&state, &principal, &profile, key.as_deref()).await?;
     Ok((
         if replay {
             StatusCode::OK
@@ -182,6 +171,30 @@ async fn create_sandbox(
         },
         Json(sandbox),
     ))
+}
+
+/// Creates a sandbox of `profile` for the caller, as `POST /v1/sandboxes` and the MCP tool
+/// `sandbox_create` do: a profile without isolation is for admin keys only, the key's
+/// profile scope and the owner's quota apply. With an idempotency key, the same profile
+/// again is a replay (`true`).
+pub(crate) async fn create_for(
+    state: &AppState,
+    principal: &Principal,
+    profile: &str,
+    idempotency_key: Option<&str>,
+) -> Result<(Sandbox, bool), WharfError> {
+    if state.sandboxes.profiles().get(profile)?.unconfined() && !principal.admin {
+        return Err(unconfined_forbidden(profile));
+    }
+    scope::require_profile(principal, profile)?;
+    let normalized = serde_json::json!({ "profile": profile });
+    let fingerprint = hex::encode(sha2::Sha256::digest(normalized.to_string().as_bytes()));
+    let idempotency = idempotency_key.map(|key| (key, fingerprint.as_str()));
+    let quota = state.config.quotas.sandboxes_for(principal.admin);
+    state
+        .sandboxes
+        .create(&principal.owner, profile, idempotency, quota)
+        .await
 }
 
 /// The longest `Idempotency-Key` accepted (the OpenAPI parameter says the same).
@@ -393,7 +406,7 @@ pub struct ExecFields {
 /// An exec request: [`ExecFields`] with exactly one of `argv` and `command`.
 #[derive(Deserialize)]
 #[serde(transparent)]
-pub struct ExecBody(ExecFields);
+pub struct ExecBody(pub(crate) ExecFields);
 
 impl utoipa::PartialSchema for ExecBody {
     fn schema() -> RefOr<Schema> {
@@ -404,7 +417,7 @@ impl utoipa::PartialSchema for ExecBody {
 impl utoipa::ToSchema for ExecBody {}
 
 impl ExecBody {
-    fn into_input(self) -> Result<ExecInput, WharfError> {
+    pub(crate) fn into_input(self) -> Result<ExecInput, WharfError> {
         let ExecBody(fields) = self;
         let argv = match (fields.argv, fields.command) {
             (Some(argv), None) => argv,

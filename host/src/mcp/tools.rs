@@ -1,0 +1,464 @@
+//! The MCP tools: the sandbox tools (create, exec, files, destroy) and one tool per
+//! operation of the active adapters, `<capability>_<operation>`, built from the packs
+//! loaded now. Each does what its REST route does, with the same checks: adapter tools go
+//! through [`CapabilityService::call`](crate::capabilities::service::CapabilityService::call)
+//! (routing, key scope, approvals, masking, audit, metrics), sandbox tools through the
+//! same owner and scope checks as `/v1/sandboxes/...`.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotations};
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::api::sandboxes::{ExecBody, ExecFields, ExecResult, create_for};
+use crate::capabilities::scope::{self, SANDBOX_EXEC, SANDBOX_FILES_READ, SANDBOX_FILES_WRITE};
+use crate::capabilities::secrets::RequestSecrets;
+use crate::capabilities::service::CallOutcome;
+use crate::error::{ErrorCode, WharfError, WharfResult};
+use crate::packs::loader::OperationHints;
+use crate::sandbox::service::LOCAL_PROFILE;
+use crate::sandbox::{FileUpload, SandboxPath};
+use crate::store::keys::Principal;
+
+/// The sandbox tools, each with the scope entry its REST route needs (`None`: every key,
+/// as for `POST /v1/sandboxes` and `DELETE /v1/sandboxes/{id}`, which the key's profile
+/// scope still limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SandboxTool {
+    Create,
+    Exec,
+    FileRead,
+    FileWrite,
+    FileList,
+    Destroy,
+}
+
+const SANDBOX_TOOLS: [SandboxTool; 6] = [
+    SandboxTool::Create,
+    SandboxTool::Exec,
+    SandboxTool::FileRead,
+    SandboxTool::FileWrite,
+    SandboxTool::FileList,
+    SandboxTool::Destroy,
+];
+
+impl SandboxTool {
+    fn name(self) -> &'static str {
+        match self {
+            SandboxTool::Create => "sandbox_create",
+            SandboxTool::Exec => "sandbox_exec",
+            SandboxTool::FileRead => "sandbox_file_read",
+            SandboxTool::FileWrite => "sandbox_file_write",
+            SandboxTool::FileList => "sandbox_file_list",
+            SandboxTool::Destroy => "sandbox_destroy",
+        }
+    }
+
+    fn scope(self) -> Option<&'static str> {
+        match self {
+            SandboxTool::Create | SandboxTool::Destroy => None,
+            SandboxTool::Exec => Some(SANDBOX_EXEC),
+            SandboxTool::FileRead | SandboxTool::FileList => Some(SANDBOX_FILES_READ),
+            SandboxTool::FileWrite => Some(SANDBOX_FILES_WRITE),
+        }
+    }
+
+    fn hints(self) -> OperationHints {
+        let (read_only, destructive, idempotent) = match self {
+            SandboxTool::Create => (false, false, false),
+            SandboxTool::Exec => (false, true, false),
+            SandboxTool::FileRead | SandboxTool::FileList => (true, false, true),
+            SandboxTool::FileWrite | SandboxTool::Destroy => (false, true, true),
+        };
+        OperationHints {
+            read_only,
+            destructive,
+            idempotent,
+        }
+    }
+
+    fn tool(self) -> Tool {
+        let sandbox_id = json!({"type": "string", "description": "The sandbox's id (`sbx_...`), from sandbox_create."});
+        let path = |what: &str| json!({"type": "string", "description": format!("{what}, relative to the workspace (no `..`, not absolute)")});
+        let (description, schema) = match self {
+            SandboxTool::Create => (
+                "Creates a sandbox (an isolated workspace where code runs) and returns its record; its `id` is the `sandbox_id` of every other tool.",
+                json!({"type": "object", "properties": {
+                    "profile": {"type": "string", "description": format!("Sandbox profile (default `{LOCAL_PROFILE}`), e.g. `docker`.")}
+                }, "additionalProperties": false}),
+            ),
+            SandboxTool::Exec => (
+                "Runs a command in the sandbox (exactly one of `argv` and `command`, a shell line) and returns its exit code and capped output.",
+                exec_schema(sandbox_id),
+            ),
+            SandboxTool::FileRead => (
+                "Reads a file of the sandbox: UTF-8 text as is, other bytes as base64 (`encoding` says which).",
+                json!({"type": "object", "properties": {"sandbox_id": sandbox_id, "path": path("The file")},
+                    "required": ["sandbox_id", "path"], "additionalProperties": false}),
+            ),
+            SandboxTool::FileWrite => (
+                "Writes a file of the sandbox (its directory must exist), replacing what was there.",
+                json!({"type": "object", "properties": {
+                    "sandbox_id": sandbox_id, "path": path("The file"),
+                    "content": {"type": "string", "description": "The new content."},
+                    "encoding": {"type": "string", "enum": ["utf-8", "base64"], "description": "How `content` is given (default utf-8)."}
+                }, "required": ["sandbox_id", "path", "content"], "additionalProperties": false}),
+            ),
+            SandboxTool::FileList => (
+                "Lists a directory of the sandbox (the workspace root when `path` is empty or absent).",
+                json!({"type": "object", "properties": {"sandbox_id": sandbox_id, "path": path("The directory")},
+                    "required": ["sandbox_id"], "additionalProperties": false}),
+            ),
+            SandboxTool::Destroy => (
+                "Deletes the sandbox, its runtime and its workspace.",
+                json!({"type": "object", "properties": {"sandbox_id": sandbox_id},
+                    "required": ["sandbox_id"], "additionalProperties": false}),
+            ),
+        };
+        tool(
+            self.name().to_string(),
+            description.to_string(),
+            schema,
+            self.hints(),
+        )
+    }
+}
+
+/// The exec tool's input: the REST exec body's fields (from its OpenAPI schema) and
+/// `sandbox_id`.
+fn exec_schema(sandbox_id: Value) -> Value {
+    let mut schema = serde_json::to_value(<ExecFields as utoipa::PartialSchema>::schema())
+        .expect("a schema serializes");
+    schema["properties"]["sandbox_id"] = sandbox_id;
+    schema["required"] = json!(["sandbox_id"]);
+    schema["additionalProperties"] = json!(false);
+    schema
+}
+
+fn tool(name: String, description: String, schema: Value, hints: OperationHints) -> Tool {
+    let Value::Object(schema) = schema else {
+        unreachable!("tool schemas are built as objects")
+    };
+    let mut tool = Tool::new(name, description, Arc::new(schema));
+    tool.annotations = Some(
+        ToolAnnotations::new()
+            .read_only(hints.read_only)
+            .destructive(hints.destructive)
+            .idempotent(hints.idempotent)
+            // Tools act on the caller's sandbox only, whatever the adapter.
+            .open_world(false),
+    );
+    tool
+}
+
+/// An adapter operation as a tool, as loaded now.
+struct AdapterTool {
+    name: String,
+    capability: String,
+    operation: String,
+    tool: Tool,
+}
+
+/// One tool per operation of every active adapter, in routing order. A name that two
+/// (capability, operation) pairs would share (`a_b` + `c` and `a` + `b_c`) goes to the
+/// first; the other stays callable over REST.
+fn adapter_tools(state: &AppState) -> Vec<AdapterTool> {
+    let snapshot = state.packs.snapshot();
+    let mut tools: Vec<AdapterTool> = Vec::new();
+    for (capability, route) in &snapshot.capabilities {
+        let Some(adapter) = route.component().adapter.as_ref() else {
+            continue;
+        };
+        for op in &adapter.operations {
+            let name = format!("{capability}_{}", op.name);
+            if tools.iter().any(|t| t.name == name)
+                || SANDBOX_TOOLS.iter().any(|t| t.name() == name)
+            {
+                continue;
+            }
+            let description = format!(
+                "{} ({capability}.{} of pack {} {}, run in the sandbox `sandbox_id` with `input`.)",
+                op.description.trim_end_matches('.'),
+                op.name,
+                route.pack.id,
+                route.pack.version
+            );
+            let schema = json!({
+                "type": "object",
+                "properties": {
+                    "sandbox_id": {"type": "string", "description": "The sandbox's id (`sbx_...`), from sandbox_create."},
+                    "input": op.input_schema,
+                },
+                "required": ["sandbox_id", "input"],
+                "additionalProperties": false,
+            });
+            tools.push(AdapterTool {
+                tool: tool(name.clone(), description, schema, op.hints),
+                name,
+                capability: capability.clone(),
+                operation: op.name.clone(),
+            });
+        }
+    }
+    tools
+}
+
+/// What changes the adapter tool list: which pack generation serves each capability.
+pub fn adapter_fingerprint(state: &AppState) -> Vec<(String, String, u64)> {
+    state
+        .packs
+        .snapshot()
+        .capabilities
+        .iter()
+        .map(|(name, route)| (name.clone(), route.pack.id.clone(), route.pack.generation))
+        .collect()
+}
+
+/// The tools the key may call: a tool outside its scope is not listed (and is refused
+/// with `forbidden` when called anyway).
+pub fn list(state: &AppState, principal: &Principal) -> Vec<Tool> {
+    let sandbox = SANDBOX_TOOLS
+        .iter()
+        .filter(|t| {
+            t.scope()
+                .is_none_or(|name| scope::require(principal, name).is_ok())
+        })
+        .map(|t| t.tool());
+    let adapters = adapter_tools(state)
+        .into_iter()
+        .filter(|t| scope::require(principal, &format!("{}.{}", t.capability, t.operation)).is_ok())
+        .map(|t| t.tool);
+    sandbox.chain(adapters).collect()
+}
+
+/// A tool call that found its tool: the tool's result (an error result carries
+/// `{"error": {code, message, retriable}}`). `None` when no tool has that name.
+pub async fn call(
+    state: &AppState,
+    principal: &Principal,
+    secrets: RequestSecrets,
+    name: &str,
+    arguments: JsonObject,
+) -> Option<CallToolResult> {
+    let outcome = if let Some(tool) = SANDBOX_TOOLS.iter().find(|t| t.name() == name) {
+        call_sandbox_tool(state, principal, *tool, arguments).await
+    } else {
+        let adapter = adapter_tools(state).into_iter().find(|t| t.name == name)?;
+        call_adapter(state, principal, secrets, &adapter, arguments).await
+    };
+    Some(outcome.unwrap_or_else(|err| error_result(&err)))
+}
+
+pub fn error_result(err: &WharfError) -> CallToolResult {
+    CallToolResult::structured_error(json!({"error": {
+        "code": err.code,
+        "message": err.message,
+        "retriable": err.retriable(),
+    }}))
+}
+
+async fn call_adapter(
+    state: &AppState,
+    principal: &Principal,
+    secrets: RequestSecrets,
+    tool: &AdapterTool,
+    mut arguments: JsonObject,
+) -> WharfResult<CallToolResult> {
+    let sandbox_id = take_string(&mut arguments, "sandbox_id")?;
+    let input = arguments.remove("input").ok_or_else(|| {
+        WharfError::validation(format!(
+            "`input` is required: the input document of {}.{}",
+            tool.capability, tool.operation
+        ))
+    })?;
+    no_other_arguments(&arguments)?;
+    let outcome = state
+        .capabilities
+        .call(
+            principal,
+            &sandbox_id,
+            &tool.capability,
+            &tool.operation,
+            input,
+            secrets,
+        )
+        .await?;
+    Ok(match outcome {
+        CallOutcome::Done(outcome) => CallToolResult::structured(to_json(&outcome)),
+        CallOutcome::PendingApproval(approval) => {
+            let poll = format!("/v1/approvals/{}?wait=30", approval.id);
+            let text = format!(
+                "{}.{} waits for an approver: approval {} ({}). It runs once approved; poll GET {poll} with the same API key for its result. Nothing ran yet.",
+                tool.capability,
+                tool.operation,
+                approval.id,
+                approval.status.as_str()
+            );
+            // A waiting call is an answer, not a failure: the client sees the approval
+            // and how to follow it.
+            let mut result = CallToolResult::structured(json!({
+                "status": "pending_approval",
+                "approval": to_json(&approval),
+                "poll": {"method": "GET", "path": poll},
+            }));
+            result.content = vec![ContentBlock::text(text)];
+            result
+        }
+    })
+}
+
+async fn call_sandbox_tool(
+    state: &AppState,
+    principal: &Principal,
+    tool: SandboxTool,
+    mut arguments: JsonObject,
+) -> WharfResult<CallToolResult> {
+    let owner = &principal.owner;
+    let value = match tool {
+        SandboxTool::Create => {
+            let profile = match arguments.remove("profile") {
+                None | Some(Value::Null) => LOCAL_PROFILE.to_string(),
+                Some(Value::String(profile)) => profile,
+                Some(_) => return Err(WharfError::validation("`profile` must be a string")),
+            };
+            no_other_arguments(&arguments)?;
+            let (sandbox, _) = create_for(state, principal, &profile, None).await?;
+            to_json(&sandbox)
+        }
+        SandboxTool::Exec => {
+            let id = take_string(&mut arguments, "sandbox_id")?;
+            state
+                .capabilities
+                .authorize_direct(principal, &id, SANDBOX_EXEC)
+                .await?;
+            let body: ExecBody = serde_json::from_value(Value::Object(arguments))
+                .map_err(|err| WharfError::validation(format!("invalid exec arguments: {err}")))?;
+            let input = body.into_input()?;
+            let started = std::time::Instant::now();
+            let result = state.sandboxes.exec(owner, &id, input).await;
+            state
+                .capabilities
+                .record_direct_exec(
+                    principal,
+                    &id,
+                    result.as_ref().map(|_| ()),
+                    started.elapsed(),
+                )
+                .await;
+            to_json(&ExecResult::from(result?))
+        }
+        SandboxTool::FileRead => {
+            let id = take_string(&mut arguments, "sandbox_id")?;
+            let path = SandboxPath::parse(&take_string(&mut arguments, "path")?)?;
+            no_other_arguments(&arguments)?;
+            state
+                .capabilities
+                .authorize_direct(principal, &id, SANDBOX_FILES_READ)
+                .await?;
+            let download = state.sandboxes.read_file(owner, &id, &path).await?;
+            let size = download.size;
+            let data = download
+                .collect(state.config.mcp.max_file_read_bytes)
+                .await
+                .map_err(|err| match err.code {
+                    ErrorCode::PayloadTooLarge => WharfError::new(
+                        ErrorCode::PayloadTooLarge,
+                        format!(
+                            "{path} has {size} bytes, more than sandbox_file_read returns ([mcp] max_file_read_bytes = {}); download it with GET /v1/sandboxes/{id}/files/{path}",
+                            state.config.mcp.max_file_read_bytes
+                        ),
+                    ),
+                    _ => err,
+                })?;
+            let (encoding, content) = match String::from_utf8(data) {
+                Ok(text) => ("utf-8", text),
+                Err(err) => (
+                    "base64",
+                    base64::engine::general_purpose::STANDARD.encode(err.into_bytes()),
+                ),
+            };
+            json!({"path": path.to_string(), "size": size, "encoding": encoding, "content": content})
+        }
+        SandboxTool::FileWrite => {
+            let id = take_string(&mut arguments, "sandbox_id")?;
+            let path = SandboxPath::parse(&take_string(&mut arguments, "path")?)?;
+            let content = take_string(&mut arguments, "content")?;
+            let encoding = match arguments.remove("encoding") {
+                None | Some(Value::Null) => "utf-8".to_string(),
+                Some(Value::String(encoding)) => encoding,
+                Some(_) => return Err(WharfError::validation("`encoding` must be a string")),
+            };
+            no_other_arguments(&arguments)?;
+            let data = match encoding.as_str() {
+                "utf-8" => content.into_bytes(),
+                "base64" => base64::engine::general_purpose::STANDARD
+                    .decode(content)
+                    .map_err(|err| {
+                        WharfError::validation(format!("`content` is not base64: {err}"))
+                    })?,
+                other => {
+                    return Err(WharfError::validation(format!(
+                        "`encoding` {other:?}: expected utf-8 or base64"
+                    )));
+                }
+            };
+            state
+                .capabilities
+                .authorize_direct(principal, &id, SANDBOX_FILES_WRITE)
+                .await?;
+            let size = state
+                .sandboxes
+                .write_file(owner, &id, &path, FileUpload::from_bytes(data))
+                .await?;
+            json!({"path": path.to_string(), "size": size})
+        }
+        SandboxTool::FileList => {
+            let id = take_string(&mut arguments, "sandbox_id")?;
+            let path = match arguments.remove("path") {
+                None | Some(Value::Null) => SandboxPath::root(),
+                Some(Value::String(path)) if path.is_empty() => SandboxPath::root(),
+                Some(Value::String(path)) => SandboxPath::parse(&path)?,
+                Some(_) => return Err(WharfError::validation("`path` must be a string")),
+            };
+            no_other_arguments(&arguments)?;
+            state
+                .capabilities
+                .authorize_direct(principal, &id, SANDBOX_FILES_READ)
+                .await?;
+            let entries = state.sandboxes.list_dir(owner, &id, &path).await?;
+            json!({"path": path.to_string(), "entries": to_json(&entries)})
+        }
+        SandboxTool::Destroy => {
+            let id = take_string(&mut arguments, "sandbox_id")?;
+            no_other_arguments(&arguments)?;
+            state
+                .capabilities
+                .authorize_lifecycle(principal, &id)
+                .await?;
+            state.sandboxes.delete(owner, &id).await?;
+            json!({"deleted": id})
+        }
+    };
+    Ok(CallToolResult::structured(value))
+}
+
+fn take_string(arguments: &mut JsonObject, name: &str) -> WharfResult<String> {
+    match arguments.remove(name) {
+        Some(Value::String(value)) => Ok(value),
+        Some(_) => Err(WharfError::validation(format!("`{name}` must be a string"))),
+        None => Err(WharfError::validation(format!("`{name}` is required"))),
+    }
+}
+
+fn no_other_arguments(arguments: &JsonObject) -> WharfResult<()> {
+    match arguments.keys().next() {
+        Some(name) => Err(WharfError::validation(format!("unknown argument `{name}`"))),
+        None => Ok(()),
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Value {
+    serde_json::to_value(value).expect("answers serialize")
+}
