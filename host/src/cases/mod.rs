@@ -653,35 +653,41 @@ impl Cases {
                 format!("{LABEL_INSTANCE}={}", self.instance),
             ],
         )]);
-        let listed = docker
-            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await;
-        for container in listed.unwrap_or_default() {
-            let Some(container_id) = container.id else {
-                continue;
-            };
-            let _ = docker
-                .stop_container(
-                    &container_id,
-                    Some(bollard::query_parameters::StopContainerOptions {
-                        t: Some(3),
-                        signal: None,
-                    }),
-                )
-                .await;
-            let _ = docker
-                .remove_container(
-                    &container_id,
-                    Some(bollard::query_parameters::RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                )
-                .await;
+        // Listed again after each pass: a removal the engine refuses for the moment (one
+        // already in progress, a container still stopping) is tried again.
+        for pass in 0..3 {
+            let listed = docker
+                .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                    all: true,
+                    filters: Some(filters.clone()),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_or_default();
+            if listed.is_empty() {
+                return;
+            }
+            if pass > 0 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            for container_id in listed.into_iter().filter_map(|c| c.id) {
+                let _ = docker
+                    .stop_container(
+                        &container_id,
+                        Some(bollard::query_parameters::StopContainerOptions {
+                            t: Some(3),
+                            signal: None,
+                        }),
+                    )
+                    .await;
+                let options = bollard::query_parameters::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                };
+                if let Err(err) = docker.remove_container(&container_id, Some(options)).await {
+                    tracing::warn!(case = id, error = %err, "removing a case container");
+                }
+            }
         }
     }
 
