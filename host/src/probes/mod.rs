@@ -295,7 +295,8 @@ impl ProbeService {
                 tracing::warn!(target_id = %due.id, code = err.code.as_str(), "rescheduling a rate-limited target failed");
             }
         }
-        let state = match targets::record(
+        // The gauge follows the target's state, which holds through isolated failures.
+        let up = match targets::record(
             &self.db,
             &due.owner,
             &result,
@@ -304,25 +305,25 @@ impl ProbeService {
         )
         .await
         {
-            Ok(state) => state,
+            Ok(Some(state)) => Some(state == runner::READY),
+            // Deleted while it was probed: its series are gone and stay gone.
+            Ok(None) => None,
             Err(err) => {
                 tracing::warn!(target_id = %due.id, code = err.code.as_str(), "storing a probe result failed");
-                None
+                Some(result.ready())
             }
         };
-        let labels = [due.id.as_str(), due.provider.as_str()];
-        // The gauge follows the target's state, which holds through isolated failures.
-        let up = state
-            .as_deref()
-            .map_or(result.ready(), |s| s == runner::READY);
-        self.metrics
-            .up
-            .with_label_values(&labels)
-            .set(i64::from(up));
-        self.metrics
-            .duration
-            .with_label_values(&labels)
-            .set(result.duration_ms / 1000.0);
+        if let Some(up) = up {
+            let labels = [due.id.as_str(), due.provider.as_str()];
+            self.metrics
+                .up
+                .with_label_values(&labels)
+                .set(i64::from(up));
+            self.metrics
+                .duration
+                .with_label_values(&labels)
+                .set(result.duration_ms / 1000.0);
+        }
         tracing::debug!(target_id = %due.id, provider = %due.provider, verdict = %result.verdict, duration_ms = result.duration_ms, "target probed");
     }
 }
