@@ -310,6 +310,9 @@ pub struct ProbesConfig {
     pub history_adhoc: u32,
     /// Shortest schedule interval a target may ask for.
     pub min_interval_secs: u64,
+    /// Non-ready results in a row before a `ready` target's state turns to the failure
+    /// (`WHARF_PROBE_FAILURE_THRESHOLD`); a `ready` result restores it at once.
+    pub failure_threshold: u32,
     /// Whether non-admin keys may probe loopback, private, link-local and other non-public
     /// addresses (`WHARF_PROBES_ALLOW_PRIVATE_TARGETS`). Off by default: a probe is a request
     /// the server makes from its own network position (see `outbound`).
@@ -328,6 +331,7 @@ impl std::fmt::Debug for ProbesConfig {
             .field("max_step_timeout_ms", &self.max_step_timeout_ms)
             .field("warmup_retry_ms", &self.warmup_retry_ms)
             .field("tick_ms", &self.tick_ms)
+            .field("failure_threshold", &self.failure_threshold)
             .field("allow_private_targets", &self.allow_private_targets)
             .finish_non_exhaustive()
     }
@@ -346,6 +350,7 @@ impl Default for ProbesConfig {
             history_per_target: 100,
             history_adhoc: 1_000,
             min_interval_secs: 1,
+            failure_threshold: 3,
             allow_private_targets: false,
         }
     }
@@ -492,6 +497,12 @@ impl Config {
                     .parse()
                     .with_context(|| format!("{name}={value:?} is not a number of milliseconds"))?;
             }
+        }
+        if let Some(value) = var("WHARF_PROBE_FAILURE_THRESHOLD") {
+            self.probes.failure_threshold =
+                value.parse().ok().filter(|n| *n >= 1).with_context(|| {
+                    format!("WHARF_PROBE_FAILURE_THRESHOLD={value:?}: expected a whole number >= 1")
+                })?;
         }
         if let Some(value) = var("WHARF_PROBES_ALLOW_PRIVATE_TARGETS") {
             self.probes.allow_private_targets = match value.trim() {

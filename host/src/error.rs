@@ -50,7 +50,7 @@ error_codes! {
     ApprovalExpired => ("approval_expired", StatusCode::GONE, false, "The approval was not decided before it expired (`[approvals] ttl_secs`); the call never ran. Ask again."),
     ApprovalDeclined => ("approval_declined", StatusCode::FORBIDDEN, false, "An approver declined the call; it never ran."),
     OverlayConflict => ("overlay_conflict", StatusCode::CONFLICT, false, "An overlay does not apply to the tree: a hunk finds no place (the message names the overlay, patch, file and hunk), a file it adds or creates is already there with other content, or the tree holds a link where it writes. Nothing was written."),
-    PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, false, "The request body exceeds the configured limit."),
+    PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, false, "The request body exceeds the configured limit: `max_body_bytes` (1 MiB) on every route, `[sandbox] max_upload_bytes` for a file upload."),
     PluginError => ("plugin_error", StatusCode::UNPROCESSABLE_ENTITY, false, "The plugin ran and returned an error; `message` carries the plugin's code and text."),
     CompileError => ("compile_error", StatusCode::UNPROCESSABLE_ENTITY, false, "The code given to an adapter does not compile (e.g. a Python `SyntaxError`); nothing ran, and the message names the line."),
     UpgradeRequired => ("upgrade_required", StatusCode::UPGRADE_REQUIRED, false, "The route is a WebSocket: send the GET with the WebSocket upgrade headers."),

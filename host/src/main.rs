@@ -452,6 +452,9 @@ fn probe(config_path: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<bool> 
             "attempts: {}, {:.1} ms",
             result.attempts, result.duration_ms
         );
+        for warning in &result.warnings {
+            println!("warning: {warning}");
+        }
         for step in &result.steps {
             let status = step.status.map_or("---".to_string(), |s| s.to_string());
             println!(

@@ -1,5 +1,19 @@
 //! Access probes through the real binary: a mock OpenAI-compatible upstream on loopback plays
 //! each behaviour of seed 003, and each must come out as exactly its verdict class.
+//!
+//! The mock follows the OpenAI API's shapes: `GET /v1/models` answers
+//! `{"object": "list", "data": [{"id", "object": "model", "created", "owned_by"}]}`
+//! (<https://platform.openai.com/docs/api-reference/models/list>); `POST /v1/chat/completions`
+//! answers a `chat.completion` object, or `chat.completion.chunk` events for `stream: true`
+//! (<https://platform.openai.com/docs/api-reference/chat/object>); errors are
+//! `{"error": {"message", "type", "param", "code"}}`, an unknown route is
+//! `404 {"error": {"message": "Invalid URL (GET /v1/models)", "type": "invalid_request_error"}}`
+//! (<https://platform.openai.com/docs/guides/error-codes>); rate limits are 429 with
+//! `x-ratelimit-reset-requests: 2s`-style headers or `Retry-After`
+//! (<https://platform.openai.com/docs/guides/rate-limits#rate-limits-in-headers>). The relay
+//! answers are seed 003's: sub2api's `503` with "no available accounts" while its account pool
+//! is empty (its models list still answers 200), and `502 upstream_error` when it routes a
+//! provider to an API the upstream does not serve.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,6 +37,10 @@ const WARM_FOR: Duration = Duration::from_millis(1500);
 #[derive(Default)]
 struct MockState {
     started: HashMap<String, Instant>,
+    /// Every request: (behaviour, whether it was the models list, when).
+    calls: Vec<(String, bool, Instant)>,
+    /// The `switch` behaviour fails (502) while this is set.
+    failing: bool,
 }
 
 /// A mock upstream. The first path segment picks the behaviour:
@@ -33,6 +51,7 @@ struct Mock {
     violations: Arc<AtomicUsize>,
     /// The models the chat step asked for, in order.
     chat_models: Arc<std::sync::Mutex<Vec<String>>>,
+    state: Arc<std::sync::Mutex<MockState>>,
 }
 
 #[derive(Clone)]
@@ -49,7 +68,7 @@ fn json_response(status: u16, body: Value) -> Response {
 }
 
 fn error_body(message: &str, kind: &str) -> Value {
-    json!({"error": {"message": message, "type": kind}})
+    json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
 }
 
 fn completion(model: &str) -> Value {
@@ -72,7 +91,9 @@ fn sse(events: &[String]) -> Response {
 fn models_list(ids: &[&str]) -> Response {
     let data: Vec<Value> = ids
         .iter()
-        .map(|id| json!({"id": id, "object": "model", "owned_by": "mock"}))
+        .map(
+            |id| json!({"id": id, "object": "model", "created": 1_686_935_002, "owned_by": "mock"}),
+        )
         .collect();
     json_response(200, json!({"object": "list", "data": data}))
 }
@@ -94,6 +115,12 @@ async fn handle(
         );
     }
     let models = rest.ends_with("models");
+    shared
+        .state
+        .lock()
+        .unwrap()
+        .calls
+        .push((behaviour.clone(), models, Instant::now()));
     let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let model = request["model"].as_str().unwrap_or_default().to_string();
     if !models {
@@ -133,7 +160,49 @@ async fn handle(
             }
             healthy(models, &model, stream)
         }
+        // sub2api after an import: the models list answers, the chat finds no account.
+        "warmchat" if !models => {
+            json_response(503, error_body("no available accounts", "api_error"))
+        }
         "nomodel" if models => models_list(&["moonshot-v1-8k", "moonshot-v1-32k"]),
+        "nomodelsroute" if models => json_response(
+            404,
+            json!({"error": {"message": "Invalid URL (GET /v1/models)", "type": "invalid_request_error", "param": null, "code": null}}),
+        ),
+        "ratereset" => {
+            let mut r = json_response(
+                429,
+                error_body(
+                    "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1.",
+                    "requests",
+                ),
+            );
+            r.headers_mut()
+                .insert("x-ratelimit-reset-requests", "2s".parse().unwrap());
+            r
+        }
+        "retryafter3" => {
+            let mut r = json_response(
+                429,
+                error_body("Rate limit reached for requests", "rate_limit_exceeded"),
+            );
+            r.headers_mut().insert("retry-after", "3".parse().unwrap());
+            r
+        }
+        "overloaded" if !models => {
+            let mut r = json_response(
+                503,
+                error_body(
+                    "The engine is currently overloaded, please try again later",
+                    "server_error",
+                ),
+            );
+            r.headers_mut().insert("retry-after", "2".parse().unwrap());
+            r
+        }
+        "switch" if shared.state.lock().unwrap().failing => {
+            json_response(502, error_body("Upstream request failed", "upstream_error"))
+        }
         "errorbody" if !models => json_response(
             200,
             error_body("upstream failed: context canceled", "upstream_error"),
@@ -188,12 +257,29 @@ async fn start_mock() -> Mock {
         base,
         violations: shared.violations,
         chat_models: shared.chat_models,
+        state: shared.state,
     }
 }
 
 impl Mock {
     fn url(&self, behaviour: &str) -> String {
         format!("{}/{behaviour}", self.base)
+    }
+
+    /// When a behaviour was asked for its models list (`models`) or a chat completion.
+    fn calls(&self, behaviour: &str, models: bool) -> Vec<Instant> {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|(b, m, _)| b == behaviour && *m == models)
+            .map(|(_, _, at)| *at)
+            .collect()
+    }
+
+    fn set_failing(&self, failing: bool) {
+        self.state.lock().unwrap().failing = failing;
     }
 }
 
@@ -226,6 +312,27 @@ fn data_dir_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
         }
     }
     out
+}
+
+/// A relay that never warmed up is reported with what it said.
+fn assert_upstream_message(result: &Value) {
+    let detail = result["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("no available accounts") && detail.contains("warm-up window"),
+        "{result:#}"
+    );
+}
+
+/// A `ready` result that carries one warning with each fragment.
+fn assert_warning(result: &Value, fragments: &[&str]) {
+    let warnings = result["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| {
+            let w = w.as_str().unwrap();
+            fragments.iter().all(|f| w.contains(f))
+        }),
+        "no warning with {fragments:?}: {result:#}"
+    );
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -266,11 +373,31 @@ async fn each_upstream_behaviour_is_exactly_its_class() {
         (
             "503 for longer than the window",
             probe_body(&mock, "warmforever"),
-            "warming_up",
+            "relay_unavailable",
         ),
         (
-            "models without the smoke model",
+            "models answer, chat 503 for longer than the window",
+            probe_body(&mock, "warmchat"),
+            "relay_unavailable",
+        ),
+        (
+            "models without the smoke model, chat fine",
             probe_body(&mock, "nomodel"),
+            "ready",
+        ),
+        (
+            "models and chat both lack the model",
+            json!({"provider": "kimi", "base_url": mock.url("healthy"), "api_key": UPSTREAM_KEY, "model": "kimi-k9"}),
+            "model_missing",
+        ),
+        (
+            "models route 404, chat fine",
+            probe_body(&mock, "nomodelsroute"),
+            "ready",
+        ),
+        (
+            "models route 404, chat lacks the model",
+            json!({"provider": "kimi", "base_url": mock.url("nomodelsroute"), "api_key": UPSTREAM_KEY, "model": "kimi-k9"}),
             "model_missing",
         ),
         (
@@ -287,6 +414,26 @@ async fn each_upstream_behaviour_is_exactly_its_class() {
             "relay 502, direct fine",
             json!({"provider": "kimi", "base_url": mock.url("relay502"), "direct_base_url": mock.url("healthy"), "api_key": UPSTREAM_KEY}),
             "host_compatibility_gap",
+        ),
+        (
+            "relay 429, direct fine",
+            json!({"provider": "kimi", "base_url": mock.url("ratelimit"), "direct_base_url": mock.url("healthy"), "api_key": UPSTREAM_KEY}),
+            "upstream_rate_limited",
+        ),
+        (
+            "relay overloaded 503, direct fine",
+            json!({"provider": "kimi", "base_url": mock.url("overloaded"), "direct_base_url": mock.url("healthy"), "api_key": UPSTREAM_KEY}),
+            "upstream_error",
+        ),
+        (
+            "relay hangs, direct fine",
+            json!({"provider": "kimi", "base_url": mock.url("hang"), "direct_base_url": mock.url("healthy"), "api_key": UPSTREAM_KEY}),
+            "timeout",
+        ),
+        (
+            "relay never warms up, direct fine",
+            json!({"provider": "kimi", "base_url": mock.url("warmforever"), "direct_base_url": mock.url("healthy"), "api_key": UPSTREAM_KEY}),
+            "relay_unavailable",
         ),
         (
             "relay 502, direct also failing",
@@ -321,6 +468,24 @@ async fn each_upstream_behaviour_is_exactly_its_class() {
     for task in tasks {
         answers.push(task.await.unwrap());
     }
+    // Every verdict first, so a failure names all the cases that came out wrong.
+    let wrong: Vec<String> = answers
+        .iter()
+        .zip(&cases)
+        .filter(|((_, _, result, _), (_, _, expected))| result["verdict"] != *expected)
+        .map(|((name, status, result, _), (_, _, expected))| {
+            format!(
+                "{name}: expected {expected}, got {status} {} ({})",
+                result["verdict"], result["detail"]
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} cases:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     let mut texts = Vec::new();
     for ((name, status, result, took), (_, _, expected)) in answers.iter().zip(&cases) {
         assert_eq!(*status, 200, "{name}: {result}");
@@ -350,12 +515,63 @@ async fn each_upstream_behaviour_is_exactly_its_class() {
             }
             "429 quota" => assert_eq!(result["retriable"], false),
             "503 then healthy" => assert!(result["attempts"].as_u64().unwrap() > 1, "{result}"),
-            "503 for longer than the window" => {
+            "503 for longer than the window" | "relay never warms up, direct fine" => {
                 assert!(
                     *took >= Duration::from_millis(3500),
-                    "warming_up counts only after the window: {took:?}"
+                    "the relay counts as unavailable only after the window: {took:?}"
                 );
                 assert_eq!(result["retriable"], true);
+                assert_upstream_message(result);
+                assert!(
+                    mock.calls("warmforever", false).is_empty(),
+                    "a relay whose free models check warms up is never sent a chat"
+                );
+            }
+            "models answer, chat 503 for longer than the window" => {
+                assert!(*took >= Duration::from_millis(3500), "{took:?}");
+                assert_upstream_message(result);
+                let attempts = result["attempts"].as_u64().unwrap();
+                let chats = mock.calls("warmchat", false).len() as u64;
+                let lists = mock.calls("warmchat", true).len() as u64;
+                assert!(
+                    attempts >= 8 && lists == attempts,
+                    "every attempt starts with the free models check: {attempts} attempts, {lists} lists"
+                );
+                assert!(
+                    chats <= 6 && chats * 2 <= attempts,
+                    "warm-up retries do not each spend a chat completion: {chats} chats in {attempts} attempts"
+                );
+            }
+            "models without the smoke model, chat fine" => {
+                assert_eq!(steps.len(), 2, "the chat decided: {result}");
+                assert_warning(result, &["model_unlisted", "lacks kimi-k2.6"]);
+            }
+            "models route 404, chat fine" => {
+                assert_eq!(steps.len(), 2, "the chat decided: {result}");
+                assert_eq!(steps[0]["passed"], true, "{result}");
+                assert_warning(result, &["models_unavailable", "no models list"]);
+            }
+            "models route 404, chat lacks the model" | "models and chat both lack the model" => {
+                assert_eq!(steps.len(), 2, "the chat decided: {result}");
+                assert_eq!(steps[1]["class"], "model_missing", "{result}");
+                assert!(
+                    !result["warnings"].as_array().unwrap().is_empty(),
+                    "{result}"
+                );
+            }
+            "relay 429, direct fine" => {
+                assert_eq!(
+                    (&result["retriable"], &result["retry_after_ms"]),
+                    (&json!(true), &json!(7000)),
+                    "a rate limit keeps its retry hint: {result}"
+                );
+            }
+            "relay overloaded 503, direct fine" => {
+                assert_eq!(
+                    (&result["retriable"], &result["retry_after_ms"]),
+                    (&json!(true), &json!(2000)),
+                    "{result}"
+                );
             }
             "relay 502, direct fine" => {
                 let vias: Vec<&str> = steps.iter().map(|s| s["via"].as_str().unwrap()).collect();
@@ -521,6 +737,102 @@ async fn each_upstream_behaviour_is_exactly_its_class() {
     assert_eq!(status, 204);
     let (status, _) = admin.get(&status_path).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn scheduled_targets_hold_their_state_until_n_failures_in_a_row() {
+    let mock = start_mock().await;
+    let root = tempfile::tempdir().unwrap();
+    let env = [
+        ("WHARF_PROBE_TICK_MS", "100"),
+        ("WHARF_PROBE_FAILURE_THRESHOLD", "3"),
+    ];
+    let (_server, admin) = start_with_openai_cn(root.path(), &env).await;
+    let (status, target) = admin
+        .post("/v1/targets", json!({"provider": "kimi", "base_url": mock.url("switch"), "api_key": UPSTREAM_KEY, "interval_secs": 1}))
+        .await;
+    assert_eq!(status, 201, "{target}");
+    let flapping = target["id"].as_str().unwrap().to_string();
+    let status_path = format!("/v1/targets/{flapping}/status?limit=1");
+    let ready = admin
+        .wait_for(&status_path, "a ready probe", |s| s["verdict"] == "ready")
+        .await;
+    assert_eq!(ready["target"]["consecutive_failures"], 0, "{ready}");
+
+    // Failing now: the state holds `ready` through failures 1 and 2, and turns at the 3rd.
+    mock.set_failing(true);
+    let mut held = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let turned = loop {
+        let (_, status) = admin.get(&status_path).await;
+        let failures = status["target"]["consecutive_failures"].as_u64().unwrap();
+        match failures {
+            0 => {}
+            1 | 2 => {
+                assert_eq!(
+                    status["verdict"], "ready",
+                    "only {failures} failures: {status:#}"
+                );
+                held += 1;
+            }
+            _ => break status,
+        }
+        assert!(Instant::now() < deadline, "no third failure: {status:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        held > 0,
+        "the state was never seen holding through a failure"
+    );
+    assert_eq!(turned["verdict"], "upstream_error", "{turned:#}");
+    assert_eq!(turned["results"][0]["verdict"], "upstream_error");
+    mock.set_failing(false);
+    let recovered = admin
+        .wait_for(&status_path, "recovery", |s| s["verdict"] == "ready")
+        .await;
+    assert_eq!(
+        recovered["target"]["consecutive_failures"], 0,
+        "one ready result restores the state: {recovered}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_targets_are_probed_again_near_their_reset_time() {
+    let mock = start_mock().await;
+    let root = tempfile::tempdir().unwrap();
+    let (_server, admin) =
+        start_with_openai_cn(root.path(), &[("WHARF_PROBE_TICK_MS", "100")]).await;
+    // The reset (2 s) comes well before the interval (60 s), or after it (3 s against 1 s).
+    // Either way the next probe lands just after the reset.
+    let mut ids = Vec::new();
+    for (behaviour, interval_secs) in [("ratereset", 60), ("retryafter3", 1)] {
+        let (status, target) = admin
+            .post("/v1/targets", json!({"provider": "kimi", "base_url": mock.url(behaviour), "api_key": UPSTREAM_KEY, "interval_secs": interval_secs}))
+            .await;
+        assert_eq!(status, 201, "{target}");
+        ids.push(target["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mock.calls("ratereset", true).len() < 3 || mock.calls("retryafter3", true).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 3 probes each in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (id, behaviour, reset) in [(&ids[0], "ratereset", 2.0), (&ids[1], "retryafter3", 3.0)] {
+        let calls = mock.calls(behaviour, true);
+        for pair in calls.windows(2) {
+            let gap = (pair[1] - pair[0]).as_secs_f64();
+            assert!(
+                gap >= reset && gap < reset + 2.0,
+                "{behaviour}: re-probed {gap:.2} s after a {reset} s reset"
+            );
+        }
+        let (_, status) = admin.get(&format!("/v1/targets/{id}/status")).await;
+        assert_eq!(status["verdict"], "upstream_rate_limited", "{status:#}");
+        assert!(status["results"][0]["retry_after_ms"].as_u64().is_some());
+    }
 }
 
 #[tokio::test]

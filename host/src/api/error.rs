@@ -82,38 +82,72 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// `axum::Json` whose rejections are `validation_error` or `payload_too_large`.
+/// `axum::Json` whose rejections are `validation_error` or `payload_too_large`. The size is
+/// checked before the content type, so an oversized body is `payload_too_large` whatever its
+/// headers say (axum's own extractor looks at the content type first).
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(json_rejection(rejection).into()),
+        let json_typed = is_json_content_type(req.headers());
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    payload_too_large()
+                } else {
+                    WharfError::validation(format!(
+                        "the request body could not be read: {}",
+                        rejection.body_text()
+                    ))
+                }
+            })?;
+        if !json_typed {
+            return Err(WharfError::validation(
+                "expected a JSON body with `Content-Type: application/json`",
+            )
+            .into());
         }
+        axum::Json::<T>::from_bytes(&bytes)
+            .map(|axum::Json(value)| Json(value))
+            .map_err(|rejection: JsonRejection| {
+                WharfError::validation(format!("invalid JSON body: {}", rejection.body_text()))
+                    .into()
+            })
     }
+}
+
+/// `application/json`, or a `+json` type, with any parameters.
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The one error of a body past `max_body_bytes`, on every route.
+pub fn payload_too_large() -> WharfError {
+    WharfError::new(
+        ErrorCode::PayloadTooLarge,
+        "request body is larger than the configured limit (`max_body_bytes`)",
+    )
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
-    }
-}
-
-fn json_rejection(rejection: JsonRejection) -> WharfError {
-    match rejection {
-        JsonRejection::BytesRejection(inner) if inner.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            WharfError::new(
-                ErrorCode::PayloadTooLarge,
-                "request body is larger than the configured limit",
-            )
-        }
-        JsonRejection::MissingJsonContentType(_) => {
-            WharfError::validation("expected a JSON body with `Content-Type: application/json`")
-        }
-        other => WharfError::validation(format!("invalid JSON body: {}", other.body_text())),
     }
 }
 

@@ -124,6 +124,7 @@ pub fn router(state: AppState) -> Router {
             ))
         })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), bounded_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_context,
@@ -172,6 +173,43 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// A refused body up to this size is read and dropped before the answer, so that a client
+/// still sending it reads the 413 instead of a connection reset (a lingering close, as web
+/// servers do). Larger ones are not read: the connection closes on them.
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+/// The longest a refused body is read for.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A declared body past `max_body_bytes` is `413 payload_too_large` on every route, also those
+/// that read no body, before the key check. (Bodies without a length are cut at the limit by
+/// `DefaultBodyLimit` where a handler reads them.) File uploads stream under their own limit,
+/// `sandbox.max_upload_bytes`.
+async fn bounded_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let streamed_upload = request.method() == axum::http::Method::PUT
+        && request
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|p| p.as_str() == sandboxes::FILES_ROUTE);
+    match declared {
+        Some(length) if !streamed_upload && length > state.config.max_body_bytes as u64 => {
+            if length <= LINGER_BYTES {
+                let mut body = request.into_body().into_data_stream();
+                let _ = tokio::time::timeout(LINGER_TIME, async {
+                    while let Some(Ok(_)) = futures::StreamExt::next(&mut body).await {}
+                })
+                .await;
+            }
+            ApiError(error::payload_too_large()).into_response()
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// `Authorization: Bearer <key>`; a revoked key fails from the next request on.

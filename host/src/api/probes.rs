@@ -42,7 +42,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Runs the provider's probe plan against `base_url` now. The answer's `verdict` is `ready`
-/// only when every step passed. An upstream failure is a verdict (HTTP 200), not an error.
+/// only when every step passed; a step may pass with a warning (no models list, or a list
+/// without the model: the chat decides), listed in `warnings`. An upstream failure is a verdict
+/// (HTTP 200), not an error.
 /// Loopback, private and link-local targets need an admin key unless the operator allows them.
 #[utoipa::path(post, path = "/v1/probes", request_body = ProbeRequest,
     extensions(("x-wharf-outbound" = json!(true))),
@@ -72,7 +74,9 @@ async fn get_probe(
     Ok(Json(state.probes.result(&principal.owner, &id).await?))
 }
 
-/// Registers a target that the scheduler probes every `interval_secs` (with jitter). The key is
+/// Registers a target that the scheduler probes every `interval_secs` (with jitter), or just
+/// after the reset time of a failure's retry hint (a rate limit). Its `verdict` turns from
+/// `ready` to a failure only after `[probes] failure_threshold` failures in a row. The key is
 /// stored sealed and shown only as a fingerprint.
 #[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget,
     extensions(("x-wharf-outbound" = json!(true))),

@@ -86,6 +86,10 @@ error_set!(
     SocketErrors: Forbidden, NotFound, UpgradeRequired
 );
 
+/// The file routes; `PUT` streams an upload under `sandbox.max_upload_bytes`, not the JSON
+/// body limit.
+pub const FILES_ROUTE: &str = "/v1/sandboxes/{id}/files/{*path}";
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(<WildcardAndSocketRoutes as utoipa::OpenApi>::openapi())
         .routes(routes!(create_sandbox, list_sandboxes))
@@ -99,10 +103,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sandbox_capabilities))
         .routes(routes!(list_root))
         // Documented by `WildcardAndSocketRoutes`.
-        .route(
-            "/v1/sandboxes/{id}/files/{*path}",
-            get(download).put(upload).delete(delete_file),
-        )
+        .route(FILES_ROUTE, get(download).put(upload).delete(delete_file))
         .route(
             "/v1/sandboxes/{id}/dirs/{*path}",
             get(list_dir).put(make_dir),

@@ -125,7 +125,14 @@ impl ProbeService {
         request: &ProbeRequest,
     ) -> WharfResult<ProbeResult> {
         let result = self.runner.run(request, self.reach(caller.admin)).await?;
-        targets::record(&self.db, &caller.owner, &result, self.config.history_adhoc).await?;
+        targets::record(
+            &self.db,
+            &caller.owner,
+            &result,
+            self.config.history_adhoc,
+            self.config.failure_threshold,
+        )
+        .await?;
         Ok(result)
     }
 
@@ -273,6 +280,7 @@ impl ProbeService {
             retry_after_ms: err.retry_after_ms,
             detail: format!("the probe could not run: {}", err.message),
             attempts: 0,
+            warnings: Vec::new(),
             pack: String::new(),
             pack_version: String::new(),
             generation: 0,
@@ -281,24 +289,40 @@ impl ProbeService {
             steps: Vec::new(),
         });
         result.target_id = Some(due.id.clone());
-        let labels = [due.id.as_str(), due.provider.as_str()];
-        self.metrics
-            .up
-            .with_label_values(&labels)
-            .set(i64::from(result.ready()));
-        self.metrics
-            .duration
-            .with_label_values(&labels)
-            .set(result.duration_ms / 1000.0);
-        if let Err(err) = targets::record(
+        if let Some(at) = scheduler::due_at_retry_hint(&result) {
+            // Near the upstream's reset time, not a whole interval later (nor earlier).
+            if let Err(err) = targets::set_next_due(&self.db, &due.id, at).await {
+                tracing::warn!(target_id = %due.id, code = err.code.as_str(), "rescheduling a rate-limited target failed");
+            }
+        }
+        // The gauge follows the target's state, which holds through isolated failures.
+        let up = match targets::record(
             &self.db,
             &due.owner,
             &result,
             self.config.history_per_target,
+            self.config.failure_threshold,
         )
         .await
         {
-            tracing::warn!(target_id = %due.id, code = err.code.as_str(), "storing a probe result failed");
+            Ok(Some(state)) => Some(state == runner::READY),
+            // Deleted while it was probed: its series are gone and stay gone.
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(target_id = %due.id, code = err.code.as_str(), "storing a probe result failed");
+                Some(result.ready())
+            }
+        };
+        if let Some(up) = up {
+            let labels = [due.id.as_str(), due.provider.as_str()];
+            self.metrics
+                .up
+                .with_label_values(&labels)
+                .set(i64::from(up));
+            self.metrics
+                .duration
+                .with_label_values(&labels)
+                .set(result.duration_ms / 1000.0);
         }
         tracing::debug!(target_id = %due.id, provider = %due.provider, verdict = %result.verdict, duration_ms = result.duration_ms, "target probed");
     }

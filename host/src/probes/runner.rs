@@ -4,12 +4,25 @@
 //!
 //! Overall rules (the per-step rules live in the plugin):
 //! - `ready` only when every step passed; otherwise the class of the first failing step
-//!   (later steps are not sent: a failed `list_models` makes the chat step meaningless, and it
-//!   would spend the user's quota);
-//! - `warming_up` is retried for `probes.warmup_retry_ms` before it counts, because relays
-//!   answer `503 no available accounts` for a while after an account import;
-//! - with a `direct_base_url`, both targets run; a relay that fails while the same key direct
-//!   to the upstream is ready is a `host_compatibility_gap`.
+//!   (later steps are not sent: after a failed cheap check the chat step would spend the
+//!   user's quota for nothing);
+//! - a step may pass with a class other than `ready`: that is a warning (the plugin's
+//!   `models_unavailable` and `model_unlisted`: a relay without a models list, or whose list
+//!   lacks the model, still gets the chat, and the chat decides). A `ready` result lists its
+//!   warnings;
+//! - `warming_up` is retried for `probes.warmup_retry_ms`, because relays answer `503 no
+//!   available accounts` for a while after an account import. A retry runs the free steps (no
+//!   body, e.g. the models list) every `probes.warmup_backoff_ms` (or the upstream's retry
+//!   hint), but sends a step with a body (the chat completion, which costs tokens) only at
+//!   doubling intervals and once more when the window ends. Still warming up then, the verdict
+//!   is `relay_unavailable` with the upstream's message: the relay has no usable account;
+//! - with a `direct_base_url`, both targets run; a relay that fails for a reason that is not
+//!   transient while the same key direct to the upstream is ready is a
+//!   `host_compatibility_gap`. Transient failures keep their own class and retry hint: rate
+//!   limits, timeouts, network errors, an unavailable relay, and 5xx answers that say they are
+//!   temporary (503, 504, or a retry hint). A bare 500/502 from a relay whose upstream answers
+//!   directly is what a relay routing a provider to an API it does not serve gives (seed 003's
+//!   `502 upstream_error`), so it counts as a gap.
 //!
 //! Every request follows the outbound rules ([`crate::outbound`]): the step URL is the target's
 //! base URL joined with the step path, and a plan with a path that breaks the rules fails the
@@ -55,6 +68,8 @@ const MODEL_HEADER: &str = "x-wharf-probe-model";
 
 pub const READY: &str = "ready";
 pub const WARMING_UP: &str = "warming_up";
+/// A relay still `warming_up` when the warm-up window ends.
+pub const RELAY_UNAVAILABLE: &str = "relay_unavailable";
 pub const HOST_COMPATIBILITY_GAP: &str = "host_compatibility_gap";
 
 /// What to probe (`POST /v1/probes`). `api_key` is a secret: this type has no `Debug` and no
@@ -121,15 +136,20 @@ pub struct ProbeResult {
     pub direct_base_url: Option<String>,
     /// The model the plan probed (canonical id when the catalog knows the name).
     pub model: Option<String>,
-    /// `ready`, `upstream_auth`, `upstream_rate_limited`, `upstream_quota`, `warming_up`,
-    /// `model_missing`, `invalid_response`, `host_compatibility_gap`, `network_error`,
-    /// `timeout`, or the plugin's catch-alls `upstream_error` / `upstream_rejected`.
+    /// `ready`, `upstream_auth`, `upstream_rate_limited`, `upstream_quota`,
+    /// `relay_unavailable`, `model_missing`, `invalid_response`, `host_compatibility_gap`,
+    /// `network_error`, `timeout`, or the plugin's catch-alls `upstream_error` /
+    /// `upstream_rejected`.
     pub verdict: String,
     pub retriable: bool,
     pub retry_after_ms: Option<u64>,
     pub detail: String,
     /// Runs of the plan through the relay (more than one after `warming_up` retries).
     pub attempts: u32,
+    /// Steps that passed with a warning, e.g. `list_models (models_unavailable): HTTP 404 ...`:
+    /// the verdict stands, but the relay did not answer as an upstream would.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// The pack generation that planned and judged this probe.
     pub pack: String,
     pub pack_version: String,
@@ -156,6 +176,26 @@ struct Run {
     attempts: u32,
     model: Option<String>,
     steps: Vec<StepResult>,
+    warnings: Vec<String>,
+    /// Whether this run sent a step with a body (a chat completion costs the user tokens).
+    spent: bool,
+    /// The HTTP status of the failing step, if it answered.
+    failed_status: Option<u16>,
+}
+
+/// Whether a failed run may clear by itself (see the module doc): such a relay failure is never
+/// a `host_compatibility_gap`.
+fn transient(run: &Run) -> bool {
+    if run.class == RELAY_UNAVAILABLE {
+        return true;
+    }
+    run.retriable
+        && match run.failed_status {
+            Some(status) if status >= 500 => {
+                matches!(status, 503 | 504) || run.retry_after_ms.is_some()
+            }
+            _ => true,
+        }
 }
 
 /// Performs probes. Cheap to share; holds the HTTP client and the concurrency bound.
@@ -231,7 +271,8 @@ impl ProbeRunner {
             None => (relay.await?, None),
         };
         let (class, retriable, retry_after_ms, detail) = match &direct {
-            Some(direct) if !relay.passed && direct.passed => (
+            // A transient failure says nothing about compatibility: it keeps its class and hint.
+            Some(direct) if !relay.passed && !transient(&relay) && direct.passed => (
                 HOST_COMPATIBILITY_GAP.to_string(),
                 false,
                 None,
@@ -248,8 +289,10 @@ impl ProbeRunner {
             ),
         };
         let mut steps = relay.steps;
+        let mut warnings = relay.warnings;
         if let Some(direct) = direct {
             steps.extend(direct.steps);
+            warnings.extend(direct.warnings.into_iter().map(|w| format!("direct {w}")));
         }
         Ok(ProbeResult {
             id: crate::store::keys::new_id("prb"),
@@ -263,6 +306,10 @@ impl ProbeRunner {
             retry_after_ms,
             detail: redact(&detail, &request.api_key),
             attempts: relay.attempts,
+            warnings: warnings
+                .iter()
+                .map(|w| redact(w, &request.api_key))
+                .collect(),
             pack: pack.id.clone(),
             pack_version: pack.version.to_string(),
             generation: pack.generation,
@@ -435,25 +482,62 @@ impl ProbeRunner {
             api_key: &request.api_key,
             via,
         };
-        let window_ends = Instant::now() + Duration::from_millis(self.config.warmup_retry_ms);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut run = self.run_plan(bound, &mut session, &plan, &target).await?;
+        let window = Duration::from_millis(self.config.warmup_retry_ms);
+        let window_ends = Instant::now() + window;
+        let backoff = Duration::from_millis(self.config.warmup_backoff_ms.max(10));
+        let mut run = self
+            .run_plan(bound, &mut session, &plan, &target, true)
+            .await?
+            .expect("a run allowed to spend reaches a verdict");
+        let mut attempts = 1;
+        let mut chats = u32::from(run.spent);
+        let mut spend_gap = backoff;
+        let mut next_spend = Instant::now() + spend_gap;
+        while run.class == WARMING_UP {
             let now = Instant::now();
-            if run.class == WARMING_UP && now < window_ends {
-                let hint = run.retry_after_ms.map_or(
-                    Duration::from_millis(self.config.warmup_backoff_ms),
-                    Duration::from_millis,
-                );
-                tokio::time::sleep(hint.min(window_ends - now).max(Duration::from_millis(10)))
-                    .await;
-                continue;
+            if now >= window_ends {
+                break;
             }
-            run.attempts = attempts;
-            run.model = model;
-            return Ok(run);
+            let pause = run
+                .retry_after_ms
+                .map_or(backoff, Duration::from_millis)
+                .min(window_ends - now)
+                .max(Duration::from_millis(10));
+            tokio::time::sleep(pause).await;
+            let now = Instant::now();
+            // The attempt at the window's end spends whatever the schedule says: it decides.
+            let spend = now >= next_spend || now >= window_ends;
+            attempts += 1;
+            // `None`: the free checks passed and the paid step was held back, so the last
+            // full answer still stands.
+            if let Some(next) = self
+                .run_plan(bound, &mut session, &plan, &target, spend)
+                .await?
+            {
+                if next.spent {
+                    chats += 1;
+                    spend_gap *= 2;
+                    next_spend = now + spend_gap;
+                }
+                run = next;
+            }
         }
+        if run.class == WARMING_UP {
+            run = Run {
+                class: RELAY_UNAVAILABLE.into(),
+                passed: false,
+                retriable: true,
+                detail: format!(
+                    "still no usable upstream account after the {} ms warm-up window ({attempts} attempts, {chats} of them with a chat completion): {}",
+                    window.as_millis(),
+                    run.detail
+                ),
+                ..run
+            };
+        }
+        run.attempts = attempts;
+        run.model = model;
+        Ok(run)
     }
 
     async fn plan(
@@ -478,16 +562,26 @@ impl ProbeRunner {
         Ok(plan)
     }
 
+    /// One run of the plan. Without `spend`, it stops before the first step with a body (the
+    /// paid chat completion) and answers `None` if every step before it passed.
     async fn run_plan(
         &self,
         bound: &Bound,
         session: &mut Slot,
         plan: &[(wit::ProbeStep, reqwest::Url)],
         target: &Target<'_>,
-    ) -> WharfResult<Run> {
+        spend: bool,
+    ) -> WharfResult<Option<Run>> {
         let api_key = target.api_key;
         let mut steps = Vec::with_capacity(plan.len());
+        let mut warnings = Vec::new();
+        let mut spent = false;
         for (step, url) in plan {
+            let paid = step.body.is_some();
+            if paid && !spend {
+                return Ok(None);
+            }
+            spent |= paid;
             let (observation, preview, latency) = self.perform(step, url, target).await?;
             let status = observation.status;
             let provider = bound.provider.clone();
@@ -512,7 +606,7 @@ impl ProbeRunner {
                 preview,
             });
             if !verdict.passed {
-                return Ok(Run {
+                return Ok(Some(Run {
                     class: verdict.class,
                     passed: false,
                     retriable: verdict.retriable,
@@ -521,19 +615,38 @@ impl ProbeRunner {
                     attempts: 0,
                     model: None,
                     steps,
-                });
+                    warnings,
+                    spent,
+                    failed_status: status,
+                }));
+            }
+            if verdict.class != READY {
+                warnings.push(format!("{} ({}): {detail}", step.name, verdict.class));
             }
         }
-        Ok(Run {
+        let detail = if warnings.is_empty() {
+            format!("all {} steps passed", steps.len())
+        } else {
+            format!(
+                "all {} steps passed, with {} warning(s): {}",
+                steps.len(),
+                warnings.len(),
+                warnings.join("; ")
+            )
+        };
+        Ok(Some(Run {
             class: READY.into(),
             passed: true,
             retriable: false,
             retry_after_ms: None,
-            detail: format!("all {} steps passed", steps.len()),
+            detail,
             attempts: 0,
             model: None,
             steps,
-        })
+            warnings,
+            spent,
+            failed_status: None,
+        }))
     }
 
     /// Sends one step to its URL. A transport failure is an observation too; only a target
@@ -918,6 +1031,49 @@ mod tests {
             "{p}"
         );
         assert!(p.chars().count() <= PREVIEW_CHARS + 1);
+    }
+
+    fn failed(class: &str, retriable: bool, status: Option<u16>, hint: Option<u64>) -> Run {
+        Run {
+            class: class.into(),
+            passed: false,
+            retriable,
+            retry_after_ms: hint,
+            detail: String::new(),
+            attempts: 1,
+            model: None,
+            steps: Vec::new(),
+            warnings: Vec::new(),
+            spent: true,
+            failed_status: status,
+        }
+    }
+
+    #[test]
+    fn only_failures_that_do_not_clear_by_themselves_can_be_a_gap() {
+        let transient_ones = [
+            failed("upstream_rate_limited", true, Some(429), Some(7000)),
+            failed("upstream_rate_limited", true, Some(429), None),
+            failed("timeout", true, None, None),
+            failed("network_error", true, None, None),
+            failed(RELAY_UNAVAILABLE, true, Some(502), None),
+            failed("upstream_error", true, Some(503), None),
+            failed("upstream_error", true, Some(504), None),
+            failed("upstream_error", true, Some(500), Some(2000)),
+        ];
+        for run in &transient_ones {
+            assert!(transient(run), "{} {:?}", run.class, run.failed_status);
+        }
+        let lasting = [
+            failed("upstream_error", true, Some(502), None),
+            failed("upstream_error", true, Some(500), None),
+            failed("upstream_auth", false, Some(401), None),
+            failed("model_missing", false, Some(404), None),
+            failed("invalid_response", false, Some(200), None),
+        ];
+        for run in &lasting {
+            assert!(!transient(run), "{} {:?}", run.class, run.failed_status);
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The background schedule: every tick, due targets are probed, at most
 //! `probes.max_scheduled_concurrency` at once. Each target's next time is its interval with
-//! ±10 % jitter, so targets created together drift apart instead of probing in bursts.
+//! ±10 % jitter, so targets created together drift apart instead of probing in bursts. A failed
+//! probe with a retry hint (a rate limit's `Retry-After` or `x-ratelimit-reset-*`) is probed
+//! again just after that time instead: sooner than the interval when the limit resets sooner,
+//! and not before the reset when it resets later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +11,11 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use super::{ProbeService, targets, unix_now};
+use super::runner::ProbeResult;
+use super::{MAX_INTERVAL_SECS, ProbeService, targets, unix_now};
+
+/// Margin after a reset time, so the re-probe does not land a hair before it.
+const AFTER_RESET_SECS: f64 = 0.25;
 
 /// Stops the scheduler when dropped (probes already started finish on their own).
 pub struct SchedulerHandle(tokio::task::JoinHandle<()>);
@@ -72,4 +79,15 @@ async fn run_due(
         });
     }
     Ok(())
+}
+
+/// When to probe again after a failed result that carries a retry hint (unix seconds): just
+/// after the hint, with up to 5 % jitter so targets limited together do not return together.
+pub(super) fn due_at_retry_hint(result: &ProbeResult) -> Option<f64> {
+    if result.ready() {
+        return None;
+    }
+    let wait = (result.retry_after_ms? as f64 / 1000.0).min(MAX_INTERVAL_SECS as f64);
+    let jitter = rand::rng().random_range(0.0..=0.05);
+    Some(unix_now() + wait * (1.0 + jitter) + AFTER_RESET_SECS)
 }

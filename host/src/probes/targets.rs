@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::runner::ProbeResult;
+use super::runner::{ProbeResult, READY};
 use crate::error::{ErrorCode, WharfError, WharfResult};
 use crate::store::Db;
 
@@ -38,11 +38,15 @@ pub struct Target {
     pub key_fingerprint: String,
     pub interval_secs: u64,
     pub created_at: String,
-    /// The latest verdict; null before the first probe.
+    /// The target's state: the latest verdict, except that a `ready` target turns to a failure
+    /// only after `[probes] failure_threshold` non-ready results in a row. Null before the first
+    /// probe.
     pub verdict: Option<String>,
-    /// When the latest verdict started to hold (first probe that gave it).
+    /// When the verdict started to hold.
     pub verdict_since: Option<String>,
     pub last_probed_at: Option<String>,
+    /// Non-ready results in a row (0 after a `ready` one).
+    pub consecutive_failures: u32,
 }
 
 /// A target due for probing, with its sealed key.
@@ -60,7 +64,7 @@ pub struct DueTarget {
     pub created_by_key: Option<String>,
 }
 
-const TARGET_COLUMNS: &str = "id, provider, base_url, direct_base_url, model, stream, key_fingerprint, interval_secs, created_at, verdict, verdict_since, last_probed_at";
+const TARGET_COLUMNS: &str = "id, provider, base_url, direct_base_url, model, stream, key_fingerprint, interval_secs, created_at, verdict, verdict_since, last_probed_at, consecutive_failures";
 
 fn target_from_row(row: &sqlx::sqlite::SqliteRow) -> Target {
     Target {
@@ -76,6 +80,7 @@ fn target_from_row(row: &sqlx::sqlite::SqliteRow) -> Target {
         verdict: row.get("verdict"),
         verdict_since: row.get("verdict_since"),
         last_probed_at: row.get("last_probed_at"),
+        consecutive_failures: row.get::<i64, _>("consecutive_failures") as u32,
     }
 }
 
@@ -208,10 +213,30 @@ pub async fn set_next_due(db: &Db, id: &str, at: f64) -> WharfResult<()> {
     Ok(())
 }
 
+/// The state a target moves to after a result: a `ready` result makes it `ready`; a failure
+/// moves a target that is not `ready` (or has no verdict yet) to that failure at once, and a
+/// `ready` one only at the `threshold`-th failure in a row.
+fn next_state(
+    current: Option<&str>,
+    result: &str,
+    failures_in_a_row: u32,
+    threshold: u32,
+) -> String {
+    let holds_ready = current == Some(READY) && result != READY && failures_in_a_row < threshold;
+    if holds_ready { READY } else { result }.to_string()
+}
+
 /// Stores a result and trims the history to `keep` rows (per target, or per owner for
-/// one-off probes). For a target, also moves its current verdict; `verdict_since` only
-/// changes when the verdict does.
-pub async fn record(db: &Db, owner: &str, result: &ProbeResult, keep: u32) -> WharfResult<()> {
+/// one-off probes). For a target, also moves its state (see [`next_state`], with
+/// `failure_threshold`); `verdict_since` only changes when the state does. Answers the
+/// target's state afterwards (`None` for a one-off probe, or a target deleted meanwhile).
+pub async fn record(
+    db: &Db,
+    owner: &str,
+    result: &ProbeResult,
+    keep: u32,
+    failure_threshold: u32,
+) -> WharfResult<Option<String>> {
     let json = serde_json::to_string(result)
         .map_err(|err| WharfError::internal(format!("encoding a probe result: {err}")))?;
     let mut tx = db.begin().await?;
@@ -229,10 +254,11 @@ pub async fn record(db: &Db, owner: &str, result: &ProbeResult, keep: u32) -> Wh
         if result.target_id.is_some()
             && matches!(&err, sqlx::Error::Database(e) if e.is_foreign_key_violation())
         {
-            return Ok(());
+            return Ok(None);
         }
         return Err(err.into());
     }
+    let mut state = None;
     match &result.target_id {
         Some(target) => {
             sqlx::query(
@@ -243,18 +269,38 @@ pub async fn record(db: &Db, owner: &str, result: &ProbeResult, keep: u32) -> Wh
             .bind(i64::from(keep))
             .execute(&mut *tx)
             .await?;
+            // The insert above holds the write lock, so this read cannot go stale.
+            let row =
+                sqlx::query("SELECT verdict, consecutive_failures FROM probe_targets WHERE id = ?")
+                    .bind(target)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let current: Option<String> = row.get("verdict");
+            let failures = if result.ready() {
+                0
+            } else {
+                row.get::<i64, _>("consecutive_failures") as u32 + 1
+            };
+            let next = next_state(
+                current.as_deref(),
+                &result.verdict,
+                failures,
+                failure_threshold.max(1),
+            );
             let now = crate::store::now_rfc3339();
             sqlx::query(
                 "UPDATE probe_targets SET
                    verdict_since = CASE WHEN verdict IS ?1 THEN verdict_since ELSE ?2 END,
-                   verdict = ?1, last_probed_at = ?2
-                 WHERE id = ?3",
+                   verdict = ?1, last_probed_at = ?2, consecutive_failures = ?3
+                 WHERE id = ?4",
             )
-            .bind(&result.verdict)
+            .bind(&next)
             .bind(&now)
+            .bind(i64::from(failures))
             .bind(target)
             .execute(&mut *tx)
             .await?;
+            state = Some(next);
         }
         None => {
             sqlx::query(
@@ -268,7 +314,7 @@ pub async fn record(db: &Db, owner: &str, result: &ProbeResult, keep: u32) -> Wh
         }
     }
     tx.commit().await?;
-    Ok(())
+    Ok(state)
 }
 
 /// The last `limit` results of a target, newest first.
@@ -344,5 +390,26 @@ mod tests {
         delete(&db, "alice", "tgt_5").await.unwrap();
         delete(&db, "alice", "tgt_1").await.unwrap();
         add(&db, "alice", "tgt_6", Some(2)).await.unwrap();
+    }
+
+    #[test]
+    fn a_ready_target_fails_only_at_the_threshold_and_recovers_at_once() {
+        assert_eq!(
+            next_state(None, "timeout", 1, 3),
+            "timeout",
+            "first result sets it"
+        );
+        assert_eq!(next_state(Some("ready"), "timeout", 1, 3), "ready");
+        assert_eq!(next_state(Some("ready"), "upstream_error", 2, 3), "ready");
+        assert_eq!(
+            next_state(Some("ready"), "upstream_error", 3, 3),
+            "upstream_error"
+        );
+        assert_eq!(
+            next_state(Some("upstream_error"), "timeout", 4, 3),
+            "timeout"
+        );
+        assert_eq!(next_state(Some("upstream_error"), "ready", 0, 3), "ready");
+        assert_eq!(next_state(Some("ready"), "timeout", 1, 1), "timeout");
     }
 }

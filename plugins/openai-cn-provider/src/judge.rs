@@ -7,12 +7,21 @@
 //! | `upstream_rate_limited` | HTTP 429 that is not about quota (rate wording, a retry hint, or nothing at all) | yes |
 //! | `upstream_quota`        | HTTP 402; HTTP 429 with quota/balance/billing wording; another 4xx with such wording (one-api/new-api `403 insufficient_user_quota` and `401 该令牌额度已用尽`, DashScope `400 Arrearage`) | no |
 //! | `warming_up`            | HTTP 5xx saying "no available accounts/channels" or "warming up"     | yes       |
-//! | `model_missing`         | the models list lacks the model and all its aliases; chat 404/400/422 saying the model does not exist | no |
+//! | `model_missing`         | chat 404/400/422 saying the model does not exist                     | no        |
 //! | `invalid_response`      | 2xx with an error body, no/empty `choices`, unparseable JSON, an HTML page, a stream without data events | no |
 //! | `network_error`         | no response (`transport_error = network_error`), or the body broke off | yes     |
 //! | `timeout`               | no response in time (`transport_error = timeout`), or HTTP 408       | yes       |
 //! | `upstream_error`        | any other 5xx                                                        | yes       |
 //! | `upstream_rejected`     | any other 4xx (and unexpected 1xx/3xx)                               | no        |
+//!
+//! Two classes are warnings: the step **passes** with them, so the probe goes on and the chat
+//! decides. Relays list models badly (sub2api fell back to a default set in seed 003's runs, some
+//! relays have no models route at all), so a listing is evidence, not a gate:
+//!
+//! | class                | when (`list_models` only)                                               |
+//! |----------------------|-------------------------------------------------------------------------|
+//! | `models_unavailable` | HTTP 404 or 405, or a 2xx that is not a models list (error body, not JSON, no `data` array, an HTML page) |
+//! | `model_unlisted`     | the list is empty, or lacks the model and all its aliases                |
 //!
 //! `retry_after_ms` comes from `Retry-After` (seconds or HTTP-date), `retry-after-ms`, the
 //! `x-ratelimit-reset-*` headers (rate limits only), or the body (`retry_after` fields,
@@ -43,6 +52,10 @@ pub mod class {
     pub const TIMEOUT: &str = "timeout";
     pub const UPSTREAM_ERROR: &str = "upstream_error";
     pub const UPSTREAM_REJECTED: &str = "upstream_rejected";
+    /// Warning (the step passes): the endpoint has no usable models list.
+    pub const MODELS_UNAVAILABLE: &str = "models_unavailable";
+    /// Warning (the step passes): the models list does not name the model.
+    pub const MODEL_UNLISTED: &str = "model_unlisted";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -76,6 +89,17 @@ pub struct Verdict {
 const QUOTE_MAX: usize = 200;
 /// Retry hints longer than a day are nonsense and ignored.
 const MAX_RETRY_AFTER_MS: u64 = 86_400_000;
+
+/// A passing verdict that the host reports as a warning: the next step decides.
+fn warning(class: &'static str, detail: impl Into<String>) -> Verdict {
+    Verdict {
+        passed: true,
+        class,
+        retriable: false,
+        retry_after_ms: None,
+        detail: redact(&detail.into()),
+    }
+}
 
 fn verdict(class: &'static str, detail: impl Into<String>) -> Verdict {
     let retriable = matches!(
@@ -195,10 +219,10 @@ pub fn judge(
             class::MODEL_MISSING,
             format!("HTTP {s}: the endpoint does not serve this model: {said}"),
         ),
-        404 if kind == StepKind::ListModels => verdict(
-            class::UPSTREAM_REJECTED,
+        404 | 405 if kind == StepKind::ListModels => warning(
+            class::MODELS_UNAVAILABLE,
             format!(
-                "HTTP 404: no models list at {} (is the base URL the API root?): {said}",
+                "HTTP {s}: no models list at {}, so the chat decides: {said}",
                 step.path
             ),
         ),
@@ -700,18 +724,18 @@ fn status(obs: &Observation) -> u16 {
 fn judge_models(provider: Option<&ProviderManifest>, step: &Step, obs: &Observation) -> Verdict {
     let json = match parse_json_2xx(obs, "a models list") {
         Ok(json) => json,
-        Err(v) => return v,
+        Err(v) => return warning(class::MODELS_UNAVAILABLE, unusable_listing(&v.detail)),
     };
     let items = match json.get("data").unwrap_or(&json) {
         Value::Array(items) => items,
         _ => {
-            return verdict(
-                class::INVALID_RESPONSE,
-                format!(
+            return warning(
+                class::MODELS_UNAVAILABLE,
+                unusable_listing(&format!(
                     "HTTP {}: the models list has no `data` array: {}",
                     status(obs),
                     snippet(&obs.body)
-                ),
+                )),
             );
         }
     };
@@ -730,9 +754,12 @@ fn judge_models(provider: Option<&ProviderManifest>, step: &Step, obs: &Observat
         .or_else(|| provider.map(|p| p.smoke_test_model.clone()));
     let Some(expected) = expected else {
         return if listed.is_empty() {
-            verdict(
-                class::MODEL_MISSING,
-                format!("HTTP {}: the models list is empty", status(obs)),
+            warning(
+                class::MODEL_UNLISTED,
+                format!(
+                    "HTTP {}: the models list is empty, so the chat decides",
+                    status(obs)
+                ),
             )
         } else {
             verdict(
@@ -742,10 +769,10 @@ fn judge_models(provider: Option<&ProviderManifest>, step: &Step, obs: &Observat
         };
     };
     if listed.is_empty() {
-        return verdict(
-            class::MODEL_MISSING,
+        return warning(
+            class::MODEL_UNLISTED,
             format!(
-                "HTTP {}: the models list is empty (expected {expected})",
+                "HTTP {}: the models list is empty (expected {expected}), so the chat decides",
                 status(obs)
             ),
         );
@@ -780,14 +807,19 @@ fn judge_models(provider: Option<&ProviderManifest>, step: &Step, obs: &Observat
     }
     let near = resolve::nearest_names(&listed, &expected, 3);
     let near: Vec<String> = near.iter().map(|s| shorten(s, 64)).collect();
-    verdict(
-        class::MODEL_MISSING,
+    warning(
+        class::MODEL_UNLISTED,
         format!(
-            "the models list ({}) lacks {expected} and its aliases; nearest listed: {}",
+            "the models list ({}) lacks {expected} and its aliases, so the chat decides; nearest listed: {}",
             count_models(n),
             near.join(", ")
         ),
     )
+}
+
+/// The detail of a 2xx answer that is no models list.
+fn unusable_listing(why: &str) -> String {
+    format!("no usable models list, so the chat decides ({why})")
 }
 
 fn judge_completion(obs: &Observation) -> Verdict {

@@ -2,7 +2,10 @@
 //!
 //! Two steps, and the access is ready only if both pass (the host decides the overall verdict):
 //!
-//! 1. `list_models`: `GET {api}/models` must list the probed model or one of its aliases;
+//! 1. `list_models`: `GET {api}/models` should list the probed model or one of its aliases. It
+//!    is the cheap check (no tokens spent), so it comes first; but a relay with no models route,
+//!    or one whose list lacks the model, still passes it with a warning (`models_unavailable`,
+//!    `model_unlisted`, see `judge`): real traffic is chat, so the chat decides;
 //! 2. `chat_completion`: a minimal `POST {api}/chat/completions` must succeed. The budget is
 //!    small but big enough for reasoning models (a reasoning model given `max_tokens: 1` spends
 //!    it on thinking and some upstreams then answer an error), and the request streams when the

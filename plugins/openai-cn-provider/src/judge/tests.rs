@@ -114,6 +114,13 @@ const STREAM: &str = "{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choi
 {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"OK\"},\"finish_reason\":\"stop\"}]}\n\
 [DONE]";
 
+/// Classes with which a step passes: `ready`, and the warnings that let the chat decide.
+const PASSING: &[&str] = &[
+    class::READY,
+    class::MODELS_UNAVAILABLE,
+    class::MODEL_UNLISTED,
+];
+
 fn cases() -> Vec<Case> {
     use class::*;
     let models = |ids: &[&str]| {
@@ -226,11 +233,11 @@ fn cases() -> Vec<Case> {
         case("503 warming up with Retry-After", chat_step(false), obs(503, &[("Retry-After", "5")], "No available account for this model, warming up"), WARMING_UP).retry(5_000),
         case("502 no available channel", list_step(Some("kimi-k2.6")), obs(502, &[], r#"{"error":{"message":"no available channel for model kimi-k2.6"}}"#), WARMING_UP),
         // ----- model_missing
-        case("models list lacks the model", list_step(Some("kimi-k2.6")), obs(200, &[], &models(&["gpt-4o", "gpt-4o-mini", "kimi-k2.5"])), MODEL_MISSING)
+        case("models list lacks the model", list_step(Some("kimi-k2.6")), obs(200, &[], &models(&["gpt-4o", "gpt-4o-mini", "kimi-k2.5"])), MODEL_UNLISTED)
             .detail(&["(3 models) lacks kimi-k2.6", "nearest listed: kimi-k2.5"]),
-        case("models list has only a sibling", list_step(Some("kimi-k2.6")), obs(200, &[], &models(&["kimi-k2", "kimi-k2-turbo-preview"])), MODEL_MISSING),
-        case("models list is empty", list_step(Some("kimi-k2.6")), obs(200, &[], r#"{"object":"list","data":[]}"#), MODEL_MISSING).detail(&["empty"]),
-        case("no expectation and nothing listed", list_step(None), obs(200, &[], r#"{"data":[]}"#), MODEL_MISSING).provider(None),
+        case("models list has only a sibling", list_step(Some("kimi-k2.6")), obs(200, &[], &models(&["kimi-k2", "kimi-k2-turbo-preview"])), MODEL_UNLISTED),
+        case("models list is empty", list_step(Some("kimi-k2.6")), obs(200, &[], r#"{"object":"list","data":[]}"#), MODEL_UNLISTED).detail(&["empty"]),
+        case("no expectation and nothing listed", list_step(None), obs(200, &[], r#"{"data":[]}"#), MODEL_UNLISTED).provider(None),
         case(
             "404 OpenAI model_not_found",
             chat_step(false),
@@ -271,11 +278,11 @@ fn cases() -> Vec<Case> {
         case("stream without choices", chat_step(true), obs(200, &[], "{\"usage\":{\"total_tokens\":3},\"choices\":[]}\n[DONE]"), INVALID_RESPONSE)
             .detail(&["1 event but none"]),
         case("stream of an HTML page", chat_step(true), obs(200, &[], "<html><body>login</body></html>"), INVALID_RESPONSE),
-        case("models list with an error body", list_step(Some("kimi-k2.6")), obs(200, &[], r#"{"error":"invalid token"}"#), INVALID_RESPONSE)
+        case("models list with an error body", list_step(Some("kimi-k2.6")), obs(200, &[], r#"{"error":"invalid token"}"#), MODELS_UNAVAILABLE)
             .detail(&["instead of a models list", "invalid token"]),
-        case("models list not JSON", list_step(Some("kimi-k2.6")), obs(200, &[], "models: kimi-k2.6"), INVALID_RESPONSE),
-        case("models list without data", list_step(Some("kimi-k2.6")), obs(200, &[], r#"{"object":"list"}"#), INVALID_RESPONSE).detail(&["no `data` array"]),
-        case("models list is a web UI", list_step(Some("kimi-k2.6")), obs(200, &[], "<!doctype html>\n<html>"), INVALID_RESPONSE).detail(&["web UI"]),
+        case("models list not JSON", list_step(Some("kimi-k2.6")), obs(200, &[], "models: kimi-k2.6"), MODELS_UNAVAILABLE),
+        case("models list without data", list_step(Some("kimi-k2.6")), obs(200, &[], r#"{"object":"list"}"#), MODELS_UNAVAILABLE).detail(&["no `data` array"]),
+        case("models list is a web UI", list_step(Some("kimi-k2.6")), obs(200, &[], "<!doctype html>\n<html>"), MODELS_UNAVAILABLE).detail(&["web UI"]),
         // ----- network_error
         case("connection failed", chat_step(false), no_response(Some("network_error")), NETWORK_ERROR).detail(&["connection failed (gave up after 10004 ms; step timeout 30000 ms)"]),
         case("no response, no class", list_step(None), no_response(None), NETWORK_ERROR),
@@ -294,7 +301,8 @@ fn cases() -> Vec<Case> {
         // ----- upstream_rejected
         case("400 bad parameter", chat_step(false), obs(400, &[], r#"{"error":{"message":"max_tokens must be at least 1","type":"invalid_request_error"}}"#), UPSTREAM_REJECTED)
             .detail(&["HTTP 400", "max_tokens must be at least 1"]),
-        case("404 models path", list_step(Some("kimi-k2.6")), obs(404, &[], "404 page not found"), UPSTREAM_REJECTED).detail(&["no models list at /v1/models", "404 page not found"]),
+        case("404 models path", list_step(Some("kimi-k2.6")), obs(404, &[], "404 page not found"), MODELS_UNAVAILABLE).detail(&["no models list at /v1/models", "the chat decides", "404 page not found"]),
+        case("405 models path", list_step(Some("kimi-k2.6")), obs(405, &[], r#"{"error":{"message":"Method Not Allowed"}}"#), MODELS_UNAVAILABLE),
         case("404 chat path", chat_step(false), obs(404, &[], "Not Found"), UPSTREAM_REJECTED).detail(&["no such endpoint /v1/chat/completions"]),
         case("413", chat_step(false), obs(413, &[], r#"{"error":{"code":"request_too_large","message":"request body too large"}}"#), UPSTREAM_REJECTED),
         case("302 redirect", list_step(None), obs(302, &[("location", "/login")], ""), UPSTREAM_REJECTED).detail(&["unexpected status for GET /v1/models"]),
@@ -313,7 +321,7 @@ fn judge_table() {
         if v.class != c.class {
             problems.push(format!("class {} != {}", v.class, c.class));
         }
-        if v.passed != (c.class == class::READY) {
+        if v.passed != PASSING.contains(&c.class) {
             problems.push(format!("passed = {}", v.passed));
         }
         if v.retry_after_ms != c.retry_after_ms {
@@ -366,6 +374,8 @@ fn every_class_is_covered_and_retriable_follows_the_class() {
         (TIMEOUT, true),
         (UPSTREAM_ERROR, true),
         (UPSTREAM_REJECTED, false),
+        (MODELS_UNAVAILABLE, false),
+        (MODEL_UNLISTED, false),
     ];
     let catalog = catalog();
     let all = cases();
@@ -398,7 +408,7 @@ fn steps_from_the_real_plan_round_trip_through_judge() {
     let listed = r#"{"data":[{"id":"kimi-k2.6"}]}"#;
     assert_eq!(
         judge(Some(kimi), &steps[0], &obs(200, &[], listed), NOW).class,
-        class::MODEL_MISSING
+        class::MODEL_UNLISTED
     );
     let listed = r#"{"data":[{"id":"moonshotai/Kimi-K2.5"}]}"#;
     assert_eq!(
