@@ -420,9 +420,13 @@ async fn main() {
         client: reqwest::Client::new(),
         base: format!("http://{address}"),
     };
-    // WHARF_BENCH_DRIVER=docker measures the Docker driver only.
-    if std::env::var("WHARF_BENCH_DRIVER").as_deref() != Ok("docker") {
+    // WHARF_BENCH_DRIVER=docker (or =process) measures that driver only.
+    let only = std::env::var("WHARF_BENCH_DRIVER").ok();
+    if only.as_deref() != Some("docker") {
         per_operation(&bench, "local").await;
+    }
+    if only.as_deref() == Some("process") {
+        return;
     }
     if !h.server.state.sandboxes.driver_names().contains(&"docker") {
         println!("docker driver unavailable: skipping the docker part");

@@ -299,11 +299,11 @@ async fn a_static_site_case_runs_and_a_late_subscriber_sees_its_whole_log() {
     while let Ok(Some(Ok(message))) =
         tokio::time::timeout(Duration::from_secs(10), socket.next()).await
     {
-        if let Ok(value) = serde_json::from_str::<Value>(message.to_text().unwrap_or("")) {
-            if value["end"] == true {
-                ended = true;
-                break;
-            }
+        if let Ok(value) = serde_json::from_str::<Value>(message.to_text().unwrap_or(""))
+            && value["end"] == true
+        {
+            ended = true;
+            break;
         }
     }
     assert!(ended, "the follower did not end with the run");

@@ -311,7 +311,7 @@ async fn build_image(cases: &Cases, job: &Job, checkout: &Path) -> WharfResult<S
     let tar = bytes::Bytes::from(tar);
     let mut attempt = 1;
     let image = loop {
-        match stream_build(cases, job, &docker, options.clone(), tar.clone()).await {
+        match stream_build(cases, job, docker, options.clone(), tar.clone()).await {
             // Another build or a case delete (this server or another one on the same
             // engine) removed an untagged cache layer this build was about to reuse. The
             // legacy builder reports that as a failed export; a second try rebuilds the

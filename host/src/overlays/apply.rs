@@ -565,11 +565,23 @@ mod tests {
         );
         let before = snapshot(dir.path());
 
-        let dry = run(dir.path(), &[fix.clone()], Direction::Apply, true).unwrap();
+        let dry = run(
+            dir.path(),
+            std::slice::from_ref(&fix),
+            Direction::Apply,
+            true,
+        )
+        .unwrap();
         assert_eq!(dry[0].action, Action::Applied);
         assert_eq!(snapshot(dir.path()), before, "a dry run writes nothing");
 
-        let done = run(dir.path(), &[fix.clone()], Direction::Apply, false).unwrap();
+        let done = run(
+            dir.path(),
+            std::slice::from_ref(&fix),
+            Direction::Apply,
+            false,
+        )
+        .unwrap();
         assert_eq!(done[0].action, Action::Applied);
         assert_eq!(done[0].files, ["app.py", "lib.py", "docs/overlays/NOTE"]);
         assert!(
@@ -585,12 +597,24 @@ mod tests {
         let applied = snapshot(dir.path());
 
         // Again: detected, nothing duplicated or written.
-        let again = run(dir.path(), &[fix.clone()], Direction::Apply, false).unwrap();
+        let again = run(
+            dir.path(),
+            std::slice::from_ref(&fix),
+            Direction::Apply,
+            false,
+        )
+        .unwrap();
         assert_eq!(again[0].action, Action::AlreadyApplied);
         assert!(again[0].files.is_empty());
         assert_eq!(snapshot(dir.path()), applied);
 
-        let reverted = run(dir.path(), &[fix.clone()], Direction::Revert, false).unwrap();
+        let reverted = run(
+            dir.path(),
+            std::slice::from_ref(&fix),
+            Direction::Revert,
+            false,
+        )
+        .unwrap();
         assert_eq!(reverted[0].action, Action::Reverted);
         assert_eq!(
             snapshot(dir.path()),
@@ -657,11 +681,24 @@ mod tests {
         let delete = "diff --git a/lib.py b/lib.py\ndeleted file mode 100644\n--- a/lib.py\n+++ /dev/null\n@@ -1,3 +0,0 @@\n-one\n-two\n-three\n";
         let before = snapshot(dir.path());
         let overlay = selected("cd", &[("1.patch", create), ("2.patch", delete)], &[]);
-        run(dir.path(), &[overlay.clone()], Direction::Apply, false).unwrap();
+        run(
+            dir.path(),
+            std::slice::from_ref(&overlay),
+            Direction::Apply,
+            false,
+        )
+        .unwrap();
         assert_eq!(read(dir.path(), "new/mod.py").unwrap(), "x = 1\ny = 2\n");
         assert!(read(dir.path(), "lib.py").is_none());
         assert_eq!(
-            run(dir.path(), &[overlay.clone()], Direction::Apply, false).unwrap()[0].action,
+            run(
+                dir.path(),
+                std::slice::from_ref(&overlay),
+                Direction::Apply,
+                false
+            )
+            .unwrap()[0]
+                .action,
             Action::AlreadyApplied
         );
         run(dir.path(), &[overlay], Direction::Revert, false).unwrap();

@@ -312,7 +312,7 @@ pub fn parse_patch(text: &[u8]) -> Result<Vec<Change<'_>>, String> {
         let change = match (operation, file.patch().as_text()) {
             (_, None) => return Err("a binary patch; overlays patch text only".into()),
             (FileOperation::Modify { original, modified }, Some(patch)) => {
-                let (from, to) = (path(&*original)?, path(&*modified)?);
+                let (from, to) = (path(&original)?, path(&modified)?);
                 if from != to {
                     return Err(format!(
                         "renames {from:?} to {to:?}; overlays do not rename (delete one file, create the other)"
@@ -321,10 +321,10 @@ pub fn parse_patch(text: &[u8]) -> Result<Vec<Change<'_>>, String> {
                 Change::Modify(from, patch.clone())
             }
             (FileOperation::Create(name), Some(patch)) => {
-                Change::Create(path(&*name)?, patch.clone())
+                Change::Create(path(&name)?, patch.clone())
             }
             (FileOperation::Delete(name), Some(patch)) => {
-                Change::Delete(path(&*name)?, patch.clone())
+                Change::Delete(path(&name)?, patch.clone())
             }
             (FileOperation::Rename { .. } | FileOperation::Copy { .. }, _) => {
                 return Err("renames or copies a file; overlays do not".into());

@@ -330,9 +330,7 @@ impl Request {
         for name in &self.overlays {
             let valid = (1..=130).contains(&name.len())
                 && name.split('/').count() <= 2
-                && name
-                    .split('/')
-                    .all(|part| crate::packs::manifest::valid_id(part));
+                && name.split('/').all(crate::packs::manifest::valid_id);
             if !valid {
                 return Err(WharfError::validation(
                     "`overlays` entries are overlay ids or <pack id>/<overlay id> ([a-z0-9-], 2-64 chars each)",

@@ -148,6 +148,7 @@ pub async fn set_status(
 }
 
 /// Fails a case that is in one of `from`, with its code and (masked) message.
+#[allow(clippy::too_many_arguments)]
 pub async fn set_failed(
     db: &Db,
     id: &str,
