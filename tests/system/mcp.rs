@@ -237,6 +237,10 @@ async fn an_mcp_client_runs_python_in_a_docker_sandbox_and_sees_the_tools_change
             "{annotations} {hints}"
         );
     }
+    // The first-party adapters declare their hints: reads are read-only, a shell is not.
+    assert_eq!(tool("filesystem_read")["annotations"]["readOnlyHint"], true);
+    assert_eq!(tool("git_log")["annotations"]["readOnlyHint"], true);
+    assert_eq!(tool("shell_run")["annotations"]["readOnlyHint"], false);
     let read = tool("sandbox_file_read");
     assert_eq!(read["annotations"]["readOnlyHint"], true, "{read}");
     let exec = tool("sandbox_exec");

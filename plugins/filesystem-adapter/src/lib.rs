@@ -759,32 +759,38 @@ impl Adapter for Filesystem {
             "read",
             "Reads a file (at most 1 MiB per call, from `offset`), as text or base64",
             read,
-        );
+        )
+        .read_only();
         ops.add(
             "write",
             "Creates or replaces a file with text or base64 content",
             write,
-        );
+        )
+        .idempotent();
         ops.add(
             "list",
             "Lists a directory: names, kinds and sizes, at most `limit` entries",
             list,
-        );
+        )
+        .read_only();
         ops.add(
             "delete",
             "Removes a file, a symlink, or a directory (`recursive` for a non-empty one)",
             delete,
-        );
+        )
+        .idempotent();
         ops.add(
             "glob",
             "Finds paths matching a glob (`**/*.rs`), at most `limit`",
             glob,
-        );
+        )
+        .read_only();
         ops.add(
             "search",
             "Finds lines containing a substring or matching a regex, at most `limit`; says when it stopped early",
             search,
-        );
+        )
+        .read_only();
     }
 }
 
@@ -810,6 +816,14 @@ mod tests {
             assert_eq!(output["type"], "object", "{}", op.name);
             assert!(output["properties"].as_object().unwrap().len() >= 2);
         }
+        // What MCP clients see as tool annotations.
+        let read_only: Vec<_> = d
+            .operations
+            .iter()
+            .filter(|op| op.hints.read_only)
+            .map(|op| op.name.as_str())
+            .collect();
+        assert_eq!(read_only, ["read", "list", "glob", "search"]);
     }
 
     #[test]

@@ -705,23 +705,27 @@ impl Adapter for Git {
             "clone",
             "Clones a repository git in the sandbox can reach (a workspace path, file://, or the network if allowed)",
             clone,
-        );
+        )
+        .non_destructive();
         ops.add(
             "status",
             "Branch, head, upstream and changed paths of a repository",
             status,
-        );
+        )
+        .read_only();
         ops.add(
             "diff",
             "Changed files with line counts, and the unified diff (work tree, or staged)",
             diff,
-        );
+        )
+        .read_only();
         ops.add(
             "commit",
             "Stages (all changes by default, or `paths`) and commits; author from the input, the repository, else Wharf",
             commit,
-        );
-        ops.add("log", "Commits, newest first", log);
+        )
+        .non_destructive();
+        ops.add("log", "Commits, newest first", log).read_only();
     }
 }
 
