@@ -532,3 +532,101 @@ async fn a_restart_mid_batch_ends_every_task_exactly_once() {
     let (_, sandboxes) = admin.get("/v1/sandboxes").await;
     assert_eq!(sandboxes["items"], json!([]), "{sandboxes}");
 }
+
+#[tokio::test]
+async fn a_sandbox_create_failure_is_infrastructure_retried_and_counted_only_when_it_lasts() {
+    let root = tempfile::tempdir().unwrap();
+    // The owner may hold one sandbox: while it holds one, a task's sandbox cannot be made.
+    std::fs::write(
+        root.path().join("wharf.toml"),
+        "[quotas]\nsandboxes_per_owner = 1\n\n[batches]\npoll_interval_ms = 200\nretry_backoff_ms = 2000\nmax_attempts = 2\n",
+    )
+    .unwrap();
+    let server = WharfProcess::start(root.path(), &[]);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    install_core(&server, &admin).await;
+    let (status, key) = admin.post("/v1/keys", json!({"owner": "carol"})).await;
+    assert_eq!(status, 201, "{key}");
+    let carol = Client::new(&server, key["key"].as_str());
+    let (status, blocker) = carol
+        .post("/v1/sandboxes", json!({"profile": "local"}))
+        .await;
+    assert_eq!(status, 201, "{blocker}");
+    let blocker = blocker["id"].as_str().unwrap().to_string();
+
+    // Injected: the first attempt's create fails; the sandbox is freed during the backoff.
+    let (status, batch) = submit(
+        &carol,
+        "",
+        task("flaky", vec![shell("echo ok")]).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{batch}");
+    let batch_id = batch["batch_id"].as_str().unwrap().to_string();
+    let (_, tasks) = carol.get(&format!("/v1/batches/{batch_id}/tasks")).await;
+    let task_id = tasks[0]["id"].as_str().unwrap().to_string();
+    carol
+        .wait_for(
+            &format!("/v1/tasks/{task_id}/logs"),
+            "a retry in the task's log",
+            |log| {
+                log["lines"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["line"].as_str().unwrap().contains("quota_exceeded"))
+            },
+        )
+        .await;
+    let (status, _) = carol.delete(&format!("/v1/sandboxes/{blocker}")).await;
+    assert_eq!(status, 204);
+    let batch = finished(&carol, &batch_id).await;
+    assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
+    assert_eq!(batch["error_classes"], json!({}), "not counted: {batch}");
+    let (_, run) = carol.get(&format!("/v1/tasks/{task_id}/run")).await;
+    assert_eq!(run["steps"][0]["attempts"], 2, "{run}");
+    let (_, trajectory) = carol.get(&format!("/v1/tasks/{task_id}/trajectory")).await;
+    assert_eq!(trajectory["attempts"], 2, "{trajectory}");
+    assert_eq!(
+        trajectory["steps"].as_array().unwrap().len(),
+        1,
+        "{trajectory}"
+    );
+
+    // A failure that outlasts the retries counts, on the infrastructure side.
+    let (status, blocker) = carol
+        .post("/v1/sandboxes", json!({"profile": "local"}))
+        .await;
+    assert_eq!(status, 201, "{blocker}");
+    let (status, batch) = submit(
+        &carol,
+        "",
+        task("blocked", vec![shell("echo ok")]).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{batch}");
+    let batch_id = batch["batch_id"].as_str().unwrap().to_string();
+    let batch = finished(&carol, &batch_id).await;
+    assert_eq!(
+        batch["error_classes"],
+        json!({"sandbox_error": 1}),
+        "{batch}"
+    );
+    assert_eq!(batch["sides"]["infrastructure"], 1, "{batch}");
+    let (_, tasks) = carol.get(&format!("/v1/batches/{batch_id}/tasks")).await;
+    let blocked = &tasks[0];
+    assert_eq!(blocked["side"], "infrastructure", "{blocked}");
+    assert_eq!(blocked["attempts"], 2, "{blocked}");
+    assert!(
+        blocked["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("quota_exceeded"),
+        "{blocked}"
+    );
+    assert!(
+        server.metrics().await.contains(
+            "wharf_tasks_failed_total{error_class=\"sandbox_error\",task_type=\"other\"} 1"
+        )
+    );
+}

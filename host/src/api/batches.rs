@@ -19,7 +19,7 @@ use crate::batches::export::Trajectory;
 use crate::batches::spec::TaskInput;
 use crate::batches::{Batch, BatchOptions, ErrorClass, ExportFormat, Side, Task};
 use crate::error::{ErrorCode, WharfError};
-use crate::jobs::{Run, RunState};
+use crate::jobs::{LogPage, Run, RunState};
 use crate::store::batches::TaskFilter;
 use crate::store::keys::Principal;
 
@@ -41,6 +41,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(export))
         .routes(routes!(trajectory))
         .routes(routes!(task_run))
+        .routes(routes!(task_log))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -216,4 +217,37 @@ async fn task_run(
         .await?
         .ok_or_else(|| WharfError::not_found("task"))?;
     Ok(Json(run))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// The first line to read (lines count from 0).
+    #[param(minimum = 0)]
+    offset: Option<i64>,
+    /// At most this many lines (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// Lines of the task's run log from `offset` (`{offset, ts, stream, level, line}`): each
+/// attempt's sandbox, infrastructure retries with their reason and wait, the end.
+#[utoipa::path(get, path = "/v1/tasks/{id}/logs", params(("id" = String, Path), LogQuery),
+    responses((status = 200, body = LogPage), Lookup))]
+async fn task_log(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult<Json<LogPage>> {
+    let offset = query.offset.unwrap_or(0);
+    let limit = query.limit.unwrap_or(1000);
+    if offset < 0 || !(1..=1000).contains(&limit) {
+        return Err(WharfError::validation(
+            "`offset` must be 0 or more and `limit` within 1..=1000",
+        )
+        .into());
+    }
+    state.batches.check_task(&principal.owner, &id).await?;
+    Ok(Json(state.runs.read_log(&id, offset, limit).await?))
 }

@@ -237,6 +237,7 @@ impl Batches {
         {
             Ok(sandbox) => sandbox,
             Err(err) => {
+                store::set_sandbox(&self.db, &task.id, None).await?;
                 *infra_class.lock() = Some(ErrorClass::SandboxError);
                 return Err(infrastructure(
                     err,
