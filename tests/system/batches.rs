@@ -630,3 +630,56 @@ async fn a_sandbox_create_failure_is_infrastructure_retried_and_counted_only_whe
         )
     );
 }
+
+#[tokio::test]
+async fn the_cli_submits_follows_and_sums_up() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("wharf.toml"),
+        "[batches]\npoll_interval_ms = 200\n",
+    )
+    .unwrap();
+    let server = WharfProcess::start(root.path(), &[]);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    install_core(&server, &admin).await;
+    let file = root.path().join("tasks.jsonl");
+    let lines = [
+        task("fine", vec![shell("echo ok")]).to_string(),
+        task("broken", vec![shell("exit 4")]).to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let output = std::process::Command::new(wharf_e2e::wharf_bin())
+        .args(["batch", "submit", "--follow"])
+        .arg(&file)
+        .env("WHARF_URL", &server.base_url)
+        .env("WHARF_API_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a task failed: {stdout}{stderr}"
+    );
+    assert!(stdout.contains("2 task(s) queued"), "{stdout}");
+    assert!(stdout.contains("succeeded                  1"), "{stdout}");
+    assert!(
+        stdout.contains("runtime_error        task                  1"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("] 2/2  succeeded 1  failed 1"),
+        "the last progress line: {stderr}"
+    );
+    // Without a key it says what to set, and submits nothing.
+    let output = std::process::Command::new(wharf_e2e::wharf_bin())
+        .args(["batch", "submit"])
+        .arg(&file)
+        .env("WHARF_URL", &server.base_url)
+        .env_remove("WHARF_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("WHARF_API_KEY"));
+}

@@ -19,6 +19,7 @@
 //!   removed) or, past `max_attempts`, failed as `system_error`; every task ends exactly once
 //!   (the conditional end in `store::batches::end_task` decides, and the run follows).
 
+pub mod client;
 pub mod export;
 mod run;
 pub mod spec;
