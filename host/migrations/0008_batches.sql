@@ -44,6 +44,13 @@ CREATE TABLE batch_tasks (
     -- Provenance and outcome of the last attempt (JSON): planner, pack versions, profile,
     -- image digest, model, final result, tools offered.
     outcome       TEXT,
+    -- sha256 of the owner, the task's normalised spec and the versions of the packs serving
+    -- its operations; a task of a batch with the cache on reuses a succeeded task's
+    -- trajectory under the same key.
+    cache_key     TEXT,
+    -- `hit` or `miss` in a batch with the cache on; the task a hit copied.
+    cache         TEXT,
+    cache_source  TEXT,
     queued_ms     BIGINT NOT NULL,
     started_ms    BIGINT,
     ended_ms      BIGINT,
@@ -53,6 +60,7 @@ CREATE TABLE batch_tasks (
 -- The queue: the next task of a type is the highest priority, then the oldest line.
 CREATE INDEX batch_tasks_queue ON batch_tasks (status, task_type, priority, queued_ms, line);
 CREATE INDEX batch_tasks_batch ON batch_tasks (batch_id, line);
+CREATE INDEX batch_tasks_cache ON batch_tasks (owner, cache_key, status);
 
 -- The steps of a task's last attempt, in order.
 CREATE TABLE task_steps (

@@ -74,6 +74,9 @@ struct BatchSubmitArgs {
     /// Keep the sandbox of a failed task for inspection.
     #[arg(long)]
     keep_on_failure: bool,
+    /// Reuse earlier succeeded trajectories of identical tasks (the result cache).
+    #[arg(long)]
+    cache: bool,
     /// Follow the batch to its end: progress on stderr, then a summary table.
     #[arg(long)]
     follow: bool,
@@ -406,6 +409,7 @@ fn batch_submit(args: BatchSubmitArgs) -> anyhow::Result<bool> {
         file: args.file,
         strict: args.strict,
         keep_on_failure: args.keep_on_failure,
+        cache: args.cache,
         follow: args.follow,
         poll_interval: std::time::Duration::from_millis(500),
     };

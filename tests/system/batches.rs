@@ -683,3 +683,58 @@ async fn the_cli_submits_follows_and_sums_up() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("WHARF_API_KEY"));
 }
+
+#[tokio::test]
+async fn a_repeated_batch_with_the_cache_on_is_served_from_the_cache_and_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("wharf.toml"),
+        "[batches]\npoll_interval_ms = 200\n",
+    )
+    .unwrap();
+    let server = WharfProcess::start(root.path(), &[]);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    install_core(&server, &admin).await;
+    let body = || {
+        [
+            task("one", vec![shell("echo one")]).to_string(),
+            task("two", vec![shell("echo two"), shell("echo three")]).to_string(),
+        ]
+        .join("\n")
+    };
+    let run = |query: &'static str| {
+        let admin = admin.clone();
+        let body = body();
+        async move {
+            let (status, batch) = submit(&admin, query, body).await;
+            assert_eq!(status, 201, "{batch}");
+            let id = batch["batch_id"].as_str().unwrap().to_string();
+            let batch = finished(&admin, &id).await;
+            assert_eq!(batch["counts"]["succeeded"], 2, "{batch}");
+            (batch, export(&admin, &id, "wharf").await)
+        }
+    };
+    let (first, ran) = run("?cache=true").await;
+    assert_eq!(first["cache"], json!({"hits": 0, "misses": 2}), "{first}");
+    let (second, served) = run("?cache=true").await;
+    assert_eq!(second["cache"], json!({"hits": 2, "misses": 0}), "{second}");
+    for (original, copy) in ran.iter().zip(&served) {
+        assert_eq!(copy["cache_hit"], true, "{copy}");
+        assert_eq!(copy["cache_source"], original["id"], "{copy}");
+        assert!(copy["sandbox_id"].is_null(), "no sandbox for a hit: {copy}");
+        assert_eq!(copy["steps"], original["steps"]);
+        assert_eq!(copy["final_result"], original["final_result"]);
+        assert_eq!(original["cache_hit"], false);
+    }
+    // Without the cache the same tasks run again.
+    let (third, again) = run("").await;
+    assert_eq!(third["cache"], json!({"hits": 0, "misses": 0}), "{third}");
+    assert!(
+        again
+            .iter()
+            .all(|t| t["cache_hit"] == false && t["sandbox_id"].is_string())
+    );
+    let metrics = server.metrics().await;
+    assert!(metrics.contains("wharf_cache_hits_total 2"), "{metrics}");
+    assert!(metrics.contains("wharf_cache_misses_total 2"), "{metrics}");
+}

@@ -51,6 +51,9 @@ pub struct SubmitQuery {
     strict: Option<bool>,
     /// Keep the sandbox of a failed task for inspection instead of deleting it.
     keep_on_failure: Option<bool>,
+    /// Reuse the trajectory of an earlier succeeded task with the same normalised spec and
+    /// pack versions (yours only), marked `cache_hit`, instead of running it again.
+    cache: Option<bool>,
 }
 
 /// Submits a batch: one task per line (JSONL), or a JSON array of tasks. Valid tasks are
@@ -87,6 +90,7 @@ async fn submit(
     let options = BatchOptions {
         strict: query.strict.unwrap_or(false),
         keep_on_failure: query.keep_on_failure.unwrap_or(false),
+        cache: query.cache.unwrap_or(false),
     };
     let batch = state.batches.submit(&principal, &bytes, options).await?;
     Ok((StatusCode::CREATED, Json(batch)))

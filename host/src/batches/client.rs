@@ -20,6 +20,7 @@ pub struct SubmitOptions {
     pub file: PathBuf,
     pub strict: bool,
     pub keep_on_failure: bool,
+    pub cache: bool,
     pub follow: bool,
     pub poll_interval: Duration,
 }
@@ -42,8 +43,8 @@ pub async fn submit(options: &SubmitOptions) -> anyhow::Result<bool> {
     let http = reqwest::Client::new();
     let answer = call(
         http.post(format!(
-            "{base}/v1/batches?strict={}&keep_on_failure={}",
-            options.strict, options.keep_on_failure
+            "{base}/v1/batches?strict={}&keep_on_failure={}&cache={}",
+            options.strict, options.keep_on_failure, options.cache
         ))
         .bearer_auth(&options.key)
         .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
@@ -140,7 +141,7 @@ pub fn progress_line(batch: &Value) -> String {
     )
 }
 
-/// Tasks by status, then failed tasks by error class with their side.
+/// Tasks by status (and cache hits), then failed tasks by error class with their side.
 pub fn summary_table(batch: &Value) -> String {
     let mut out = format!(
         "batch {} {}\n{:<20} {:>7}\n",
@@ -151,6 +152,9 @@ pub fn summary_table(batch: &Value) -> String {
     );
     for status in ["succeeded", "failed", "cancelled", "running", "queued"] {
         out.push_str(&format!("{status:<20} {:>7}\n", count(batch, status)));
+    }
+    if let Some(hits) = batch["cache"]["hits"].as_i64().filter(|n| *n > 0) {
+        out.push_str(&format!("{:<20} {hits:>7}\n", "(from the cache)"));
     }
     if let Some(classes) = batch["error_classes"].as_object()
         && !classes.is_empty()

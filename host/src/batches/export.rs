@@ -99,6 +99,10 @@ pub struct Trajectory {
     pub timeout_secs: f64,
     pub attempts: i64,
     pub sandbox_id: Option<String>,
+    /// The batch had the cache on and this task reused the trajectory of `cache_source`
+    /// (same owner, normalised spec and pack versions): its steps are that task's.
+    pub cache_hit: bool,
+    pub cache_source: Option<String>,
     pub queued_at: String,
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
@@ -149,6 +153,8 @@ pub fn trajectory(task: &TaskRow, steps: Vec<StepRow>) -> Trajectory {
         timeout_secs: spec.as_ref().map_or(0.0, |s| s.timeout_secs),
         attempts: task.attempts,
         sandbox_id: task.sandbox_id.clone(),
+        cache_hit: task.cache.as_deref() == Some("hit"),
+        cache_source: task.cache_source.clone(),
         queued_at: rfc3339(task.queued_ms),
         started_at: task.started_ms.map(rfc3339),
         ended_at: task.ended_ms.map(rfc3339),
@@ -235,6 +241,7 @@ pub fn messages(trajectory: &Trajectory) -> Value {
         "planner": trajectory.planner,
         "model": trajectory.model,
         "pack_versions": trajectory.pack_versions,
+        "cache_hit": trajectory.cache_hit,
         "messages": messages,
         "tools": tools,
     })
@@ -274,6 +281,8 @@ mod tests {
             error_message: None,
             attempts: 1,
             sandbox_id: None,
+            cache: None,
+            cache_source: None,
             outcome: Some(
                 serde_json::to_string(&Outcome {
                     planner: "script".into(),

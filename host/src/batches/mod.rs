@@ -15,6 +15,8 @@
 //!   an exit code, a deadline, the run engine) and a [`Side`]: `task` failures are the
 //!   task's; `infrastructure` failures (sandbox, system) are retried, up to
 //!   `[batches] max_attempts` attempts in all, before they count.
+//! - With `cache=true`, a task whose key (owner, normalised spec, pack versions) matches a
+//!   succeeded task reuses that trajectory, marked `cache_hit`, without a sandbox.
 //! - After a restart, tasks that were running are put back in their queue (their sandbox
 //!   removed) or, past `max_attempts`, failed as `system_error`; every task ends exactly once
 //!   (the conditional end in `store::batches::end_task` decides, and the run follows).
@@ -216,6 +218,17 @@ pub struct BatchOptions {
     pub strict: bool,
     /// Keep the sandbox of a failed task (for inspection) instead of deleting it.
     pub keep_on_failure: bool,
+    /// Reuse the trajectory of an earlier succeeded task of the same owner with the same
+    /// normalised spec and pack versions (marked `cache_hit`) instead of running it again.
+    #[serde(default)]
+    pub cache: bool,
+}
+
+/// Cache outcomes of a batch with the cache on.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct CacheCounts {
+    pub hits: i64,
+    pub misses: i64,
 }
 
 /// A batch as the API shows it.
@@ -236,6 +249,8 @@ pub struct Batch {
     pub sides: BTreeMap<String, i64>,
     /// Lines refused at submission.
     pub invalid_lines: Vec<InvalidLine>,
+    /// Tasks served from the cache and tasks that ran (batches with `cache=true`).
+    pub cache: CacheCounts,
     pub created_at: String,
     pub cancelled_at: Option<String>,
 }
@@ -312,6 +327,8 @@ struct BatchMetrics {
     failed: prometheus::IntCounterVec,
     duration: prometheus::HistogramVec,
     queue_depth: prometheus::IntGaugeVec,
+    cache_hits: prometheus::IntCounter,
+    cache_misses: prometheus::IntCounter,
 }
 
 impl BatchMetrics {
@@ -340,7 +357,20 @@ impl BatchMetrics {
         )
         .expect("valid metric");
         metrics.register(Box::new(queue_depth.clone()));
+        let plain = |name: &str, help: &str| {
+            let metric = prometheus::IntCounter::new(name, help).expect("valid metric");
+            metrics.register(Box::new(metric.clone()));
+            metric
+        };
         Self {
+            cache_hits: plain(
+                "wharf_cache_hits_total",
+                "Batch tasks served from the result cache",
+            ),
+            cache_misses: plain(
+                "wharf_cache_misses_total",
+                "Batch tasks of cached batches that found no earlier result and ran",
+            ),
             submitted: counter(
                 "wharf_tasks_submitted_total",
                 "Batch tasks accepted",
@@ -579,6 +609,13 @@ impl Batches {
         } else {
             "finished"
         };
+        let mut cache = CacheCounts::default();
+        for (outcome, n) in store::cache_counts(&self.db, id).await? {
+            match outcome.as_str() {
+                "hit" => cache.hits = n,
+                _ => cache.misses = n,
+            }
+        }
         Ok(Batch {
             batch_id: row.id,
             status: status.to_string(),
@@ -588,6 +625,7 @@ impl Batches {
             error_classes,
             sides,
             invalid_lines: serde_json::from_str(&row.invalid_lines).unwrap_or_default(),
+            cache,
             created_at: rfc3339(row.created_ms),
             cancelled_at: row.cancelled_ms.map(rfc3339),
         })

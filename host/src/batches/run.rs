@@ -165,6 +165,37 @@ impl Batches {
             self.conclude(&task.id, &task.task_type, &end).await?;
             return Ok(());
         };
+        let key = cache_key(&principal.owner, &spec, &self.tools_of(&spec));
+        store::set_cache_key(&self.db, &task.id, &key, options.cache.then_some("miss")).await?;
+        if options.cache {
+            if let Some(source) =
+                store::cached_task(&self.db, &principal.owner, &key, &task.id).await?
+            {
+                store::copy_from_cache(&self.db, &task.id, &source.id).await?;
+                self.metrics.cache_hits.inc();
+                self.engine
+                    .log(
+                        &task.id,
+                        Stream::System,
+                        Level::Info,
+                        &format!(
+                            "served from the cache: the trajectory of task {} (batch {})",
+                            source.id, source.batch_id
+                        ),
+                    )
+                    .await;
+                let end = TaskEnd {
+                    status: RunState::Succeeded.as_str(),
+                    side: None,
+                    error_class: None,
+                    error_message: None,
+                    outcome: source.outcome.as_deref(),
+                };
+                self.conclude(&task.id, &task.task_type, &end).await?;
+                return Ok(());
+            }
+            self.metrics.cache_misses.inc();
+        }
         // Attempts this task already had (earlier processes) count against the bound.
         let prior = u32::try_from(task.attempts).unwrap_or(0);
         let policy = RetryPolicy {
@@ -463,6 +494,44 @@ async fn execute(batches: Arc<Batches>, task: TaskRow, slot: Slot) {
     drop(slot);
 }
 
+/// The result-cache key of a task: its owner (a cache is never shared between owners), what
+/// decides its steps' outcome (not its id, priority or expected tools), and the pack version
+/// serving each operation it calls. Objects are normalised (keys sorted) before hashing.
+fn cache_key(owner: &str, spec: &TaskSpec, tools: &[ToolSchema]) -> String {
+    fn canonical(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let sorted: BTreeMap<&String, Value> =
+                    map.iter().map(|(k, v)| (k, canonical(v))).collect();
+                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+            other => other.clone(),
+        }
+    }
+    let packs: Vec<String> = tools
+        .iter()
+        .map(|t| format!("{}={}@{}", t.name, t.pack, t.version))
+        .collect();
+    let normalised = canonical(&json!({
+        "task_type": spec.task_type,
+        "description": spec.description.trim(),
+        "planner": spec.planner,
+        "steps": spec.steps,
+        "profile": spec.profile,
+        "max_steps": spec.max_steps,
+        "timeout_secs": spec.timeout_secs,
+        "constraints": spec.constraints,
+        "packs": packs,
+    }));
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(owner.as_bytes());
+    hasher.update([0]);
+    hasher.update(normalised.to_string().as_bytes());
+    hex::encode(hasher.finalize())
+}
+
 /// An infrastructure failure as a retriable error that keeps the cause's code and words.
 fn infrastructure(err: WharfError, doing: &str) -> WharfError {
     WharfError::new(
@@ -587,6 +656,48 @@ mod tests {
         );
         assert_eq!(class(ErrorCode::PluginTrap), ErrorClass::SystemError);
         assert_eq!(class(ErrorCode::Forbidden).side(), Side::Task);
+    }
+
+    #[test]
+    fn the_cache_key_ignores_ids_and_key_order_but_not_owner_or_pack_versions() {
+        let spec = |task_id: &str, input: Value| TaskSpec {
+            task_id: task_id.into(),
+            task_type: "code".into(),
+            description: "d".into(),
+            planner: "script".into(),
+            steps: vec![super::super::spec::ScriptStep {
+                capability: "shell".into(),
+                operation: "run".into(),
+                input,
+            }],
+            profile: "local".into(),
+            max_steps: 3,
+            timeout_secs: 5.0,
+            priority: 1,
+            constraints: Default::default(),
+            expected_tools: Vec::new(),
+        };
+        let tool = |version: &str| ToolSchema {
+            name: "shell.run".into(),
+            description: String::new(),
+            input_schema: json!({}),
+            pack: "core-adapters".into(),
+            version: version.into(),
+        };
+        let a = spec(
+            "a",
+            serde_json::from_str(r#"{"command": "ls", "timeout_ms": 5}"#).unwrap(),
+        );
+        let b = spec(
+            "b",
+            serde_json::from_str(r#"{"timeout_ms": 5, "command": "ls"}"#).unwrap(),
+        );
+        let key = cache_key("o", &a, &[tool("0.2.0")]);
+        assert_eq!(key, cache_key("o", &b, &[tool("0.2.0")]));
+        assert_ne!(key, cache_key("p", &a, &[tool("0.2.0")]));
+        assert_ne!(key, cache_key("o", &a, &[tool("0.2.1")]));
+        let c = spec("a", json!({"command": "ls -l", "timeout_ms": 5}));
+        assert_ne!(key, cache_key("o", &c, &[tool("0.2.0")]));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct TaskRow {
     pub attempts: i64,
     pub sandbox_id: Option<String>,
     pub outcome: Option<String>,
+    pub cache: Option<String>,
+    pub cache_source: Option<String>,
     pub queued_ms: i64,
     pub started_ms: Option<i64>,
     pub ended_ms: Option<i64>,
@@ -87,7 +89,7 @@ pub struct TaskEnd<'a> {
 }
 
 const TASK_COLUMNS: &str = "id, batch_id, owner, task_id, task_type, line, priority, spec, status, side, \
-     error_class, error_message, attempts, sandbox_id, outcome, queued_ms, started_ms, ended_ms";
+     error_class, error_message, attempts, sandbox_id, outcome, cache, cache_source, queued_ms, started_ms, ended_ms";
 
 const LIVE: &str = "('queued', 'running')";
 
@@ -108,6 +110,8 @@ fn task_row(row: &sqlx::sqlite::SqliteRow) -> TaskRow {
         attempts: row.get("attempts"),
         sandbox_id: row.get("sandbox_id"),
         outcome: row.get("outcome"),
+        cache: row.get("cache"),
+        cache_source: row.get("cache_source"),
         queued_ms: row.get("queued_ms"),
         started_ms: row.get("started_ms"),
         ended_ms: row.get("ended_ms"),
@@ -349,6 +353,75 @@ pub async fn live_tasks(
     Ok(sqlx::query_as(&format!(
         "SELECT id, status, sandbox_id FROM batch_tasks WHERE batch_id = ? AND status IN {LIVE} ORDER BY line"
     ))
+    .bind(batch_id)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Records a task's cache key and whether the cache was a `miss` (none when the batch has
+/// the cache off).
+pub async fn set_cache_key(db: &Db, id: &str, key: &str, cache: Option<&str>) -> WharfResult<()> {
+    sqlx::query("UPDATE batch_tasks SET cache_key = ?, cache = ? WHERE id = ?")
+        .bind(key)
+        .bind(cache)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The newest succeeded task of `owner` under `key`, other than `except`.
+pub async fn cached_task(
+    db: &Db,
+    owner: &str,
+    key: &str,
+    except: &str,
+) -> WharfResult<Option<TaskRow>> {
+    let row = sqlx::query(&format!(
+        "SELECT {TASK_COLUMNS} FROM batch_tasks WHERE owner = ? AND cache_key = ? AND status = 'succeeded' \
+         AND id <> ? ORDER BY ended_ms DESC, id LIMIT 1"
+    ))
+    .bind(owner)
+    .bind(key)
+    .bind(except)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.as_ref().map(task_row))
+}
+
+/// Copies the steps of `source` to `task_id` and marks the task a cache hit of it.
+pub async fn copy_from_cache(db: &Db, task_id: &str, source: &str) -> WharfResult<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM task_steps WHERE task_id = ?")
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO task_steps (task_id, step_id, action_type, tool, params, observation, observation_truncated, \
+         success, error_class, error_message, ts_ms, duration_ms) \
+         SELECT ?, step_id, action_type, tool, params, observation, observation_truncated, success, error_class, \
+         error_message, ts_ms, duration_ms FROM task_steps WHERE task_id = ?",
+    )
+    .bind(task_id)
+    .bind(source)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE batch_tasks SET cache = 'hit', cache_source = ?, sandbox_id = NULL WHERE id = ?",
+    )
+    .bind(source)
+    .bind(task_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Tasks of a batch by cache outcome (`hit`, `miss`).
+pub async fn cache_counts(db: &Db, batch_id: &str) -> WharfResult<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT cache, COUNT(*) FROM batch_tasks WHERE batch_id = ? AND cache IS NOT NULL GROUP BY cache ORDER BY cache",
+    )
     .bind(batch_id)
     .fetch_all(db)
     .await?)
