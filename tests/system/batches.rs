@@ -301,6 +301,26 @@ async fn script_tasks_are_classed_by_what_they_did_and_a_queue_never_exceeds_its
         "string"
     );
 
+    // ATIF: a user step, then one agent step per call with its observation.
+    let atif = export(&admin, &batch_id, "atif").await;
+    assert_eq!(atif.len(), 12);
+    let two = atif
+        .iter()
+        .find(|t| t["extra"]["task_id"] == "ok-two-steps")
+        .unwrap();
+    assert_eq!(two["schema_version"], "ATIF-v1.7");
+    let sources: Vec<&str> = two["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["user", "agent", "agent"]);
+    assert_eq!(
+        two["steps"][1]["tool_calls"][0]["function_name"],
+        "python_run"
+    );
+
     // The queue limit, from the sandboxes' own events: sandbox i lives from its `created`
     // to its `deleted` event (event numbers order all sandboxes' events).
     let (status, tasks) = admin

@@ -168,7 +168,8 @@ async fn cancel(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
-    /// `wharf` (default, schema `wharf.trajectory.v1`) or `messages` (`wharf.messages.v1`).
+    /// `wharf` (default, schema `wharf.trajectory.v1`), `messages` (`wharf.messages.v1`) or
+    /// `atif` (`ATIF-v1.7`).
     format: Option<ExportFormat>,
 }
 

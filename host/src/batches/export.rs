@@ -5,6 +5,9 @@
 //! - `messages` (schema `wharf.messages.v1`): the same task as OpenAI-style chat messages (the
 //!   description as the `user` message, each step an `assistant` tool call and its `tool`
 //!   answer) with the tool schemas of the operations the task was offered, for fine-tuning.
+//! - `atif` (`ATIF-v1.7`, the Agent Trajectory Interchange Format of the Harbor project): the
+//!   description as a `user` step, each capability call an `agent` step with its tool call and
+//!   observation; Wharf's own fields (status, error class, side, provenance) under `extra`.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +21,8 @@ use crate::store::batches::{StepRow, TaskRow};
 
 pub const WHARF_SCHEMA: &str = "wharf.trajectory.v1";
 pub const MESSAGES_SCHEMA: &str = "wharf.messages.v1";
+/// The version of the Agent Trajectory Interchange Format written by `format=atif`.
+pub const ATIF_VERSION: &str = "ATIF-v1.7";
 
 /// An operation offered to a task, as its adapter describes it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -247,6 +252,72 @@ pub fn messages(trajectory: &Trajectory) -> Value {
     })
 }
 
+/// The `atif` rendering of a trajectory (one ATIF trajectory per task).
+pub fn atif(trajectory: &Trajectory) -> Value {
+    let mut steps = vec![json!({
+        "step_id": 1,
+        "timestamp": trajectory.started_at.as_deref().unwrap_or(&trajectory.queued_at),
+        "source": "user",
+        "message": trajectory.description,
+    })];
+    for step in &trajectory.steps {
+        let call_id = format!("call_{}", step.step_id);
+        let tool = step.tool.as_deref().unwrap_or(&step.action_type);
+        steps.push(json!({
+            "step_id": steps.len() + 1,
+            "timestamp": step.ts,
+            "source": "agent",
+            "message": format!("{} {tool}", step.action_type),
+            "tool_calls": [{
+                "tool_call_id": call_id,
+                "function_name": function_name(tool),
+                "arguments": step.params,
+            }],
+            "observation": {"results": [{"source_call_id": call_id, "content": step.observation}]},
+            "extra": {
+                "success": step.success,
+                "error_class": step.error_class,
+                "error_message": step.error_message,
+                "duration_ms": step.duration_ms,
+                "observation_truncated": step.observation_truncated,
+            },
+        }));
+    }
+    let mut agent = json!({
+        "name": format!("wharf-{}", trajectory.planner),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    if let Some(model) = &trajectory.model {
+        agent["model_name"] = json!(model);
+    }
+    json!({
+        "schema_version": ATIF_VERSION,
+        "session_id": trajectory.id,
+        "agent": agent,
+        "steps": steps,
+        "final_metrics": {
+            "total_steps": trajectory.steps.len(),
+            "extra": {"total_duration_ms": trajectory.total_duration_ms},
+        },
+        "extra": {
+            "batch_id": trajectory.batch_id,
+            "task_id": trajectory.task_id,
+            "task_type": trajectory.task_type,
+            "status": trajectory.status,
+            "success": trajectory.success,
+            "side": trajectory.side,
+            "error_class": trajectory.error_class,
+            "error_message": trajectory.error_message,
+            "profile": trajectory.profile,
+            "image_digest": trajectory.image_digest,
+            "pack_versions": trajectory.pack_versions,
+            "cache_hit": trajectory.cache_hit,
+            "final_result": trajectory.final_result,
+            "tools": trajectory.tools,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +403,23 @@ mod tests {
         assert_eq!(
             rendered["tools"][0]["function"]["parameters"]["type"],
             "object"
+        );
+        let atif = atif(&trajectory);
+        assert_eq!(atif["schema_version"], "ATIF-v1.7");
+        let ids: Vec<i64> = atif["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["step_id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, [1, 2], "sequential from 1");
+        assert_eq!(atif["steps"][0]["source"], "user");
+        let call = &atif["steps"][1];
+        assert_eq!(call["tool_calls"][0]["function_name"], "python_run");
+        assert_eq!(call["tool_calls"][0]["arguments"]["code"], "result = 1 + 1");
+        assert_eq!(
+            call["observation"]["results"][0]["source_call_id"],
+            call["tool_calls"][0]["tool_call_id"]
         );
     }
 }

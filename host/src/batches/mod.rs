@@ -209,6 +209,8 @@ pub enum ExportFormat {
     Wharf,
     /// `wharf.messages.v1`: OpenAI-style chat messages with tool calls, and the tool schemas.
     Messages,
+    /// `ATIF-v1.7`: one Agent Trajectory Interchange Format trajectory per line.
+    Atif,
 }
 
 /// Options of a submission (query parameters of `POST /v1/batches`).
@@ -727,6 +729,7 @@ impl Batches {
                         ExportFormat::Messages => {
                             serde_json::to_vec(&export::messages(&trajectory))
                         }
+                        ExportFormat::Atif => serde_json::to_vec(&export::atif(&trajectory)),
                     }
                     .map_err(|err| {
                         WharfError::internal(format!("rendering a trajectory: {err}"))
