@@ -837,3 +837,75 @@ async fn batch_throughput() {
         }
     }
 }
+
+#[tokio::test]
+async fn cancelling_a_batch_stops_its_running_task_and_ends_the_queued_ones() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("wharf.toml"),
+        "[batches]\npoll_interval_ms = 200\ndefault_concurrency = 1\n",
+    )
+    .unwrap();
+    let server = WharfProcess::start(root.path(), &[]);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    install_core(&server, &admin).await;
+    let body: Vec<String> = (0..4)
+        .map(|i| task(&format!("long-{i}"), vec![shell("sleep 60")]).to_string())
+        .collect();
+    let (status, batch) = submit(&admin, "", body.join("\n")).await;
+    assert_eq!(status, 201, "{batch}");
+    let batch_id = batch["batch_id"].as_str().unwrap().to_string();
+    let running = admin
+        .wait_for(
+            &format!("/v1/batches/{batch_id}/tasks?status=running"),
+            "a running task with its sandbox",
+            |tasks| tasks[0]["sandbox_id"].is_string(),
+        )
+        .await;
+    let sandbox = running[0]["sandbox_id"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let (status, batch) = admin
+        .post(&format!("/v1/batches/{batch_id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{batch}");
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "the cancel does not wait for `sleep 60`"
+    );
+    assert_eq!(batch["status"], "cancelled", "{batch}");
+    assert_eq!(batch["counts"]["cancelled"], 4, "{batch}");
+    let (_, sandboxes) = admin.get("/v1/sandboxes").await;
+    assert_eq!(
+        sandboxes["items"],
+        json!([]),
+        "{sandbox} is gone: {sandboxes}"
+    );
+    // Nothing starts afterwards, and each run ended once, cancelled.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let (_, tasks) = admin.get(&format!("/v1/batches/{batch_id}/tasks")).await;
+    for task in tasks.as_array().unwrap() {
+        assert_eq!(task["status"], "cancelled", "{task}");
+        let (_, run) = admin
+            .get(&format!("/v1/tasks/{}/run", task["id"].as_str().unwrap()))
+            .await;
+        let last: Vec<&str> = run["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["to"].as_str().unwrap())
+            .collect();
+        assert_eq!(last.last(), Some(&"cancelled"), "{run}");
+        assert_eq!(
+            last.iter().filter(|s| **s == "cancelled").count(),
+            1,
+            "{run}"
+        );
+    }
+    let (status, again) = admin
+        .post(&format!("/v1/batches/{batch_id}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, again["counts"].clone()),
+        (200, batch["counts"].clone())
+    );
+}

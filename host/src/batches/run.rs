@@ -150,6 +150,10 @@ impl Batches {
                 &format!("started from the {} queue", task.task_type),
             )
             .await?;
+        if !store::is_running(&self.db, &task.id).await? {
+            // Cancelled between its start and now: the cancel ended it.
+            return Ok(());
+        }
         let batch = store::get_batch(&self.db, &task.batch_id, None)
             .await?
             .ok_or_else(|| WharfError::internal("the task's batch is gone"))?;
@@ -276,6 +280,14 @@ impl Batches {
                 ));
             }
         };
+        if !store::is_running(&self.db, &task.id).await? {
+            // Cancelled while its sandbox was being made: nothing runs in it.
+            self.remove_sandbox(&principal.owner, &sandbox.id).await;
+            return Err(WharfError::new(
+                ErrorCode::Conflict,
+                "the task was cancelled",
+            ));
+        }
         self.engine
             .log(
                 &task.id,

@@ -281,11 +281,13 @@ pub async fn next_queued(db: &Db, task_type: &str) -> WharfResult<Option<TaskRow
     Ok(row.as_ref().map(task_row))
 }
 
-/// Moves a queued task to running and counts the attempt; false when it was not queued.
+/// Moves a queued task to running and counts the attempt; false when it was not queued or
+/// its batch was cancelled (the cancel marks the batch first, so nothing starts after it).
 pub async fn mark_running(db: &Db, id: &str, now_ms: i64) -> WharfResult<bool> {
     Ok(sqlx::query(
         "UPDATE batch_tasks SET status = 'running', attempts = attempts + 1, started_ms = ? \
-         WHERE id = ? AND status = 'queued'",
+         WHERE id = ? AND status = 'queued' AND NOT EXISTS \
+         (SELECT 1 FROM batches WHERE batches.id = batch_tasks.batch_id AND batches.cancelled_ms IS NOT NULL)",
     )
     .bind(now_ms)
     .bind(id)
@@ -293,6 +295,15 @@ pub async fn mark_running(db: &Db, id: &str, now_ms: i64) -> WharfResult<bool> {
     .await?
     .rows_affected()
         == 1)
+}
+
+/// Whether a task is still `running` (a cancel may have ended it under its executor).
+pub async fn is_running(db: &Db, id: &str) -> WharfResult<bool> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM batch_tasks WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(status.as_deref() == Some("running"))
 }
 
 /// Counts another attempt of a running task.
