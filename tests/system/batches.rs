@@ -746,6 +746,14 @@ async fn a_repeated_batch_with_the_cache_on_is_served_from_the_cache_and_says_so
         assert_eq!(copy["final_result"], original["final_result"]);
         assert_eq!(original["cache_hit"], false);
     }
+    // Another owner's identical tasks never see this owner's cache.
+    let (status, key) = admin.post("/v1/keys", json!({"owner": "dave"})).await;
+    assert_eq!(status, 201, "{key}");
+    let dave = Client::new(&server, key["key"].as_str());
+    let (status, batch) = submit(&dave, "?cache=true", body()).await;
+    assert_eq!(status, 201, "{batch}");
+    let batch = finished(&dave, batch["batch_id"].as_str().unwrap()).await;
+    assert_eq!(batch["cache"], json!({"hits": 0, "misses": 2}), "{batch}");
     // Without the cache the same tasks run again.
     let (third, again) = run("").await;
     assert_eq!(third["cache"], json!({"hits": 0, "misses": 0}), "{third}");
@@ -756,7 +764,7 @@ async fn a_repeated_batch_with_the_cache_on_is_served_from_the_cache_and_says_so
     );
     let metrics = server.metrics().await;
     assert!(metrics.contains("wharf_cache_hits_total 2"), "{metrics}");
-    assert!(metrics.contains("wharf_cache_misses_total 2"), "{metrics}");
+    assert!(metrics.contains("wharf_cache_misses_total 4"), "{metrics}");
 }
 
 /// Benchmark, not a check (ignored; run with
