@@ -29,10 +29,12 @@ pub struct Config {
     pub probes: ProbesConfig,
     pub quotas: QuotasConfig,
     pub metrics: MetricsConfig,
-    /// The run engine (leases, log caps) shared by cases and later batches and imports.
+    /// The run engine (leases, log caps) shared by cases and batches (later relay imports).
     pub runs: crate::jobs::RunsConfig,
     /// Cases: clone, build and run a repository (ports, limits, where it may clone from).
     pub cases: crate::cases::CasesConfig,
+    /// Batches: task queues, their concurrency, task bounds and retries.
+    pub batches: crate::batches::BatchesConfig,
     pub approvals: ApprovalsConfig,
     pub audit: AuditConfig,
     /// MCP at `/mcp` (streamable HTTP): sessions and their limits.
@@ -373,6 +375,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             runs: Default::default(),
             cases: Default::default(),
+            batches: Default::default(),
             approvals: ApprovalsConfig::default(),
             audit: AuditConfig::default(),
             mcp: McpConfig::default(),

@@ -72,6 +72,7 @@ error_codes! {
     ContainerExitNonzero => ("container_exit_nonzero", StatusCode::UNPROCESSABLE_ENTITY, false, "The case's container exited with a nonzero code; the message has the code and its last log lines."),
     ReadinessTimeout => ("readiness_timeout", StatusCode::GATEWAY_TIMEOUT, true, "The case's container ran but its access URL gave no 2xx answer within `[cases] readiness_timeout_ms`."),
     DockerApiError => ("docker_api_error", StatusCode::BAD_GATEWAY, true, "The Docker engine failed a request for a case (or none answers)."),
+    BatchInvalid => ("batch_invalid", StatusCode::UNPROCESSABLE_ENTITY, false, "No line of the batch is a valid task, or `strict=true` and some line is not; the message lists the lines by number and why. Nothing was queued."),
     RunInterrupted => ("run_interrupted", StatusCode::SERVICE_UNAVAILABLE, true, "The server stopped while this work was in progress (e.g. mid-build) and it could not be resumed; start it again."),
     InternalError => ("internal_error", StatusCode::INTERNAL_SERVER_ERROR, true, "An unexpected failure inside the host; see the server log with the request id."),
 }

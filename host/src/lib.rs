@@ -4,13 +4,14 @@
 //! The modules mirror the domain: [`packs`] (manifest, loader, watcher,
 //! generations), [`runtime`] (wasmtime engine, limits, bindings),
 //! [`sandbox`] (drivers), [`jobs`] (the durable run engine), [`cases`] (repositories
-//! built and run), [`capabilities`] (routing), [`probes`] (access
+//! built and run), [`batches`] (task lists run in sandboxes, trajectories), [`capabilities`] (routing), [`probes`] (access
 //! probes, targets, schedules), [`overlays`] (pack patches for a target
 //! version range), [`outbound`] (the rules for every request
 //! the server or a plugin sends out), [`api`] (HTTP), [`mcp`] (MCP at `/mcp`),
 //! [`store`] (SQLite).
 
 pub mod api;
+pub mod batches;
 pub mod capabilities;
 pub mod cases;
 pub mod config;

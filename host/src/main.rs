@@ -46,6 +46,40 @@ enum Command {
         #[command(subcommand)]
         command: OverlayCommand,
     },
+    /// Batches on a running server (`WHARF_URL`, key in `WHARF_API_KEY`).
+    Batch {
+        #[command(subcommand)]
+        command: BatchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BatchCommand {
+    /// Submit a JSONL file of tasks (or a JSON array; `-` for stdin). With `--follow`, show a
+    /// progress bar until the batch ends, then a summary table. Exit code 0 when every line
+    /// was valid and (followed) every task succeeded, 2 otherwise.
+    Submit(BatchSubmitArgs),
+}
+
+#[derive(clap::Args)]
+struct BatchSubmitArgs {
+    /// The tasks: JSONL, or a JSON array; `-` reads stdin.
+    file: PathBuf,
+    /// The server's root URL.
+    #[arg(long, env = "WHARF_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Refuse the whole batch when any line is invalid.
+    #[arg(long)]
+    strict: bool,
+    /// Keep the sandbox of a failed task for inspection.
+    #[arg(long)]
+    keep_on_failure: bool,
+    /// Reuse earlier succeeded trajectories of identical tasks (the result cache).
+    #[arg(long)]
+    cache: bool,
+    /// Follow the batch to its end: progress on stderr, then a summary table.
+    #[arg(long)]
+    follow: bool,
 }
 
 #[derive(Subcommand)]
@@ -186,6 +220,13 @@ fn main() -> ExitCode {
                     sdk_path,
                 },
         } => new_pack(name, kind, &dir, sdk_path),
+        Command::Batch {
+            command: BatchCommand::Submit(args),
+        } => match batch_submit(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(err) => Err(err),
+        },
         Command::Probe(args) => match probe(cli.config, args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),
@@ -354,6 +395,28 @@ fn overlay_apply(args: OverlayApplyArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `wharf batch submit`: the key comes from `WHARF_API_KEY` (keys never go on a command line).
+fn batch_submit(args: BatchSubmitArgs) -> anyhow::Result<bool> {
+    let key = std::env::var("WHARF_API_KEY")
+        .ok()
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("set WHARF_API_KEY to the API key to submit with"))?;
+    let options = wharf::batches::client::SubmitOptions {
+        url: args.url,
+        key,
+        file: args.file,
+        strict: args.strict,
+        keep_on_failure: args.keep_on_failure,
+        cache: args.cache,
+        follow: args.follow,
+        poll_interval: std::time::Duration::from_millis(500),
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(wharf::batches::client::submit(&options))
 }
 
 /// Runs one probe with the packs loaded in-process. `Ok(true)` when ready.

@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::batches::Batches;
 use crate::capabilities::service::CapabilityService;
 use crate::cases::Cases;
 use crate::config::Config;
@@ -167,6 +168,17 @@ impl Server {
         )
         .await
         .map_err(|err| anyhow::anyhow!("starting capabilities: {}", err.message))?;
+        let batches = Batches::start(
+            db.clone(),
+            runs.clone(),
+            sandboxes.clone(),
+            capabilities.clone(),
+            packs.clone(),
+            &config,
+            &metrics,
+        )
+        .await
+        .context("starting batches")?;
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -176,6 +188,7 @@ impl Server {
             probes,
             runs,
             cases,
+            batches,
             capabilities,
             shutdown: tokio_util::sync::CancellationToken::new(),
         };

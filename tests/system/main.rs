@@ -5,6 +5,7 @@ mod api_contract;
 mod attacks_docker;
 mod attacks_process;
 mod author_kit;
+mod batches;
 mod bodies;
 mod cases;
 mod mcp;

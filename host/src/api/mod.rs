@@ -3,6 +3,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod batches;
 pub mod cases;
 pub mod contract;
 pub mod error;
@@ -45,6 +46,7 @@ pub struct AppState {
     pub probes: Arc<crate::probes::ProbeService>,
     pub runs: Arc<crate::jobs::RunEngine>,
     pub cases: Arc<crate::cases::Cases>,
+    pub batches: Arc<crate::batches::Batches>,
     /// Every capability call goes through it (routing, scopes, approvals, masking, audit).
     pub capabilities: Arc<crate::capabilities::service::CapabilityService>,
     /// Cancelled when the server stops serving: long-lived streams (MCP sessions) end, so
@@ -85,6 +87,7 @@ fn documented_routes(
         .merge(probes::routes())
         .merge(overlays::routes())
         .merge(cases::routes())
+        .merge(batches::routes())
         .merge(approvals::routes())
         .merge(audit::routes())
         .merge(system::authenticated_routes());

@@ -1,5 +1,5 @@
-//! The durable run engine: long-running, restartable work shared by cases (and, later,
-//! batches and relay imports).
+//! The durable run engine: long-running, restartable work shared by cases and batches (and,
+//! later, relay imports).
 //!
 //! A **run** has a typed [`RunKind`], an owner, a [`RunState`] and an id that the subsystem
 //! chooses (a case's run id is its `case_...` id). Everything about it lives in the store
@@ -49,12 +49,15 @@ pub use self::log::{LogFollower, LogLine, LogPage, Stream};
 #[serde(rename_all = "snake_case")]
 pub enum RunKind {
     Case,
+    /// One task of a batch ([`crate::batches`]).
+    BatchTask,
 }
 
 impl RunKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RunKind::Case => "case",
+            RunKind::BatchTask => "batch_task",
         }
     }
 }
@@ -279,6 +282,28 @@ impl RunEngine {
         let to = RunState::Running.as_str();
         store::transition(&self.db, id, from, to, None, reason, false, now_ms()).await?;
         Ok(())
+    }
+
+    /// Puts a running run back in the queue with why, releasing its lease (e.g. its worker
+    /// died mid-attempt and the work is safe to start again). False when it was not running.
+    /// Its open steps are closed as failed with `run_interrupted`.
+    pub async fn requeue(&self, id: &str, reason: &str) -> WharfResult<bool> {
+        let changed = store::transition(
+            &self.db,
+            id,
+            &["running"],
+            RunState::Queued.as_str(),
+            None,
+            reason,
+            true,
+            now_ms(),
+        )
+        .await?;
+        if changed {
+            let code = ErrorCode::RunInterrupted.as_str();
+            store::end_open_steps(&self.db, id, code, reason, now_ms()).await?;
+        }
+        Ok(changed)
     }
 
     /// Ends a live run in a terminal state with why; its lease is released, its open steps

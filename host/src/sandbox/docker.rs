@@ -1118,6 +1118,14 @@ impl SandboxDriver for DockerDriver {
         }
     }
 
+    async fn image_digest(&self, sandbox_id: &str) -> Option<String> {
+        self.docker
+            .inspect_container(&object_name(sandbox_id), None)
+            .await
+            .ok()
+            .and_then(|info| info.image)
+    }
+
     async fn sandbox_ids(&self) -> WharfResult<Vec<String>> {
         let mut ids = Vec::new();
         let containers = self

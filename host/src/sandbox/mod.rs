@@ -291,6 +291,11 @@ pub trait SandboxDriver: Send + Sync + 'static {
     /// Starts a stopped (or dead) runtime again.
     async fn start(&self, sandbox_id: &str) -> WharfResult<()>;
     async fn health(&self, sandbox_id: &str) -> WharfResult<DriverHealth>;
+    /// The id (content digest) of the image the sandbox runs, for drivers that run images;
+    /// recorded as provenance (e.g. in a batch task's trajectory).
+    async fn image_digest(&self, _sandbox_id: &str) -> Option<String> {
+        None
+    }
     /// Every sandbox id this driver holds resources for (orphan detection).
     async fn sandbox_ids(&self) -> WharfResult<Vec<String>>;
     /// Creates a directory and its missing parents.

@@ -432,7 +432,7 @@ impl Sandboxes {
         loop {
             attempts += 1;
             let existing = match self
-                .create_once(owner, profile_name, idempotency, quota)
+                .create_once(&new_id("sbx"), owner, profile_name, idempotency, quota)
                 .await?
             {
                 Created::New(sandbox) => return Ok((sandbox, false)),
@@ -446,15 +446,37 @@ impl Sandboxes {
         }
     }
 
+    /// Creates a sandbox under an id the caller made with [`new_id`]`("sbx")`, without an
+    /// idempotency key: the caller can record the id before the sandbox exists, and so find
+    /// (and delete) it after a crash in the middle of the create.
+    pub async fn create_with_id(
+        &self,
+        id: &str,
+        owner: &str,
+        profile_name: &str,
+        quota: Option<u32>,
+    ) -> WharfResult<Sandbox> {
+        match self
+            .create_once(id, owner, profile_name, None, quota)
+            .await?
+        {
+            Created::New(sandbox) => Ok(sandbox),
+            Created::Replay(_) => Err(WharfError::internal(
+                "a create without an idempotency key replayed",
+            )),
+        }
+    }
+
     async fn create_once(
         &self,
+        id: &str,
         owner: &str,
         profile_name: &str,
         idempotency: Option<(&str, &str)>,
         quota: Option<u32>,
     ) -> WharfResult<Created> {
         let profile = self.profiles.get(profile_name)?;
-        let id = new_id("sbx");
+        let id = id.to_string();
         let lock = self.lock_for(&id);
         let guard = lock.lock_owned().await;
         let now = now_ms();
@@ -1048,6 +1070,12 @@ impl Sandboxes {
                 detail: serde_json::from_str(row.get::<&str, _>("detail")).unwrap_or_default(),
             })
             .collect())
+    }
+
+    /// The image digest of the caller's sandbox, when its driver runs images.
+    pub async fn image_digest(&self, owner: &str, id: &str) -> Option<String> {
+        let sandbox = self.get(owner, id).await.ok()?;
+        self.driver(&sandbox.driver).ok()?.image_digest(id).await
     }
 
     /// Changes whenever an event is recorded.

@@ -2,6 +2,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod batches;
 pub mod cases;
 pub mod jobs;
 pub mod keys;
