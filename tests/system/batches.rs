@@ -90,7 +90,14 @@ async fn script_tasks_are_classed_by_what_they_did_and_a_queue_never_exceeds_its
     };
     install_core(&server, &admin).await;
     // task id -> (steps, timeout in seconds, max_steps, expected class or None)
-    let cases: Vec<(&str, Vec<Value>, Option<f64>, Option<u32>, Option<&str>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        Vec<Value>,
+        Option<f64>,
+        Option<u32>,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "ok-python",
             vec![python("result = 6 * 7")],
@@ -765,85 +772,6 @@ async fn a_repeated_batch_with_the_cache_on_is_served_from_the_cache_and_says_so
     let metrics = server.metrics().await;
     assert!(metrics.contains("wharf_cache_hits_total 2"), "{metrics}");
     assert!(metrics.contains("wharf_cache_misses_total 4"), "{metrics}");
-}
-
-/// Benchmark, not a check (ignored; run with
-/// `cargo nextest run --workspace --run-ignored only -E 'test(/batch_throughput/)' --no-capture`):
-/// tasks per minute for trivial script tasks (`shell true`) at concurrency 1, 4 and 8 on the
-/// process and Docker drivers, and per task the time of its step against the rest (sandbox
-/// create and destroy, recording), from the trajectories. `WHARF_BENCH_TASKS` and
-/// `WHARF_BENCH_DOCKER_TASKS` set the batch sizes (default 200 and 60).
-#[tokio::test]
-#[ignore]
-async fn batch_throughput() {
-    let size = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(default)
-    };
-    let mut drivers = vec![("process", "local", size("WHARF_BENCH_TASKS", 200))];
-    if crate::sandboxes::docker_ready() {
-        drivers.push(("docker", "docker", size("WHARF_BENCH_DOCKER_TASKS", 60)));
-    }
-    for (driver, profile, tasks) in drivers {
-        for concurrency in [1, 4, 8] {
-            let root = tempfile::tempdir().unwrap();
-            std::fs::write(
-                root.path().join("wharf.toml"),
-                format!(
-                    "[batches]\npoll_interval_ms = 100\ndefault_profile = \"{profile}\"\ndefault_concurrency = {concurrency}\n"
-                ),
-            )
-            .unwrap();
-            let server = WharfProcess::start(root.path(), &[]);
-            let admin = Client::new(&server, Some(ADMIN_KEY));
-            install_core(&server, &admin).await;
-            let body: Vec<String> = (0..tasks)
-                .map(|i| task(&format!("t{i}"), vec![shell("true")]).to_string())
-                .collect();
-            let started = std::time::Instant::now();
-            let (status, batch) = submit(&admin, "", body.join("\n")).await;
-            assert_eq!(status, 201, "{batch}");
-            let id = batch["batch_id"].as_str().unwrap().to_string();
-            let batch = loop {
-                let (_, batch) = admin.get(&format!("/v1/batches/{id}")).await;
-                if batch["status"] == "finished" {
-                    break batch;
-                }
-                assert!(started.elapsed().as_secs() < 900, "{batch}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            };
-            let wall = started.elapsed().as_secs_f64();
-            assert_eq!(batch["counts"]["succeeded"], tasks as i64, "{batch}");
-            let trajectories = export(&admin, &id, "wharf").await;
-            let mut totals = Vec::new();
-            let mut steps = Vec::new();
-            for t in &trajectories {
-                let total = t["total_duration_ms"].as_f64().unwrap();
-                let step: f64 = t["steps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|s| s["duration_ms"].as_f64().unwrap())
-                    .sum();
-                totals.push(total);
-                steps.push(step);
-            }
-            let median = |values: &mut Vec<f64>| {
-                values.sort_by(f64::total_cmp);
-                values[values.len() / 2]
-            };
-            let mut overheads: Vec<f64> = totals.iter().zip(&steps).map(|(t, s)| t - s).collect();
-            println!(
-                "batch_throughput {driver} concurrency {concurrency}: {tasks} tasks in {wall:.1} s = {:.0} tasks/min; per task (median): total {:.0} ms, step {:.0} ms, overhead {:.0} ms",
-                tasks as f64 * 60.0 / wall,
-                median(&mut totals),
-                median(&mut steps),
-                median(&mut overheads),
-            );
-        }
-    }
 }
 
 #[tokio::test]

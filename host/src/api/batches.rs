@@ -13,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::cases::LogQuery;
 use super::contract::error_set;
 use super::error::{ApiResult, Json, Path, Query};
 use crate::batches::export::Trajectory;
@@ -224,17 +225,6 @@ async fn task_run(
     Ok(Json(run))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct LogQuery {
-    /// The first line to read (lines count from 0).
-    #[param(minimum = 0)]
-    offset: Option<i64>,
-    /// At most this many lines (default 1000).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
-}
-
 /// Lines of the task's run log from `offset` (`{offset, ts, stream, level, line}`): each
 /// attempt's sandbox, infrastructure retries with their reason and wait, the end.
 #[utoipa::path(get, path = "/v1/tasks/{id}/logs", params(("id" = String, Path), LogQuery),
@@ -245,14 +235,7 @@ async fn task_log(
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> ApiResult<Json<LogPage>> {
-    let offset = query.offset.unwrap_or(0);
-    let limit = query.limit.unwrap_or(1000);
-    if offset < 0 || !(1..=1000).contains(&limit) {
-        return Err(WharfError::validation(
-            "`offset` must be 0 or more and `limit` within 1..=1000",
-        )
-        .into());
-    }
+    let (offset, limit) = query.page()?;
     state.batches.check_task(&principal.owner, &id).await?;
     Ok(Json(state.runs.read_log(&id, offset, limit).await?))
 }

@@ -172,6 +172,16 @@ pub struct LogQuery {
     limit: Option<usize>,
 }
 
+impl LogQuery {
+    /// The checked offset and line count of a page of a run log (cases and batch tasks).
+    pub(super) fn page(&self) -> Result<(i64, i64), WharfError> {
+        Ok((
+            check_offset(self.offset)?,
+            limit(self.limit, MAX_PAGE)? as i64,
+        ))
+    }
+}
+
 /// Lines of the case's log from `offset`: JSON lines `{offset, ts, stream, level, line}`
 /// (streams `system`, `clone`, `patch`, `build`, `run`); `next_offset` is where to go on.
 #[utoipa::path(get, path = "/v1/cases/{id}/logs", params(("id" = String, Path), LogQuery),
@@ -182,10 +192,9 @@ async fn read_log(
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> ApiResult<Json<LogPage>> {
-    let offset = check_offset(query.offset)?;
-    let limit = limit(query.limit, MAX_PAGE)?;
+    let (offset, limit) = query.page()?;
     state.cases.check_owner(&principal.owner, &id).await?;
-    Ok(Json(state.runs.read_log(&id, offset, limit as i64).await?))
+    Ok(Json(state.runs.read_log(&id, offset, limit).await?))
 }
 
 fn check_offset(offset: Option<i64>) -> Result<i64, WharfError> {

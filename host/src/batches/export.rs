@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::spec::TaskSpec;
-use super::{ErrorClass, Side, parse_class, parse_side, rfc3339};
+use super::{ErrorClass, Side, parse_class, parse_side};
 use crate::jobs::RunState;
 use crate::store::batches::{StepRow, TaskRow};
+use crate::store::rfc3339_from_ms;
 
 pub const WHARF_SCHEMA: &str = "wharf.trajectory.v1";
 pub const MESSAGES_SCHEMA: &str = "wharf.messages.v1";
@@ -160,9 +161,9 @@ pub fn trajectory(task: &TaskRow, steps: Vec<StepRow>) -> Trajectory {
         sandbox_id: task.sandbox_id.clone(),
         cache_hit: task.cache.as_deref() == Some("hit"),
         cache_source: task.cache_source.clone(),
-        queued_at: rfc3339(task.queued_ms),
-        started_at: task.started_ms.map(rfc3339),
-        ended_at: task.ended_ms.map(rfc3339),
+        queued_at: rfc3339_from_ms(task.queued_ms),
+        started_at: task.started_ms.map(rfc3339_from_ms),
+        ended_at: task.ended_ms.map(rfc3339_from_ms),
         total_duration_ms: task.started_ms.zip(task.ended_ms).map(|(s, e)| e - s),
         final_result: outcome.final_result,
         tools: outcome.tools,
@@ -178,7 +179,7 @@ pub fn trajectory(task: &TaskRow, steps: Vec<StepRow>) -> Trajectory {
                 success: s.success,
                 error_class: parse_class(s.error_class.as_deref()),
                 error_message: s.error_message,
-                ts: rfc3339(s.ts_ms),
+                ts: rfc3339_from_ms(s.ts_ms),
                 duration_ms: s.duration_ms,
             })
             .collect(),

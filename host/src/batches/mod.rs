@@ -45,6 +45,7 @@ use crate::sandbox::service::Sandboxes;
 use crate::store::Db;
 use crate::store::batches::{self as store, TaskEnd, TaskFilter};
 use crate::store::keys::Principal;
+use crate::store::rfc3339_from_ms;
 
 /// `[batches]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -281,16 +282,6 @@ pub struct Task {
     pub duration_ms: Option<i64>,
 }
 
-pub(crate) fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 fn parse_class(text: Option<&str>) -> Option<ErrorClass> {
     text.and_then(|t| serde_json::from_value(serde_json::Value::from(t)).ok())
 }
@@ -314,9 +305,9 @@ impl Task {
             error_message: row.error_message.clone(),
             attempts: row.attempts,
             sandbox_id: row.sandbox_id.clone(),
-            queued_at: rfc3339(row.queued_ms),
-            started_at: row.started_ms.map(rfc3339),
-            ended_at: row.ended_ms.map(rfc3339),
+            queued_at: rfc3339_from_ms(row.queued_ms),
+            started_at: row.started_ms.map(rfc3339_from_ms),
+            ended_at: row.ended_ms.map(rfc3339_from_ms),
             duration_ms: row.started_ms.zip(row.ended_ms).map(|(s, e)| e - s),
         }
     }
@@ -628,8 +619,8 @@ impl Batches {
             sides,
             invalid_lines: serde_json::from_str(&row.invalid_lines).unwrap_or_default(),
             cache,
-            created_at: rfc3339(row.created_ms),
-            cancelled_at: row.cancelled_ms.map(rfc3339),
+            created_at: rfc3339_from_ms(row.created_ms),
+            cancelled_at: row.cancelled_ms.map(rfc3339_from_ms),
         })
     }
 

@@ -31,6 +31,7 @@ use crate::sandbox::service::{Sandboxes, now_ms};
 use crate::store::approvals::{self as store, ApprovalRow, Finished, ListScope};
 use crate::store::keys::{self as key_store, Principal, new_id};
 use crate::store::now_rfc3339;
+use crate::store::rfc3339_from_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -122,16 +123,6 @@ pub struct ApprovalPage {
     pub items: Vec<Approval>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
-}
-
-fn rfc3339_from_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 fn error_code(text: &str) -> ErrorCode {

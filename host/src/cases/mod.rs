@@ -41,6 +41,7 @@ use crate::jobs::log::Level;
 use crate::jobs::{RunEngine, RunKind, Stream, now_ms};
 use crate::probes::crypto::SecretBox;
 use crate::store::keys::Principal;
+use crate::store::rfc3339_from_ms;
 use crate::store::{Db, cases as store};
 
 /// Docker labels on every container and image a case makes.
@@ -255,16 +256,6 @@ pub struct Case {
     pub timings: CaseTimings,
     pub created_at: String,
     pub updated_at: String,
-}
-
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 /// The cases subsystem: one per server.
@@ -567,8 +558,8 @@ impl Cases {
                 start_ms: timings.get("start").copied(),
                 ready_ms: timings.get("ready").copied(),
             },
-            created_at: rfc3339(row.created_ms),
-            updated_at: rfc3339(row.updated_ms),
+            created_at: rfc3339_from_ms(row.created_ms),
+            updated_at: rfc3339_from_ms(row.updated_ms),
         })
     }
 

@@ -41,6 +41,17 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Db> {
 }
 
 /// RFC 3339 UTC, the one timestamp format in stored rows and JSON.
+/// A time in milliseconds since the epoch as RFC 3339 (empty when out of range).
+pub fn rfc3339_from_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
