@@ -176,8 +176,37 @@ impl WharfProcess {
 }
 
 impl Drop for WharfProcess {
+    /// Stops the server. One still running at the end of its test also leaves no Docker
+    /// sandbox or case container and no volume behind (by its instance label); one its test
+    /// killed on purpose (to restart it on the same data) keeps them for its successor.
     fn drop(&mut self) {
+        let running = matches!(self.child.try_wait(), Ok(None));
         self.kill();
+        if running {
+            remove_engine_leftovers(&self.data_dir);
+        }
+    }
+}
+
+fn remove_engine_leftovers(data_dir: &Path) {
+    let Ok(instance) = std::fs::read_to_string(data_dir.join("instance-id")) else {
+        return;
+    };
+    let label = format!("label=wharf.instance={}", instance.trim());
+    for (list, remove) in [
+        (&["ps", "-aq", "--filter"][..], &["rm", "-f", "-v"][..]),
+        (&["volume", "ls", "-q", "--filter"], &["volume", "rm", "-f"]),
+    ] {
+        let Ok(out) = Command::new("docker").args(list).arg(&label).output() else {
+            return;
+        };
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(remove).args(&ids).output();
+        }
     }
 }
 
