@@ -4,8 +4,7 @@
 //! the sandboxes' events); and invalid JSONL lines reported by number while the valid ones
 //! run (on the process driver, which needs no Docker).
 //!
-//! The Docker batch is 12 tasks (not the issue's 50) so that it runs in well under a
-//! minute on two cores.
+//! The Docker batch is the issue's 50 tasks: twelve kinds, then the cheaper ones repeated.
 
 use std::collections::BTreeMap;
 
@@ -90,14 +89,8 @@ async fn script_tasks_are_classed_by_what_they_did_and_a_queue_never_exceeds_its
     };
     install_core(&server, &admin).await;
     // task id -> (steps, timeout in seconds, max_steps, expected class or None)
-    type Case<'a> = (
-        &'a str,
-        Vec<Value>,
-        Option<f64>,
-        Option<u32>,
-        Option<&'a str>,
-    );
-    let cases: Vec<Case> = vec![
+    type Case<'a, Id> = (Id, Vec<Value>, Option<f64>, Option<u32>, Option<&'a str>);
+    let base: Vec<Case<&str>> = vec![
         (
             "ok-python",
             vec![python("result = 6 * 7")],
@@ -181,6 +174,34 @@ async fn script_tasks_are_classed_by_what_they_did_and_a_queue_never_exceeds_its
             Some("max_steps_exceeded"),
         ),
     ];
+    // The issue's batch of 50: the twelve above, then cheaper kinds of them again (no
+    // two-second deadline) under new ids.
+    let repeatable = [
+        "ok-python",
+        "ok-shell",
+        "syntax-2",
+        "raise",
+        "exit-3",
+        "command-timeout",
+        "too-many-steps",
+    ];
+    let mut cases: Vec<Case<String>> = base
+        .iter()
+        .map(|(id, steps, timeout, max_steps, class)| {
+            (id.to_string(), steps.clone(), *timeout, *max_steps, *class)
+        })
+        .collect();
+    for n in 0..50 - base.len() {
+        let kind = repeatable[n % repeatable.len()];
+        let (_, steps, timeout, max_steps, class) =
+            base.iter().find(|c| c.0 == kind).unwrap().clone();
+        cases.push((format!("{kind}-{n}"), steps, timeout, max_steps, class));
+    }
+    let succeeded = cases.iter().filter(|c| c.4.is_none()).count();
+    let mut classes: BTreeMap<&str, usize> = BTreeMap::new();
+    for class in cases.iter().filter_map(|c| c.4) {
+        *classes.entry(class).or_default() += 1;
+    }
     let body: Vec<String> = cases
         .iter()
         .map(|(id, steps, timeout, max_steps, _)| {
@@ -196,31 +217,27 @@ async fn script_tasks_are_classed_by_what_they_did_and_a_queue_never_exceeds_its
         .collect();
     let (status, batch) = submit(&admin, "", body.join("\n")).await;
     assert_eq!(status, 201, "{batch}");
-    assert_eq!(batch["total"], 12, "{batch}");
+    assert_eq!(batch["total"], 50, "{batch}");
     let batch_id = batch["batch_id"].as_str().unwrap().to_string();
 
     let batch = finished(&admin, &batch_id).await;
-    assert_eq!(batch["counts"]["succeeded"], 3, "{batch}");
-    assert_eq!(batch["counts"]["failed"], 9, "{batch}");
-    assert_eq!(
-        batch["error_classes"],
-        json!({"compile_error": 3, "runtime_error": 3, "timeout": 2, "max_steps_exceeded": 1}),
-        "{batch}"
-    );
+    assert_eq!(batch["counts"]["succeeded"], succeeded, "{batch}");
+    assert_eq!(batch["counts"]["failed"], 50 - succeeded, "{batch}");
+    assert_eq!(batch["error_classes"], json!(classes), "{batch}");
     assert_eq!(
         batch["sides"],
-        json!({"task": 9, "infrastructure": 0}),
+        json!({"task": 50 - succeeded, "infrastructure": 0}),
         "{batch}"
     );
 
     let trajectories = export(&admin, &batch_id, "wharf").await;
-    assert_eq!(trajectories.len(), 12);
+    assert_eq!(trajectories.len(), 50);
     let by_id: BTreeMap<&str, &Value> = trajectories
         .iter()
         .map(|t| (t["task_id"].as_str().unwrap(), t))
         .collect();
     for (id, steps, _, max_steps, expected) in &cases {
-        let t = by_id[id];
+        let t = by_id[id.as_str()];
         assert_eq!(t["schema"], "wharf.trajectory.v1");
         assert_eq!(t["error_class"].as_str(), *expected, "{id}: {t}");
         assert_eq!(t["success"], expected.is_none(), "{id}: {t}");
@@ -284,7 +301,7 @@ async fn script_tasks_are_classed_by_what_they_did_and_a_queue_never_exceeds_its
     // The messages export: a user message, then a tool call and its answer per step, with
     // the schemas of the tools offered.
     let messages = export(&admin, &batch_id, "messages").await;
-    assert_eq!(messages.len(), 12);
+    assert_eq!(messages.len(), 50);
     let two = messages
         .iter()
         .find(|m| m["task_id"] == "ok-two-steps")
@@ -310,7 +327,7 @@ async fn script_tasks_are_classed_by_what_they_did_and_a_queue_never_exceeds_its
 
     // ATIF: a user step, then one agent step per call with its observation.
     let atif = export(&admin, &batch_id, "atif").await;
-    assert_eq!(atif.len(), 12);
+    assert_eq!(atif.len(), 50);
     let two = atif
         .iter()
         .find(|t| t["extra"]["task_id"] == "ok-two-steps")
@@ -370,12 +387,17 @@ async fn script_tasks_are_classed_by_what_they_did_and_a_queue_never_exceeds_its
 
     let metrics = server.metrics().await;
     for line in [
-        "wharf_tasks_submitted_total{task_type=\"code\"} 12",
-        "wharf_tasks_completed_total{status=\"succeeded\",task_type=\"code\"} 3",
-        "wharf_tasks_failed_total{error_class=\"compile_error\",task_type=\"code\"} 3",
-        "wharf_queue_depth{task_type=\"code\"} 0",
+        "wharf_tasks_submitted_total{task_type=\"code\"} 50".to_string(),
+        format!(
+            "wharf_tasks_completed_total{{status=\"succeeded\",task_type=\"code\"}} {succeeded}"
+        ),
+        format!(
+            "wharf_tasks_failed_total{{error_class=\"compile_error\",task_type=\"code\"}} {}",
+            classes["compile_error"]
+        ),
+        "wharf_queue_depth{task_type=\"code\"} 0".to_string(),
     ] {
-        assert!(metrics.contains(line), "metrics lack {line}");
+        assert!(metrics.contains(&line), "metrics lack {line}");
     }
 }
 
@@ -488,10 +510,27 @@ async fn invalid_lines_are_reported_by_number_and_the_valid_ones_run() {
 
 #[tokio::test]
 async fn a_restart_mid_batch_ends_every_task_exactly_once() {
+    restart_mid_batch("local").await;
+}
+
+#[tokio::test]
+async fn a_restart_mid_batch_on_docker_ends_every_task_exactly_once() {
+    if crate::sandboxes::docker_ready() {
+        restart_mid_batch("docker").await;
+    }
+}
+
+/// `kill -9` of the server while two tasks of `profile` run, then a restart on the same
+/// data: every task ends exactly once, the two that were running are queued again and run
+/// a second time, and no sandbox is left.
+async fn restart_mid_batch(profile: &str) {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(
         root.path().join("wharf.toml"),
-        "[batches]\npoll_interval_ms = 200\ndefault_concurrency = 2\n",
+        format!(
+            "[batches]\npoll_interval_ms = 200\ndefault_concurrency = 2\n\
+             default_profile = \"{profile}\"\n"
+        ),
     )
     .unwrap();
     let mut server = WharfProcess::start(root.path(), &[]);
@@ -556,6 +595,9 @@ async fn a_restart_mid_batch_ends_every_task_exactly_once() {
         requeued, 2,
         "the two tasks running at the kill were queued again"
     );
+    for t in export(&admin, &batch_id, "wharf").await {
+        assert_eq!(t["profile"], profile, "{t}");
+    }
     let (_, sandboxes) = admin.get("/v1/sandboxes").await;
     assert_eq!(sandboxes["items"], json!([]), "{sandboxes}");
 }
