@@ -403,22 +403,11 @@ async fn main() {
         config.profiles.insert("noagent".into(), noagent);
     })
     .await;
-    let built = h.data.path().join("built/core-adapters");
-    common::build_fixture("packs/core-adapters", &built);
-    common::copy_dir(&built, &h.packs_dir.join(".core.staging"));
-    std::fs::rename(
-        h.packs_dir.join(".core.staging"),
-        h.packs_dir.join("core-adapters"),
-    )
-    .unwrap();
-    h.wait_active("core-adapters", "0.2.0").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let router = h.server.router();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    h.install_core_adapters("0.2.0").await;
+    let base = support::serve(h.server.router()).await;
     let bench = Bench {
         client: reqwest::Client::new(),
-        base: format!("http://{address}"),
+        base,
     };
     // WHARF_BENCH_DRIVER=docker (or =process) measures that driver only.
     let only = std::env::var("WHARF_BENCH_DRIVER").ok();

@@ -182,11 +182,7 @@ async fn main() {
     config.cases.port_pool_end = pool + 3;
     config.quotas.cases_per_owner = 1000;
     let (server, _) = Server::start(config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let router = server.router();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let base = format!("http://{address}");
+    let base = support::serve(server.router()).await;
     let client = reqwest::Client::new();
 
     // Warm the layer cache (and the server) once; that case stays, so its image (the

@@ -105,23 +105,12 @@ async fn main() {
     );
 
     // (c) shell.run over HTTP against the real router on loopback.
-    let built = h.data.path().join("built/core-adapters");
-    common::build_fixture("packs/core-adapters", &built);
-    common::copy_dir(&built, &h.packs_dir.join(".core.staging"));
-    std::fs::rename(
-        h.packs_dir.join(".core.staging"),
-        h.packs_dir.join("core-adapters"),
-    )
-    .unwrap();
-    h.wait_active("core-adapters", "0.2.0").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let router = h.server.router();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    h.install_core_adapters("0.2.0").await;
+    let base = support::serve(h.server.router()).await;
     let client = reqwest::Client::new();
     let key = "wharf_testadminkey0123456789";
     let created: serde_json::Value = client
-        .post(format!("http://{address}/v1/sandboxes"))
+        .post(format!("{base}/v1/sandboxes"))
         .bearer_auth(key)
         .json(&json!({"profile": "local"}))
         .send()
@@ -131,7 +120,7 @@ async fn main() {
         .await
         .unwrap();
     let url = format!(
-        "http://{address}/v1/sandboxes/{}/capabilities/shell/run",
+        "{base}/v1/sandboxes/{}/capabilities/shell/run",
         created["id"].as_str().unwrap()
     );
     let mut samples = Vec::new();

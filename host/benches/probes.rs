@@ -38,10 +38,7 @@ async fn mock() -> String {
                 }))
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    base
+    support::serve(app).await
 }
 
 #[tokio::main(flavor = "multi_thread")]

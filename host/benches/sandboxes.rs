@@ -291,11 +291,7 @@ async fn main() {
         config.profiles.insert("unconfined".into(), unconfined);
     })
     .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let router = h.server.router();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let base = format!("http://{address}");
+    let base = support::serve(h.server.router()).await;
     let client = reqwest::Client::new();
     println!("drivers: {:?}", h.server.state.sandboxes.driver_names());
 

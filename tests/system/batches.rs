@@ -82,6 +82,17 @@ async fn export(client: &Client, batch_id: &str, format: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A server on the process driver with `config` as its `wharf.toml` and core-adapters
+/// active.
+async fn process_server(config: &str) -> (tempfile::TempDir, WharfProcess, Client) {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("wharf.toml"), config).unwrap();
+    let server = WharfProcess::start(root.path(), &[]);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    install_core(&server, &admin).await;
+    (root, server, admin)
+}
+
 #[tokio::test]
 async fn script_tasks_are_classed_by_what_they_did_and_a_queue_never_exceeds_its_limit() {
     let Some((_root, server, admin)) = docker_server_with(DOCKER_CONFIG) else {
@@ -403,15 +414,8 @@ async fn script_tasks_are_classed_by_what_they_did_and_a_queue_never_exceeds_its
 
 #[tokio::test]
 async fn invalid_lines_are_reported_by_number_and_the_valid_ones_run() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::write(
-        root.path().join("wharf.toml"),
-        "[batches]\nmax_body_bytes = 65536\npoll_interval_ms = 200\n",
-    )
-    .unwrap();
-    let server = WharfProcess::start(root.path(), &[]);
-    let admin = Client::new(&server, Some(ADMIN_KEY));
-    install_core(&server, &admin).await;
+    let (_root, server, admin) =
+        process_server("[batches]\nmax_body_bytes = 65536\npoll_interval_ms = 200\n").await;
     let good = |id: &str| task(id, vec![shell("echo ok")]).to_string();
     let lines = [
         good("a"),                          // 1
@@ -604,16 +608,8 @@ async fn restart_mid_batch(profile: &str) {
 
 #[tokio::test]
 async fn a_sandbox_create_failure_is_infrastructure_retried_and_counted_only_when_it_lasts() {
-    let root = tempfile::tempdir().unwrap();
     // The owner may hold one sandbox: while it holds one, a task's sandbox cannot be made.
-    std::fs::write(
-        root.path().join("wharf.toml"),
-        "[quotas]\nsandboxes_per_owner = 1\n\n[batches]\npoll_interval_ms = 200\nretry_backoff_ms = 2000\nmax_attempts = 2\n",
-    )
-    .unwrap();
-    let server = WharfProcess::start(root.path(), &[]);
-    let admin = Client::new(&server, Some(ADMIN_KEY));
-    install_core(&server, &admin).await;
+    let (_root, server, admin) = process_server("[quotas]\nsandboxes_per_owner = 1\n\n[batches]\npoll_interval_ms = 200\nretry_backoff_ms = 2000\nmax_attempts = 2\n").await;
     let (status, key) = admin.post("/v1/keys", json!({"owner": "carol"})).await;
     assert_eq!(status, 201, "{key}");
     let carol = Client::new(&server, key["key"].as_str());
@@ -702,15 +698,7 @@ async fn a_sandbox_create_failure_is_infrastructure_retried_and_counted_only_whe
 
 #[tokio::test]
 async fn the_cli_submits_follows_and_sums_up() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::write(
-        root.path().join("wharf.toml"),
-        "[batches]\npoll_interval_ms = 200\n",
-    )
-    .unwrap();
-    let server = WharfProcess::start(root.path(), &[]);
-    let admin = Client::new(&server, Some(ADMIN_KEY));
-    install_core(&server, &admin).await;
+    let (root, server, _admin) = process_server("[batches]\npoll_interval_ms = 200\n").await;
     let file = root.path().join("tasks.jsonl");
     let lines = [
         task("fine", vec![shell("echo ok")]).to_string(),
@@ -755,15 +743,7 @@ async fn the_cli_submits_follows_and_sums_up() {
 
 #[tokio::test]
 async fn a_repeated_batch_with_the_cache_on_is_served_from_the_cache_and_says_so() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::write(
-        root.path().join("wharf.toml"),
-        "[batches]\npoll_interval_ms = 200\n",
-    )
-    .unwrap();
-    let server = WharfProcess::start(root.path(), &[]);
-    let admin = Client::new(&server, Some(ADMIN_KEY));
-    install_core(&server, &admin).await;
+    let (_root, server, admin) = process_server("[batches]\npoll_interval_ms = 200\n").await;
     let body = || {
         [
             task("one", vec![shell("echo one")]).to_string(),
@@ -818,15 +798,8 @@ async fn a_repeated_batch_with_the_cache_on_is_served_from_the_cache_and_says_so
 
 #[tokio::test]
 async fn cancelling_a_batch_stops_its_running_task_and_ends_the_queued_ones() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::write(
-        root.path().join("wharf.toml"),
-        "[batches]\npoll_interval_ms = 200\ndefault_concurrency = 1\n",
-    )
-    .unwrap();
-    let server = WharfProcess::start(root.path(), &[]);
-    let admin = Client::new(&server, Some(ADMIN_KEY));
-    install_core(&server, &admin).await;
+    let (_root, _server, admin) =
+        process_server("[batches]\npoll_interval_ms = 200\ndefault_concurrency = 1\n").await;
     let body: Vec<String> = (0..4)
         .map(|i| task(&format!("long-{i}"), vec![shell("sleep 60")]).to_string())
         .collect();

@@ -217,12 +217,7 @@ async fn task_run(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Run>> {
     state.batches.check_task(&principal.owner, &id).await?;
-    let run = state
-        .runs
-        .get(&id)
-        .await?
-        .ok_or_else(|| WharfError::not_found("task"))?;
-    Ok(Json(run))
+    super::cases::run_of(&state, &id, "task").await
 }
 
 /// Lines of the task's run log from `offset` (`{offset, ts, stream, level, line}`): each

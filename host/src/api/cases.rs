@@ -153,11 +153,17 @@ async fn get_run(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Run>> {
     state.cases.check_owner(&principal.owner, &id).await?;
+    run_of(&state, &id, "case").await
+}
+
+/// The run behind a case or a batch task whose owner the caller has checked; `what` names
+/// it in a `not_found`.
+pub(super) async fn run_of(state: &AppState, id: &str, what: &str) -> ApiResult<Json<Run>> {
     let run = state
         .runs
-        .get(&id)
+        .get(id)
         .await?
-        .ok_or_else(|| WharfError::not_found("case"))?;
+        .ok_or_else(|| WharfError::not_found(what))?;
     Ok(Json(run))
 }
 

@@ -108,10 +108,9 @@ pub async fn list(
 
 /// Cases in one of `statuses` (for recovery and the exit watcher).
 pub async fn with_status(db: &Db, statuses: &[&str]) -> WharfResult<Vec<CaseRow>> {
-    let placeholders = vec!["?"; statuses.len()].join(", ");
-    let sql = format!(
-        "SELECT {COLUMNS} FROM cases WHERE status IN ({placeholders}) ORDER BY created_ms, id"
-    );
+    let markers = super::in_list(statuses.len());
+    let sql =
+        format!("SELECT {COLUMNS} FROM cases WHERE status IN ({markers}) ORDER BY created_ms, id");
     let mut query = sqlx::query(&sql);
     for status in statuses {
         query = query.bind(*status);
@@ -136,9 +135,9 @@ pub async fn set_status(
     to: &str,
     now_ms: i64,
 ) -> WharfResult<bool> {
-    let placeholders = vec!["?"; from.len()].join(", ");
+    let markers = super::in_list(from.len());
     let sql = format!(
-        "UPDATE cases SET status = ?, updated_ms = ? WHERE id = ? AND status IN ({placeholders})"
+        "UPDATE cases SET status = ?, updated_ms = ? WHERE id = ? AND status IN ({markers})"
     );
     let mut query = sqlx::query(&sql).bind(to).bind(now_ms).bind(id);
     for status in from {
@@ -159,10 +158,10 @@ pub async fn set_failed(
     exit_code: Option<i64>,
     now_ms: i64,
 ) -> WharfResult<bool> {
-    let placeholders = vec!["?"; from.len()].join(", ");
+    let markers = super::in_list(from.len());
     let sql = format!(
         "UPDATE cases SET status = ?, error_code = ?, error_message = ?, exit_code = COALESCE(?, exit_code), \
-         updated_ms = ? WHERE id = ? AND status IN ({placeholders})"
+         updated_ms = ? WHERE id = ? AND status IN ({markers})"
     );
     let mut query = sqlx::query(&sql)
         .bind(to)

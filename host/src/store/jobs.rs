@@ -219,9 +219,9 @@ pub async fn orphaned_runs(
     holder: &str,
     now_ms: i64,
 ) -> WharfResult<Vec<RunRow>> {
-    let placeholders = vec!["?"; states.len()].join(", ");
+    let markers = super::in_list(states.len());
     let sql = format!(
-        "SELECT id FROM runs WHERE kind = ? AND state IN ({placeholders}) \
+        "SELECT id FROM runs WHERE kind = ? AND state IN ({markers}) \
          AND (lease_holder IS NULL OR lease_holder <> ? OR lease_expires_ms < ?) ORDER BY created_ms, id"
     );
     let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(kind);

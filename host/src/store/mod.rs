@@ -41,6 +41,11 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Db> {
 }
 
 /// RFC 3339 UTC, the one timestamp format in stored rows and JSON.
+/// The bind markers of an SQL `IN (...)` list of `n` values: `?, ?, ?`.
+pub(crate) fn in_list(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
 /// A time in milliseconds since the epoch as RFC 3339 (empty when out of range).
 pub fn rfc3339_from_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

@@ -113,6 +113,20 @@ impl Harness {
         }
     }
 
+    /// Builds `packs/core-adapters` and drops it the way operators do (a staged copy, then
+    /// a rename); waits until `version` is active.
+    pub async fn install_core_adapters(&self, version: &str) {
+        let built = self.data.path().join("built/core-adapters");
+        build_fixture("packs/core-adapters", &built);
+        copy_dir(&built, &self.packs_dir.join(".core.staging"));
+        std::fs::rename(
+            self.packs_dir.join(".core.staging"),
+            self.packs_dir.join("core-adapters"),
+        )
+        .unwrap();
+        self.wait_active("core-adapters", version).await;
+    }
+
     pub async fn wait_active(&self, id: &str, version: &str) -> Vec<PackRow> {
         self.wait_rows(&format!("{id} {version} active"), |rows| {
             rows.iter().any(|r| {
