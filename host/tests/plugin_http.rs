@@ -205,6 +205,39 @@ async fn a_planner_reaches_only_declared_and_granted_hosts_and_never_holds_the_k
     assert_eq!(outcomes[0]["error_code"], "http_refused", "{outcomes:#?}");
     assert!(granted_seen.auth_of("/v1/private").is_empty());
 
+    // A relay-host grant (admin token in `x-api-key`) may let the plugin send a session it
+    // got from that origin in `Authorization`; only there, and still not `x-api-key`.
+    let relay = HttpGrant::new(
+        client(),
+        Reach::Any,
+        vec![wharf::runtime::http::GrantedOrigin {
+            base: BaseUrl::parse(&format!("http://{granted}")).unwrap(),
+            credential: Some(Credential::for_scheme("x-api-key", KEY).unwrap()),
+        }],
+    )
+    .allow_plugin_header("authorization");
+    let outcomes = attempt(
+        &h,
+        relay,
+        json!([
+            {"method": "GET", "url": format!("http://{granted}/session"),
+             "headers": [["authorization", "Bearer user-session"]]},
+            {"method": "GET", "url": format!("http://{granted}/admin"),
+             "headers": [["x-api-key", "forged"]]},
+            {"method": "GET", "url": format!("http://{elsewhere}/session"),
+             "headers": [["authorization", "Bearer user-session"]]},
+        ]),
+    )
+    .await;
+    assert_eq!(outcomes[0]["status"], 200, "{outcomes:#?}");
+    assert_eq!(
+        granted_seen.auth_of("/session"),
+        vec![Some("Bearer user-session".to_string())]
+    );
+    assert_eq!(outcomes[1]["error_code"], "invalid_input", "{outcomes:#?}");
+    assert_eq!(outcomes[2]["error_code"], "http_refused", "{outcomes:#?}");
+    assert!(elsewhere_seen.paths().is_empty());
+
     // Granted by the operator but not declared by the pack: refused.
     let undeclared = HttpGrant::for_pack(
         client(),

@@ -43,6 +43,8 @@ pub struct HttpGrant {
     reach: Reach,
     origins: Vec<GrantedOrigin>,
     timeout: Duration,
+    /// Reserved headers this grant lets the plugin set itself (lowercase).
+    plugin_headers: Vec<String>,
 }
 
 impl HttpGrant {
@@ -52,7 +54,18 @@ impl HttpGrant {
             reach,
             origins,
             timeout: DEFAULT_REQUEST_TIMEOUT,
+            plugin_headers: Vec::new(),
         }
+    }
+
+    /// Lets the plugin set one reserved header itself. For a relay whose admin token goes in
+    /// `x-api-key`, a relay-host adapter sends `Authorization` with a session it obtained
+    /// from that same origin (sub2api creates a user's API key only in the user's session);
+    /// it still reaches only the granted origins, and never sees the admin token.
+    #[must_use]
+    pub fn allow_plugin_header(mut self, name: &str) -> Self {
+        self.plugin_headers.push(name.to_ascii_lowercase());
+        self
     }
 
     /// A pack's grant: the hosts (`host[:port]`) that its manifest declares AND the operator
@@ -144,9 +157,15 @@ impl WasiHttpHooks for PluginHttp {
     fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
         // Credentials are the host's to add; routing and framing headers could send the
         // request elsewhere or split it.
-        Arc::new(|name| {
+        let allowed = self
+            .grant
+            .as_ref()
+            .map(|g| g.plugin_headers.clone())
+            .unwrap_or_default();
+        Arc::new(move |name| {
             wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
-                || is_reserved_header(name.as_str())
+                || (is_reserved_header(name.as_str())
+                    && !allowed.iter().any(|a| a == name.as_str()))
         })
     }
 
@@ -233,7 +252,7 @@ async fn send(
         .iter()
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
         .collect();
-    let builder = grant
+    let mut builder = grant
         .client
         .request(
             &origin.base,
@@ -244,6 +263,12 @@ async fn send(
             origin.credential.as_ref(),
         )
         .map_err(|_| HttpError::DestinationIpProhibited)?;
+    // `request` drops reserved headers; those this grant lets the plugin set go back on.
+    for (name, value) in &headers {
+        if is_reserved_header(name) && grant.plugin_headers.iter().any(|a| a == name) {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+    }
     let response = builder
         .body(body)
         .timeout(timeout)
