@@ -5,6 +5,12 @@
 //! run (on the process driver, which needs no Docker).
 //!
 //! The Docker batch is the 50 tasks: twelve kinds, then the cheaper ones repeated.
+//!
+//! A real driver fault: a Docker profile whose image tag is missing when the task's first
+//! sandbox is created (the engine refuses the container) and put back during the retry
+//! backoff. The task is retried as an infrastructure failure and succeeds, and nothing counts
+//! it as failed. The same profile then shows the image digest in the result-cache key: a
+//! rebuilt image under the same tag misses the cache.
 
 use std::collections::BTreeMap;
 
