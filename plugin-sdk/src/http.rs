@@ -4,8 +4,9 @@
 //! granted (for a planner, those its pack declares AND the operator grants; for a relay-host
 //! adapter, the registered host's origin), never to private addresses unless the operator
 //! allows them, with no cross-origin redirect, and with the credential of that origin added
-//! by the host. A request elsewhere fails with code [`HTTP_REFUSED`]. Credential headers the
-//! plugin sets are dropped: the plugin never holds a key it could send elsewhere.
+//! by the host. A request elsewhere fails with code [`HTTP_REFUSED`]. Credential, `Host` and
+//! framing headers are forbidden to the plugin (`invalid_input`): it never holds a key it
+//! could send elsewhere.
 //!
 //! ```ignore
 //! use wharf_plugin_sdk::http::{self, Request};
@@ -30,7 +31,7 @@ pub struct Request {
     pub method: String,
     /// Absolute `http(s)://host[:port]/path[?query]` URL.
     pub url: String,
-    /// Extra headers (credential headers are the host's and are dropped).
+    /// Extra headers (credential, `Host` and framing headers are the host's: refused).
     pub headers: Vec<(String, String)>,
     /// Body bytes, if any.
     pub body: Option<Vec<u8>>,
@@ -129,7 +130,10 @@ impl Response {
         serde_json::from_slice(&self.body).map_err(|err| {
             PluginError::new(
                 "invalid_response",
-                format!("HTTP {} answer is not the JSON expected: {err}", self.status),
+                format!(
+                    "HTTP {} answer is not the JSON expected: {err}",
+                    self.status
+                ),
             )
         })
     }
@@ -205,6 +209,10 @@ mod imp {
                 HTTP_REFUSED,
                 format!("the host refused to send the request to {url} (not a granted origin)"),
             ),
+            ErrorCode::DestinationIpProhibited => PluginError::new(
+                HTTP_REFUSED,
+                format!("the host refused to send the request to {url} (a private address)"),
+            ),
             ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout => {
                 PluginError::new("timeout", format!("{url}: {code:?}")).retriable()
             }
@@ -231,7 +239,11 @@ mod imp {
         outgoing
             .set_method(&method(&request.method))
             .map_err(|()| protocol("the method"))?;
-        let scheme = if parts.https { Scheme::Https } else { Scheme::Http };
+        let scheme = if parts.https {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
         outgoing
             .set_scheme(Some(&scheme))
             .map_err(|()| protocol("the scheme"))?;
@@ -251,9 +263,9 @@ mod imp {
         {
             let stream = body.write().map_err(|()| protocol("the body stream"))?;
             for chunk in request.body.as_deref().unwrap_or_default().chunks(4096) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|err| PluginError::new(HTTP_ERROR, format!("request body: {err:?}")))?;
+                stream.blocking_write_and_flush(chunk).map_err(|err| {
+                    PluginError::new(HTTP_ERROR, format!("request body: {err:?}"))
+                })?;
             }
         }
         OutgoingBody::finish(body, None).map_err(|code| failed(code, &request.url))?;
@@ -292,7 +304,11 @@ mod imp {
                     Err(StreamError::LastOperationFailed(err)) => {
                         return Err(PluginError::new(
                             HTTP_ERROR,
-                            format!("{}: reading the answer: {}", request.url, err.to_debug_string()),
+                            format!(
+                                "{}: reading the answer: {}",
+                                request.url,
+                                err.to_debug_string()
+                            ),
                         )
                         .retriable());
                     }
@@ -335,7 +351,13 @@ mod tests {
         assert_eq!(parts.authority, "api.example.com:8443");
         assert_eq!(parts.path_with_query, "/v1/chat/completions?x=1");
         assert_eq!(split_url("http://h").unwrap().path_with_query, "/");
-        for bad in ["ftp://h/", "https://user@h/", "https:///x", "https://h/#f", "h/x"] {
+        for bad in [
+            "ftp://h/",
+            "https://user@h/",
+            "https:///x",
+            "https://h/#f",
+            "h/x",
+        ] {
             assert_eq!(split_url(bad).unwrap_err().code, "invalid_input", "{bad}");
         }
     }
