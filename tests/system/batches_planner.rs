@@ -2,7 +2,8 @@
 //! the planner asks a mock OpenAI-compatible chat completions endpoint, runs the calls it is
 //! told to in a Docker sandbox, and the trajectory, the exports and the mock's own record show
 //! it; an endpoint whose host the pack does not declare, or the operator does not grant, is
-//! never reached.
+//! never reached (also when a provider pack gives the endpoint); an endpoint's error, a
+//! planner that never stops, and a call of a tool never offered are classed by what happened.
 //!
 //! The mock follows the OpenAI API reference for chat completions: a request
 //! `{"model", "messages": [...], "tools": [{"type": "function", "function": {"name",
@@ -73,12 +74,15 @@ fn tool_call(id: &str, name: &str, arguments: Value) -> Value {
     )
 }
 
-/// `POST /v1/chat/completions`: write the script, run it, then say what it printed.
+/// `POST /v1/chat/completions`, by the task (the user message): "Write sum.py…" writes the
+/// script, runs it, then says what it printed; "rate-limited" answers 429 with an OpenAI error
+/// body; "loop" asks for the same call forever; "unknown tool" calls a tool never offered,
+/// then gives up.
 async fn chat_completions(
     State(mock): State<Mock>,
     headers: HeaderMap,
     body: axum::Json<Value>,
-) -> impl IntoResponse {
+) -> axum::response::Response {
     let body = body.0;
     mock.seen.lock().await.push(Seen {
         authorization: headers
@@ -90,6 +94,30 @@ async fn chat_completions(
     let turn = body["messages"]
         .as_array()
         .map_or(0, |m| m.iter().filter(|m| m["role"] == "tool").count());
+    let task = body["messages"][1]["content"].as_str().unwrap_or_default();
+    if task.starts_with("rate-limited") {
+        let error = json!({"error": {"message": "Rate limit reached for gpt-test in organization org-test on requests per min (RPM): Limit 3, Used 3, Requested 1.",
+                                      "type": "requests", "param": null, "code": "rate_limit_exceeded"}});
+        return (axum::http::StatusCode::TOO_MANY_REQUESTS, axum::Json(error)).into_response();
+    }
+    if task.starts_with("loop") {
+        return axum::Json(tool_call(
+            &format!("call_{turn}"),
+            "shell_run",
+            json!({"command": "echo again"}),
+        ))
+        .into_response();
+    }
+    if task.starts_with("unknown tool") {
+        return axum::Json(match turn {
+            0 => tool_call("call_0", "teleport", json!({"to": "moon"})),
+            _ => completion(
+                json!({"role": "assistant", "content": "There is no such tool; giving up."}),
+                "stop",
+            ),
+        })
+        .into_response();
+    }
     axum::Json(match turn {
         0 => tool_call(
             "call_write",
@@ -106,6 +134,7 @@ async fn chat_completions(
             "stop",
         ),
     })
+    .into_response()
 }
 
 /// The mock on a loopback port; returns it and its `host:port`.
@@ -195,12 +224,18 @@ async fn run_llm_task(admin: &Client) -> (Value, String) {
         "timeout": 120,
         "description": "Write sum.py that prints the sum of 1..9, run it, and say what it printed.",
     });
+    run_llm_tasks(admin, &[line]).await
+}
+
+/// Submits `lines` and waits for their batch to finish; returns the batch and its id.
+async fn run_llm_tasks(admin: &Client, lines: &[Value]) -> (Value, String) {
+    let body: Vec<String> = lines.iter().map(Value::to_string).collect();
     let (status, batch) = admin
         .send(
             admin
                 .request(Method::POST, "/v1/batches")
                 .header("content-type", "application/x-ndjson")
-                .body(line.to_string()),
+                .body(body.join("\n")),
         )
         .await;
     assert_eq!(status, 201, "{batch}");
@@ -417,4 +452,151 @@ async fn a_planner_endpoint_the_pack_does_not_declare_or_the_operator_does_not_g
         &mock,
     )
     .await;
+}
+
+#[tokio::test]
+async fn endpoint_errors_step_bounds_and_unknown_tools_are_classed_from_what_happened() {
+    let (mock, authority) = start_mock().await;
+    let (_root, _server, admin) = planner_server(
+        &config(&authority, "local", &[&authority]),
+        Some(&[&authority]),
+    )
+    .await;
+    let task = |id: &str, description: &str| {
+        json!({"task_id": id, "task_type": "code", "planner": "llm", "max_steps": 2,
+               "description": description})
+    };
+    let (batch, batch_id) = run_llm_tasks(
+        &admin,
+        &[
+            task("limited", "rate-limited: anything"),
+            task("looping", "loop: echo until stopped"),
+            task("lost", "unknown tool: go to the moon"),
+        ],
+    )
+    .await;
+    assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
+    assert_eq!(
+        batch["error_classes"],
+        json!({"planner_error": 1, "max_steps_exceeded": 1}),
+        "{batch}"
+    );
+    let trajectories = export(&admin, &batch_id, "wharf").await;
+    let by_id = |id: &str| {
+        trajectories
+            .iter()
+            .find(|t| t["task_id"] == id)
+            .unwrap()
+            .clone()
+    };
+
+    // The endpoint's 429: the task's planner error, with the status and the upstream's words,
+    // not retried.
+    let limited = by_id("limited");
+    assert_eq!(limited["error_class"], "planner_error", "{limited}");
+    assert_eq!(limited["side"], "task");
+    assert_eq!(limited["attempts"], 1);
+    let message = limited["error_message"].as_str().unwrap();
+    assert!(message.contains("endpoint_error"), "{message}");
+    assert!(message.contains("HTTP 429"), "{message}");
+    assert!(
+        message.contains("Rate limit reached for gpt-test"),
+        "{message}"
+    );
+    assert_eq!(limited["steps"], json!([]));
+
+    // Two calls ran (max_steps = 2); the third the planner asked for ended the task.
+    let looping = by_id("looping");
+    assert_eq!(looping["error_class"], "max_steps_exceeded", "{looping}");
+    let steps = looping["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{looping}");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["success"] == true && s["tool"] == "shell.run")
+    );
+    assert!(
+        looping["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("call 3 (shell_run)"),
+        "{looping}"
+    );
+
+    // A tool never offered is a failed step the planner sees; it then finishes.
+    let lost = by_id("lost");
+    assert_eq!(lost["success"], true, "{lost}");
+    assert_eq!(lost["final_result"], "There is no such tool; giving up.");
+    let step = &lost["steps"][0];
+    assert_eq!(step["success"], false, "{lost}");
+    assert_eq!(step["error_class"], "capability_error");
+    assert_eq!(step["tool"], "teleport");
+    assert!(
+        step["observation"]
+            .as_str()
+            .unwrap()
+            .contains("unknown_tool"),
+        "{step}"
+    );
+    let seen = mock.seen.lock().await.clone();
+    let told = seen
+        .iter()
+        .find(|r| {
+            r.body["messages"][1]["content"]
+                .as_str()
+                .unwrap()
+                .starts_with("unknown tool")
+                && r.body["messages"].as_array().unwrap().len() > 2
+        })
+        .expect("the planner asked again after the failed call");
+    let answer = told.body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(answer["role"], "tool");
+    assert!(
+        answer["content"].as_str().unwrap().contains("unknown_tool"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_planner_endpoint_from_a_provider_pack_takes_its_base_url_and_is_still_refused_ungranted()
+{
+    // `[batches.planner] provider`: the base URL comes from openai-cn-pack's catalog
+    // (`openai-compatible`: https://api.openai.com/v1). The pack declares that host; the
+    // operator grants nothing, so no request leaves the server.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("wharf.toml"),
+        format!(
+            "[batches]\npoll_interval_ms = 200\n\n[batches.planner]\nprovider = \"openai-compatible\"\nmodel = \"{CONFIGURED_MODEL}\"\n"
+        ),
+    )
+    .unwrap();
+    let server = WharfProcess::start(root.path(), &[("WHARF_PLANNER_API_KEY", PLANNER_KEY)]);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    install_core(&server, &admin).await;
+    let built = root.path().join("built-openai-cn-pack");
+    build_pack("packs/openai-cn-pack", &built);
+    install_pack_active(&admin, &built, &server.packs_dir, "openai-cn-pack").await;
+    let built = build_planner_pack(root.path(), None);
+    install_pack_active(&admin, &built, &server.packs_dir, "llm-planner-pack").await;
+    let (batch, batch_id) = run_llm_task(&admin).await;
+    assert_eq!(
+        batch["error_classes"],
+        json!({"planner_error": 1}),
+        "{batch}"
+    );
+    let trajectory = &export(&admin, &batch_id, "wharf").await[0];
+    let message = trajectory["error_message"].as_str().unwrap();
+    assert!(message.contains("http_refused"), "{message}");
+    assert!(
+        message.contains("https://api.openai.com/v1/chat/completions"),
+        "{message}"
+    );
+    assert_eq!(trajectory["model"], CONFIGURED_MODEL, "{trajectory}");
+    assert!(!server.logs().contains(PLANNER_KEY));
 }
