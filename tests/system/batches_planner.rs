@@ -304,6 +304,7 @@ async fn an_llm_task_writes_and_runs_a_script_in_docker_as_the_model_says() {
     assert_eq!(steps[0]["tool"], "filesystem.write");
     assert_eq!(steps[0]["params"]["path"], "sum.py");
     assert_eq!(steps[1]["tool"], "python.run");
+    assert_eq!(steps[0]["thought"], "Calling filesystem_write.", "the model's text");
     assert!(steps.iter().all(|s| s["success"] == true), "{trajectory}");
     // The sandbox's own answers: the write's, then the script's output.
     let wrote: Value = serde_json::from_str(steps[0]["observation"].as_str().unwrap()).unwrap();
@@ -375,6 +376,11 @@ async fn an_llm_task_writes_and_runs_a_script_in_docker_as_the_model_says() {
     assert_eq!(
         messages["messages"][1]["tool_calls"][0]["function"]["name"],
         "filesystem_write"
+    );
+    assert_eq!(messages["messages"][1]["content"], "Calling filesystem_write.");
+    assert_eq!(
+        messages["messages"][5]["content"],
+        format!("The script printed: {SCRIPT_OUTPUT}.")
     );
     assert_eq!(messages["model"], ANSWERING_MODEL);
     let schemas = messages["tools"].as_array().unwrap();

@@ -79,6 +79,8 @@ pub struct TrajectoryStep {
     /// When the step started (RFC 3339).
     pub ts: String,
     pub duration_ms: f64,
+    /// The model's text that came with a plugin planner's call (none for a script).
+    pub thought: Option<String>,
 }
 
 /// A task's trajectory (`format=wharf`, schema `wharf.trajectory.v1`).
@@ -184,6 +186,7 @@ pub fn trajectory(task: &TaskRow, steps: Vec<StepRow>) -> Trajectory {
                 error_message: s.error_message,
                 ts: rfc3339_from_ms(s.ts_ms),
                 duration_ms: s.duration_ms,
+                thought: s.thought,
             })
             .collect(),
     }
@@ -211,7 +214,7 @@ pub fn messages(trajectory: &Trajectory) -> Value {
         let name = function_name(step.tool.as_deref().unwrap_or(&step.action_type));
         messages.push(json!({
             "role": "assistant",
-            "content": null,
+            "content": step.thought,
             "tool_calls": [{
                 "id": call_id,
                 "type": "function",
@@ -277,7 +280,10 @@ pub fn atif(trajectory: &Trajectory) -> Value {
             "step_id": steps.len() + 1,
             "timestamp": step.ts,
             "source": "agent",
-            "message": format!("{} {tool}", step.action_type),
+            "message": step
+                .thought
+                .clone()
+                .unwrap_or_else(|| format!("{} {tool}", step.action_type)),
             "tool_calls": [{
                 "tool_call_id": call_id,
                 "function_name": function_name(tool),
@@ -394,6 +400,7 @@ mod tests {
             error_message: None,
             ts_ms: 10,
             duration_ms: 3.0,
+            thought: None,
         };
         let trajectory = trajectory(&task, vec![step]);
         assert_eq!(trajectory.total_duration_ms, Some(20));

@@ -469,6 +469,7 @@ impl Batches {
                 CAPABILITY_CALL,
                 tool,
                 params,
+                None,
                 &observed,
                 ts_ms,
                 started,
@@ -607,7 +608,17 @@ impl Batches {
             };
             let n = history.len() as i64 + 1;
             let observation = self
-                .record_step(task, n, TOOL_CALL, tool, params, &observed, ts_ms, started)
+                .record_step(
+                    task,
+                    n,
+                    TOOL_CALL,
+                    tool,
+                    params,
+                    decision.thought.clone(),
+                    &observed,
+                    ts_ms,
+                    started,
+                )
                 .await?;
             if let Some((class, _)) = &observed.failure
                 && (observed.deadline_passed || class.side() == Side::Infrastructure)
@@ -686,6 +697,7 @@ impl Batches {
         action_type: &str,
         tool: String,
         params: String,
+        thought: Option<String>,
         observed: &Observed,
         ts_ms: i64,
         started: Instant,
@@ -709,6 +721,7 @@ impl Batches {
             error_message: observed.failure.as_ref().map(|(_, m)| m.clone()),
             ts_ms,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            thought,
         };
         store::insert_step(&self.db, &task.id, &row).await?;
         Ok(row.observation)
