@@ -203,6 +203,10 @@ fn config(authority: &str, profile: &str, grants: &[&str]) -> String {
 allow_private_http = true
 http_grants = {{ "llm-planner-pack" = [{grants}] }}
 
+[profiles.shell-only]
+driver = "process"
+capabilities = ["shell"]
+
 [batches]
 default_profile = "{profile}"
 poll_interval_ms = 200
@@ -304,7 +308,10 @@ async fn an_llm_task_writes_and_runs_a_script_in_docker_as_the_model_says() {
     assert_eq!(steps[0]["tool"], "filesystem.write");
     assert_eq!(steps[0]["params"]["path"], "sum.py");
     assert_eq!(steps[1]["tool"], "python.run");
-    assert_eq!(steps[0]["thought"], "Calling filesystem_write.", "the model's text");
+    assert_eq!(
+        steps[0]["thought"], "Calling filesystem_write.",
+        "the model's text"
+    );
     assert!(steps.iter().all(|s| s["success"] == true), "{trajectory}");
     // The sandbox's own answers: the write's, then the script's output.
     let wrote: Value = serde_json::from_str(steps[0]["observation"].as_str().unwrap()).unwrap();
@@ -377,7 +384,10 @@ async fn an_llm_task_writes_and_runs_a_script_in_docker_as_the_model_says() {
         messages["messages"][1]["tool_calls"][0]["function"]["name"],
         "filesystem_write"
     );
-    assert_eq!(messages["messages"][1]["content"], "Calling filesystem_write.");
+    assert_eq!(
+        messages["messages"][1]["content"],
+        "Calling filesystem_write."
+    );
     assert_eq!(
         messages["messages"][5]["content"],
         format!("The script printed: {SCRIPT_OUTPUT}.")
@@ -476,7 +486,11 @@ async fn endpoint_errors_step_bounds_and_unknown_tools_are_classed_from_what_hap
         &admin,
         &[
             task("limited", "rate-limited: anything"),
-            task("looping", "loop: echo until stopped"),
+            {
+                let mut looping = task("looping", "loop: echo until stopped");
+                looping["profile"] = json!("shell-only");
+                looping
+            },
             task("lost", "unknown tool: go to the moon"),
         ],
     )
@@ -545,6 +559,30 @@ async fn endpoint_errors_step_bounds_and_unknown_tools_are_classed_from_what_hap
         "{step}"
     );
     let seen = mock.seen.lock().await.clone();
+    // Only what the task's profile allows is offered: `shell` for the looping task.
+    let asked = |prefix: &str| {
+        seen.iter()
+            .find(|r| {
+                r.body["messages"][1]["content"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(prefix)
+            })
+            .unwrap()
+            .body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let shell_only = asked("loop");
+    assert!(!shell_only.is_empty());
+    assert!(
+        shell_only.iter().all(|n| n.starts_with("shell_")),
+        "{shell_only:?}"
+    );
+    assert!(asked("unknown tool").contains(&"python_run".to_string()));
     let told = seen
         .iter()
         .find(|r| {

@@ -163,11 +163,17 @@ impl Batches {
         Ok((info.base_url, info.auth_scheme))
     }
 
-    /// The operations the key may call, as tools named `<capability>_<operation>`.
-    pub(super) fn offered_tools(&self, principal: &Principal) -> Vec<OperationTool> {
+    /// The operations the key may call and the task's profile allows, as tools named
+    /// `<capability>_<operation>`.
+    pub(super) fn offered_tools(&self, principal: &Principal, profile: &str) -> Vec<OperationTool> {
+        let profile = self.sandboxes.profiles().get(profile).ok();
         operation_tools(&self.packs, &[])
             .into_iter()
-            .filter(|tool| scope::require(principal, &tool.scope_entry()).is_ok())
+            .filter(|tool| {
+                let entry = tool.scope_entry();
+                scope::require(principal, &entry).is_ok()
+                    && profile.as_ref().is_some_and(|p| p.allows(&entry))
+            })
             .collect()
     }
 

@@ -393,7 +393,7 @@ impl Batches {
     /// calls, or those offered to its plugin planner.
     fn tools_of(&self, spec: &TaskSpec, principal: &Principal) -> Vec<ToolSchema> {
         if spec.planner != SCRIPT_PLANNER {
-            return planner::tool_schemas(&self.offered_tools(principal));
+            return planner::tool_schemas(&self.offered_tools(principal, &spec.profile));
         }
         let wanted: BTreeSet<(&str, &str)> = spec
             .steps
@@ -502,7 +502,7 @@ impl Batches {
             Err(err) => return Ok(Some((ErrorClass::PlannerError, err.message))),
         };
         outcome.model = Some(endpoint.model.clone());
-        let tools = self.offered_tools(principal);
+        let tools = self.offered_tools(principal, &spec.profile);
         let wit_task = Task {
             task_id: spec.task_id.clone(),
             task_type: spec.task_type.clone(),
