@@ -489,6 +489,9 @@ impl Config {
         if let Some(key) = var("WHARF_PROBE_KEY").filter(|k| !k.is_empty()) {
             self.probes.encryption_key = Some(key);
         }
+        if let Some(key) = var("WHARF_PLANNER_API_KEY").filter(|k| !k.is_empty()) {
+            self.batches.planner.api_key = Some(key);
+        }
         for (name, field) in [
             (
                 "WHARF_PROBE_MAX_STEP_TIMEOUT_MS",

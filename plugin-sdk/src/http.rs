@@ -260,15 +260,30 @@ mod imp {
         }
         let pending = outgoing_handler::handle(outgoing, Some(options))
             .map_err(|code| failed(code, &request.url))?;
+        // A request the host refuses has its body stream closed before the body is written:
+        // the answer then says why (`HTTP-request-denied`), not the closed stream.
+        let why_not_sent = |fallback: PluginError| {
+            pending.subscribe().block();
+            match pending.get() {
+                Some(Ok(Err(code))) => failed(code, &request.url),
+                _ => fallback,
+            }
+        };
         {
             let stream = body.write().map_err(|()| protocol("the body stream"))?;
             for chunk in request.body.as_deref().unwrap_or_default().chunks(4096) {
-                stream.blocking_write_and_flush(chunk).map_err(|err| {
-                    PluginError::new(HTTP_ERROR, format!("request body: {err:?}"))
-                })?;
+                if let Err(err) = stream.blocking_write_and_flush(chunk) {
+                    drop(stream);
+                    return Err(why_not_sent(PluginError::new(
+                        HTTP_ERROR,
+                        format!("request body: {err:?}"),
+                    )));
+                }
             }
         }
-        OutgoingBody::finish(body, None).map_err(|code| failed(code, &request.url))?;
+        if let Err(code) = OutgoingBody::finish(body, None) {
+            return Err(why_not_sent(failed(code, &request.url)));
+        }
 
         pending.subscribe().block();
         let answer = match pending.get() {

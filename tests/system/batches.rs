@@ -5,6 +5,12 @@
 //! run (on the process driver, which needs no Docker).
 //!
 //! The Docker batch is the issue's 50 tasks: twelve kinds, then the cheaper ones repeated.
+//!
+//! A real driver fault: a Docker profile whose image tag is missing when the task's first
+//! sandbox is created (the engine refuses the container) and put back during the retry
+//! backoff. The task is retried as an infrastructure failure and succeeds, and nothing counts
+//! it as failed. The same profile then shows the image digest in the result-cache key: a
+//! rebuilt image under the same tag misses the cache.
 
 use std::collections::BTreeMap;
 
@@ -859,4 +865,167 @@ async fn cancelling_a_batch_stops_its_running_task_and_ends_the_queued_ones() {
         (status, again["counts"].clone()),
         (200, batch["counts"].clone())
     );
+}
+
+/// Removes a test's image tag when the test ends, however it ends.
+struct ImageTag(String);
+
+impl Drop for ImageTag {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", &self.0])
+            .output();
+    }
+}
+
+/// Builds `tag` as a new image on the base image (a label makes it another image id).
+fn build_image(tag: &str, label: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker build runs");
+    write!(
+        child.stdin.take().unwrap(),
+        "FROM {}\nLABEL wharf.test={label}\n",
+        crate::sandboxes::BASE_IMAGE
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_docker_create_failure_is_infrastructure_retried_and_a_new_image_misses_the_cache() {
+    if !crate::sandboxes::docker_ready() {
+        return;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let tag = ImageTag(format!(
+        "wharf/batch-fault-test:{}-{nanos}",
+        std::process::id()
+    ));
+    let config = format!(
+        "[profiles.flaky]\ndriver = \"docker\"\nimage = \"{}\"\n\n\
+         [batches]\ndefault_profile = \"flaky\"\npoll_interval_ms = 200\n\
+         retry_backoff_ms = 3000\nmax_attempts = 3\n",
+        tag.0
+    );
+    let Some((_root, server, admin)) = docker_server_with(&config) else {
+        return;
+    };
+    install_core(&server, &admin).await;
+
+    // The fault: the profile's image is not in the engine, so the Docker engine refuses to
+    // create the container (404 "No such image"). It is put back during the retry backoff.
+    let (status, batch) = submit(
+        &admin,
+        "",
+        task("flaky-create", vec![shell("echo made")]).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{batch}");
+    let batch_id = batch["batch_id"].as_str().unwrap().to_string();
+    let (_, tasks) = admin.get(&format!("/v1/batches/{batch_id}/tasks")).await;
+    let task_id = tasks[0]["id"].as_str().unwrap().to_string();
+    let log = admin
+        .wait_for(
+            &format!("/v1/tasks/{task_id}/logs"),
+            "the failed create in the task's log",
+            |log| {
+                log["lines"].as_array().unwrap().iter().any(|l| {
+                    l["line"]
+                        .as_str()
+                        .unwrap()
+                        .contains("not available locally")
+                })
+            },
+        )
+        .await;
+    let failed_create = log["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .find(|l| l.contains("not available locally"))
+        .unwrap()
+        .to_string();
+    assert!(
+        failed_create.contains("creating a sandbox"),
+        "{failed_create}"
+    );
+    crate::sandboxes::docker(&["tag", crate::sandboxes::BASE_IMAGE, &tag.0]);
+
+    let batch = finished(&admin, &batch_id).await;
+    assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
+    assert_eq!(batch["error_classes"], json!({}), "not counted: {batch}");
+    assert_eq!(
+        batch["sides"],
+        json!({"task": 0, "infrastructure": 0}),
+        "{batch}"
+    );
+    let (_, run) = admin.get(&format!("/v1/tasks/{task_id}/run")).await;
+    assert_eq!(run["steps"][0]["attempts"], 2, "{run}");
+    let (_, trajectory) = admin.get(&format!("/v1/tasks/{task_id}/trajectory")).await;
+    assert_eq!(trajectory["attempts"], 2, "{trajectory}");
+    assert_eq!(trajectory["success"], true, "{trajectory}");
+    let base_id = crate::sandboxes::docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Id}}",
+        crate::sandboxes::BASE_IMAGE,
+    ]);
+    assert_eq!(trajectory["image_digest"], base_id.trim(), "{trajectory}");
+    let metrics = server.metrics().await;
+    assert!(
+        !metrics.contains("wharf_tasks_failed_total{error_class=\"sandbox_error\""),
+        "the cleared fault is not counted as a failure"
+    );
+
+    // The image digest is part of the cache key: the same task is served from the cache while
+    // the image stays, and runs again once the tag names another image.
+    let cached_batch = || {
+        let admin = admin.clone();
+        async move {
+            let (status, batch) = submit(
+                &admin,
+                "?cache=true",
+                task("cached", vec![shell("echo cached")]).to_string(),
+            )
+            .await;
+            assert_eq!(status, 201, "{batch}");
+            let id = batch["batch_id"].as_str().unwrap().to_string();
+            let batch = finished(&admin, &id).await;
+            assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
+            (
+                batch["cache"].clone(),
+                export(&admin, &id, "wharf").await[0].clone(),
+            )
+        }
+    };
+    let (cache, first) = cached_batch().await;
+    assert_eq!(cache, json!({"hits": 0, "misses": 1}));
+    let (cache, again) = cached_batch().await;
+    assert_eq!(cache, json!({"hits": 1, "misses": 0}));
+    assert_eq!(again["cache_source"], first["id"]);
+    build_image(&tag.0, "rebuilt");
+    let (cache, rebuilt) = cached_batch().await;
+    assert_eq!(
+        cache,
+        json!({"hits": 0, "misses": 1}),
+        "a new image: {rebuilt}"
+    );
+    assert_ne!(rebuilt["image_digest"], first["image_digest"], "{rebuilt}");
+    assert_eq!(rebuilt["cache_hit"], false);
 }

@@ -6,6 +6,7 @@ mod attacks_docker;
 mod attacks_process;
 mod author_kit;
 mod batches;
+mod batches_planner;
 mod bodies;
 mod cases;
 mod mcp;

@@ -4,7 +4,8 @@
 //!   step with its action, params, observation (capped), success, error class and timing.
 //! - `messages` (schema `wharf.messages.v1`): the same task as OpenAI-style chat messages (the
 //!   description as the `user` message, each step an `assistant` tool call and its `tool`
-//!   answer) with the tool schemas of the operations the task was offered, for fine-tuning.
+//!   answer, and a plugin planner's final answer) with the tool schemas of the operations the
+//!   task was offered, for fine-tuning.
 //! - `atif` (`ATIF-v1.7`, the Agent Trajectory Interchange Format of the Harbor project): the
 //!   description as a `user` step, each capability call an `agent` step with its tool call and
 //!   observation; Wharf's own fields (status, error class, side, provenance) under `extra`.
@@ -41,14 +42,15 @@ pub struct ToolSchema {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Outcome {
     pub planner: String,
-    /// The model that planned (none for `script`).
+    /// The model that planned, as its endpoint reported it (none for `script`).
     pub model: Option<String>,
     pub profile: String,
     pub image_digest: Option<String>,
     /// Pack id -> version of every pack a step was served by.
     pub pack_versions: BTreeMap<String, String>,
     pub tools: Vec<ToolSchema>,
-    /// The output of the last step that succeeded.
+    /// The output of the last step that succeeded (`script`), or the plugin planner's final
+    /// answer (a string).
     pub final_result: Option<Value>,
     /// Milliseconds of the last attempt's steps.
     pub steps_duration_ms: f64,
@@ -59,7 +61,8 @@ pub struct Outcome {
 pub struct TrajectoryStep {
     /// From 1.
     pub step_id: i64,
-    /// `capability_call` (the `script` planner makes no other).
+    /// `capability_call` (a step of a `script`) or `tool_call` (a call a plugin planner
+    /// chose; the trajectory's `tools` are those it was offered).
     pub action_type: String,
     /// `capability.operation` of a capability call.
     pub tool: Option<String>,
@@ -76,6 +79,8 @@ pub struct TrajectoryStep {
     /// When the step started (RFC 3339).
     pub ts: String,
     pub duration_ms: f64,
+    /// The model's text that came with a plugin planner's call (none for a script).
+    pub thought: Option<String>,
 }
 
 /// A task's trajectory (`format=wharf`, schema `wharf.trajectory.v1`).
@@ -181,6 +186,7 @@ pub fn trajectory(task: &TaskRow, steps: Vec<StepRow>) -> Trajectory {
                 error_message: s.error_message,
                 ts: rfc3339_from_ms(s.ts_ms),
                 duration_ms: s.duration_ms,
+                thought: s.thought,
             })
             .collect(),
     }
@@ -208,7 +214,7 @@ pub fn messages(trajectory: &Trajectory) -> Value {
         let name = function_name(step.tool.as_deref().unwrap_or(&step.action_type));
         messages.push(json!({
             "role": "assistant",
-            "content": null,
+            "content": step.thought,
             "tool_calls": [{
                 "id": call_id,
                 "type": "function",
@@ -220,6 +226,12 @@ pub fn messages(trajectory: &Trajectory) -> Value {
             "tool_call_id": call_id,
             "content": step.observation,
         }));
+    }
+    // A plugin planner's final answer ends the conversation as the model gave it.
+    if trajectory.planner != super::spec::SCRIPT_PLANNER
+        && let Some(Value::String(answer)) = &trajectory.final_result
+    {
+        messages.push(json!({"role": "assistant", "content": answer}));
     }
     let tools: Vec<Value> = trajectory
         .tools
@@ -268,7 +280,10 @@ pub fn atif(trajectory: &Trajectory) -> Value {
             "step_id": steps.len() + 1,
             "timestamp": step.ts,
             "source": "agent",
-            "message": format!("{} {tool}", step.action_type),
+            "message": step
+                .thought
+                .clone()
+                .unwrap_or_else(|| format!("{} {tool}", step.action_type)),
             "tool_calls": [{
                 "tool_call_id": call_id,
                 "function_name": function_name(tool),
@@ -385,6 +400,7 @@ mod tests {
             error_message: None,
             ts_ms: 10,
             duration_ms: 3.0,
+            thought: None,
         };
         let trajectory = trajectory(&task, vec![step]);
         assert_eq!(trajectory.total_duration_ms, Some(20));

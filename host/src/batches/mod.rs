@@ -11,6 +11,14 @@
 //!   steps as capability calls through
 //!   [`CapabilityService::call`](crate::capabilities::service::CapabilityService::call), so
 //!   scopes, masking, audit and metrics apply as for any client.
+//! - A task may name a planner component of a loaded pack instead (`"planner": "llm"`):
+//!   it is asked for each next action with the task and its history, offered the operations
+//!   the task's key may call as tools (`<capability>_<operation>`), and its calls run like a
+//!   script's. It reaches the chat completions endpoint of `[batches.planner]` by `wasi:http`,
+//!   only where its pack declares and the operator grants (`[packs] http_grants`); the host
+//!   adds the endpoint's key. A failed step does not end such a task (the planner sees the
+//!   error and goes on); its answer without a tool call does, and so do `max_steps` and the
+//!   task's timeout.
 //! - Every failure has an [`ErrorClass`] taken from a real signal (an adapter's error code,
 //!   an exit code, a deadline, the run engine) and a [`Side`]: `task` failures are the
 //!   task's; `infrastructure` failures (sandbox, system) are retried, up to
@@ -23,6 +31,7 @@
 
 pub mod client;
 pub mod export;
+mod planner;
 mod run;
 pub mod spec;
 
@@ -32,7 +41,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use self::spec::{InvalidLine, ProfileCheck, TaskSpec};
+use self::spec::{InvalidLine, ServerChecks, TaskSpec};
 use crate::capabilities::scope;
 use crate::capabilities::service::{CapabilityService, unconfined_forbidden};
 use crate::config::QuotasConfig;
@@ -40,6 +49,7 @@ use crate::error::{ErrorCode, WharfError, WharfResult};
 use crate::jobs::log::Level;
 use crate::jobs::{RunEngine, RunKind, RunState, Stream, now_ms};
 use crate::metrics::Metrics;
+use crate::outbound::{ClientOptions, OutboundClient, Reach};
 use crate::packs::Packs;
 use crate::sandbox::service::Sandboxes;
 use crate::store::Db;
@@ -76,6 +86,46 @@ pub struct BatchesConfig {
     pub observation_cap_bytes: usize,
     /// How often the dispatcher looks at the queues when nothing wakes it.
     pub poll_interval_ms: u64,
+    /// `[batches.planner]`: the endpoint that plugin planners (`"planner": "llm"`) ask.
+    pub planner: PlannerEndpointConfig,
+}
+
+/// `[batches.planner]`: the OpenAI-compatible chat completions endpoint of plugin planners.
+/// Either `base_url` (and `auth_scheme`), or `provider`: a provider of a loaded provider pack,
+/// whose catalog gives both.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlannerEndpointConfig {
+    /// API root, e.g. `https://api.openai.com/v1`; requests go to `<base_url>/chat/completions`.
+    pub base_url: Option<String>,
+    /// A provider id of a loaded provider pack (e.g. `deepseek`): its `base_url` and
+    /// `auth_scheme` are used unless set here.
+    pub provider: Option<String>,
+    /// The model every plugin-planned task asks.
+    pub model: Option<String>,
+    /// The endpoint's key (`WHARF_PLANNER_API_KEY`). Secret: never logged or shown; the host
+    /// adds it to requests at the endpoint's origin only, and the planner never sees it.
+    pub api_key: Option<String>,
+    /// How the key is sent: `bearer` (`Authorization: Bearer`, the default), `x-api-key`
+    /// or `api-key`.
+    pub auth_scheme: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+}
+
+impl std::fmt::Debug for PlannerEndpointConfig {
+    // Hand-written so the key can never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlannerEndpointConfig")
+            .field("base_url", &self.base_url)
+            .field("provider", &self.provider)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("auth_scheme", &self.auth_scheme)
+            .field("max_tokens", &self.max_tokens)
+            .field("temperature", &self.temperature)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +150,7 @@ impl Default for BatchesConfig {
             retry_backoff_ms: 500,
             observation_cap_bytes: 16 * 1024,
             poll_interval_ms: 1000,
+            planner: PlannerEndpointConfig::default(),
         }
     }
 }
@@ -132,10 +183,14 @@ pub enum ErrorClass {
     RuntimeError,
     /// The task's `timeout` passed, or an adapter answered `timeout`.
     Timeout,
-    /// The script has more steps than the task's `max_steps`.
+    /// The script has more steps than the task's `max_steps`, or the planner still asked
+    /// for a call after `max_steps` of them.
     MaxStepsExceeded,
     /// A capability call was refused or failed (unknown operation, bad input, scope, ...).
     CapabilityError,
+    /// The task's planner failed: its plugin answered an error (its endpoint failed, or the
+    /// host refused its request) or trapped.
+    PlannerError,
     /// The task's sandbox could not be created or failed (infrastructure).
     SandboxError,
     /// The host failed the task (plugin trap or overload, storage, a restart; infrastructure).
@@ -150,6 +205,7 @@ impl ErrorClass {
             ErrorClass::Timeout => "timeout",
             ErrorClass::MaxStepsExceeded => "max_steps_exceeded",
             ErrorClass::CapabilityError => "capability_error",
+            ErrorClass::PlannerError => "planner_error",
             ErrorClass::SandboxError => "sandbox_error",
             ErrorClass::SystemError => "system_error",
         }
@@ -401,18 +457,29 @@ pub struct Batches {
     running: Mutex<HashMap<String, usize>>,
     /// Executors in flight by task id, to stop them on cancel.
     executors: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Sends plugin planners' requests by the outbound rules.
+    outbound: Arc<OutboundClient>,
+    /// Operator grants of outbound hosts per pack id (`[packs] http_grants`).
+    http_grants: BTreeMap<String, Vec<String>>,
+    /// Which addresses plugin planners may reach (`[packs] allow_private_http`).
+    http_reach: Reach,
 }
 
-/// The profiles a key may give its tasks: defined, isolated unless the key is an admin's,
-/// within the key's profile scope, and without approval rules (a task cannot wait).
-struct KeyProfiles<'a> {
-    sandboxes: &'a Sandboxes,
+/// What a key's tasks may name: profiles that are defined, isolated unless the key is an
+/// admin's, within the key's profile scope, and without approval rules (a task cannot wait);
+/// planners that are loaded, with an endpoint configured.
+struct KeyChecks<'a> {
+    batches: &'a Batches,
     principal: &'a Principal,
 }
 
-impl ProfileCheck for KeyProfiles<'_> {
+impl ServerChecks for KeyChecks<'_> {
+    fn check_planner(&self, name: &str) -> WharfResult<()> {
+        self.batches.check_planner(name)
+    }
+
     fn check_profile(&self, name: &str) -> WharfResult<()> {
-        let profile = self.sandboxes.profiles().get(name)?;
+        let profile = self.batches.sandboxes.profiles().get(name)?;
         if profile.unconfined() && !self.principal.admin {
             return Err(unconfined_forbidden(name));
         }
@@ -459,6 +526,17 @@ impl Batches {
             wake: tokio::sync::Notify::new(),
             running: Mutex::new(HashMap::new()),
             executors: Mutex::new(HashMap::new()),
+            outbound: Arc::new(OutboundClient::new(&ClientOptions {
+                connect_timeout: std::time::Duration::from_secs(10),
+                pool_max_idle_per_host: 4,
+                user_agent: concat!("wharf-planner/", env!("CARGO_PKG_VERSION")).into(),
+            })?),
+            http_grants: config.packs.http_grants.clone(),
+            http_reach: if config.packs.allow_private_http {
+                Reach::Any
+            } else {
+                Reach::PublicOnly
+            },
         });
         batches
             .recover()
@@ -481,8 +559,8 @@ impl Batches {
         body: &[u8],
         options: BatchOptions,
     ) -> WharfResult<Batch> {
-        let checker = KeyProfiles {
-            sandboxes: &self.sandboxes,
+        let checker = KeyChecks {
+            batches: self,
             principal,
         };
         let parsed = spec::parse(body, &self.config, &checker)?;

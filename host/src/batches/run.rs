@@ -1,6 +1,7 @@
 //! The dispatcher (one queue per task type, bounded concurrency, priority order) and the
-//! executor of one task: a fresh sandbox, the `script` planner's capability calls under the
-//! task's deadline and step bound, the trajectory, the end.
+//! executor of one task: a fresh sandbox, the planner's capability calls (the `script`
+//! planner's steps, or those a plugin planner picks) under the task's deadline and step
+//! bound, the trajectory, the end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::export::{Outcome, ToolSchema};
-use super::spec::TaskSpec;
+use super::planner;
+use super::spec::{SCRIPT_PLANNER, TaskSpec};
 use super::{BatchOptions, Batches, ErrorClass, Side};
 use crate::capabilities::secrets::RequestSecrets;
 use crate::capabilities::service::CallOutcome;
@@ -18,11 +20,14 @@ use crate::capabilities::{CapabilityName, route};
 use crate::error::{ErrorCode, WharfError, WharfResult};
 use crate::jobs::log::Level;
 use crate::jobs::{RetryPolicy, RunState, Stream, now_ms};
+use crate::runtime::bindings::planner::exports::wharf::plugin::planner::{Action, Step, Task};
 use crate::store::batches::{self as store, StepRow, TaskEnd, TaskRow};
 use crate::store::keys::{self as keys, Principal, new_id};
 
-/// The action type of a capability call in a trajectory.
+/// The action type of a script's capability call in a trajectory.
 const CAPABILITY_CALL: &str = "capability_call";
+/// The action type of a plugin planner's tool call (a capability call it chose).
+const TOOL_CALL: &str = "tool_call";
 /// How long a call cut off by the task's deadline gets to end (and be audited) once its
 /// sandbox is stopped.
 const CUT_OFF_GRACE: Duration = Duration::from_secs(10);
@@ -74,6 +79,8 @@ struct Observed {
     failure: Option<(ErrorClass, String)>,
     observation: String,
     output: Option<Value>,
+    /// The task's deadline passed during the step (the task ends whatever its planner).
+    deadline_passed: bool,
 }
 
 impl Observed {
@@ -83,8 +90,29 @@ impl Observed {
             failure: Some((class, message)),
             observation: observation.to_string(),
             output: None,
+            deadline_passed: false,
         }
     }
+
+    /// The task's `timeout` passed before or during the step.
+    fn deadline(timeout_secs: f64) -> Self {
+        Self {
+            deadline_passed: true,
+            ..Self::failed(
+                ErrorClass::Timeout,
+                format!("the task's timeout of {timeout_secs} s passed during this step"),
+                json!({"error": {"code": "timeout"}}),
+            )
+        }
+    }
+}
+
+/// What decides a task's result besides its spec: the cache key's other half.
+struct CacheContext {
+    tools: Vec<ToolSchema>,
+    image_digest: Option<String>,
+    /// A plugin planner's pack and version, and the model and endpoint it asks.
+    planner: Option<Value>,
 }
 
 impl Batches {
@@ -169,7 +197,8 @@ impl Batches {
             self.conclude(&task.id, &task.task_type, &end).await?;
             return Ok(());
         };
-        let key = cache_key(&principal.owner, &spec, &self.tools_of(&spec));
+        let context = self.cache_context(&spec, &principal).await;
+        let key = cache_key(&principal.owner, &spec, &context);
         store::set_cache_key(&self.db, &task.id, &key, options.cache.then_some("miss")).await?;
         if options.cache {
             if let Some(source) =
@@ -307,10 +336,10 @@ impl Batches {
                 .sandboxes
                 .image_digest(&principal.owner, &sandbox.id)
                 .await,
-            tools: self.tools_of(spec),
+            tools: self.tools_of(spec, principal),
             ..Outcome::default()
         };
-        // The packs that serve the script now; a step served by another version (a hot
+        // The packs that serve the tools now; a step served by another version (a hot
         // swap in between) records that one.
         outcome.pack_versions = outcome
             .tools
@@ -318,9 +347,13 @@ impl Batches {
             .map(|tool| (tool.pack.clone(), tool.version.clone()))
             .collect();
         let started = Instant::now();
-        let script = self
-            .run_script(task, spec, principal, &sandbox.id, &mut outcome)
-            .await;
+        let script = if spec.planner == SCRIPT_PLANNER {
+            self.run_script(task, spec, principal, &sandbox.id, &mut outcome)
+                .await
+        } else {
+            self.run_planner(task, spec, principal, &sandbox.id, &mut outcome)
+                .await
+        };
         outcome.steps_duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         let failure = match script {
             Ok(failure) => failure,
@@ -356,8 +389,12 @@ impl Batches {
         Ok(Attempt { failure, outcome })
     }
 
-    /// The operations a script calls, as their adapters describe them now.
-    fn tools_of(&self, spec: &TaskSpec) -> Vec<ToolSchema> {
+    /// The tools of a task, as their adapters describe them now: the operations its script
+    /// calls, or those offered to its plugin planner.
+    fn tools_of(&self, spec: &TaskSpec, principal: &Principal) -> Vec<ToolSchema> {
+        if spec.planner != SCRIPT_PLANNER {
+            return planner::tool_schemas(&self.offered_tools(principal, &spec.profile));
+        }
         let wanted: BTreeSet<(&str, &str)> = spec
             .steps
             .iter()
@@ -411,80 +448,311 @@ impl Batches {
             }
             let ts_ms = now_ms();
             let started = Instant::now();
-            let remaining = deadline.saturating_duration_since(started);
-            let timed_out = || {
-                Observed::failed(
-                    ErrorClass::Timeout,
-                    format!(
-                        "the task's timeout of {} s passed during this step",
-                        spec.timeout_secs
-                    ),
-                    json!({"error": {"code": "timeout"}}),
+            let observed = self
+                .call_step(
+                    principal,
+                    sandbox_id,
+                    &step.capability,
+                    &step.operation,
+                    step.input.clone(),
+                    deadline,
+                    spec.timeout_secs,
+                    &mut outcome.pack_versions,
                 )
-            };
-            let observed = if remaining.is_zero() {
-                timed_out()
-            } else {
-                let mut call = {
-                    let capabilities = self.capabilities.clone();
-                    let principal = principal.clone();
-                    let sandbox = sandbox_id.to_string();
-                    let step = step.clone();
-                    let owner: Arc<str> = Arc::from(principal.owner.as_str());
-                    tokio::spawn(crate::runtime::call::CALL_OWNER.scope(owner, async move {
-                        capabilities
-                            .call(
-                                &principal,
-                                &sandbox,
-                                &step.capability,
-                                &step.operation,
-                                step.input,
-                                RequestSecrets::default(),
-                            )
-                            .await
-                    }))
-                };
-                match tokio::time::timeout(remaining, &mut call).await {
-                    Ok(Ok(result)) => observe(result, &mut outcome.pack_versions),
-                    Ok(Err(join)) => Observed::failed(
-                        ErrorClass::SystemError,
-                        format!("the capability call's task failed: {join}"),
-                        json!({"error": {"code": "internal_error"}}),
-                    ),
-                    Err(_) => {
-                        // Stopping the sandbox ends the code the call runs; the call then
-                        // ends on its own and is audited like any other.
-                        let _ = self.sandboxes.stop(&principal.owner, sandbox_id).await;
-                        let _ = tokio::time::timeout(CUT_OFF_GRACE, call).await;
-                        timed_out()
-                    }
-                }
-            };
-            let (observation, truncated) =
-                cap_text(observed.observation, self.config.observation_cap_bytes);
-            let row = StepRow {
-                step_id: i as i64 + 1,
-                action_type: CAPABILITY_CALL.to_string(),
-                tool: Some(format!("{}.{}", step.capability, step.operation)),
-                params: step.input.to_string(),
-                observation,
-                observation_truncated: truncated,
-                success: observed.success,
-                error_class: observed
-                    .failure
-                    .as_ref()
-                    .map(|(c, _)| c.as_str().to_string()),
-                error_message: observed.failure.as_ref().map(|(_, m)| m.clone()),
+                .await;
+            let tool = format!("{}.{}", step.capability, step.operation);
+            let params = step.input.to_string();
+            let n = i as i64 + 1;
+            self.record_step(
+                task,
+                n,
+                CAPABILITY_CALL,
+                tool,
+                params,
+                None,
+                &observed,
                 ts_ms,
-                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            };
-            store::insert_step(&self.db, &task.id, &row).await?;
+                started,
+            )
+            .await?;
             if observed.failure.is_some() {
                 return Ok(observed.failure);
             }
             outcome.final_result = observed.output;
         }
         Ok(None)
+    }
+
+    /// A plugin planner (`"planner": "llm"`): asks it for the next action with the task and
+    /// its history, runs each call it picks in the sandbox and records it, until it finishes
+    /// (the task succeeds with its answer), `max_steps` calls were made and it asks for one
+    /// more, the deadline passes, or it fails (`planner_error`). A failed call does not end
+    /// the task: the planner sees the error and decides. Returns the failure, if any.
+    async fn run_planner(
+        &self,
+        task: &TaskRow,
+        spec: &TaskSpec,
+        principal: &Principal,
+        sandbox_id: &str,
+        outcome: &mut Outcome,
+    ) -> WharfResult<Option<(ErrorClass, String)>> {
+        let deadline = Instant::now() + Duration::from_secs_f64(spec.timeout_secs);
+        let endpoint = match self.planner_endpoint().await {
+            Ok(endpoint) => endpoint,
+            Err(err) => return Ok(Some((ErrorClass::PlannerError, err.message))),
+        };
+        outcome.model = Some(endpoint.model.clone());
+        let tools = self.offered_tools(principal, &spec.profile);
+        let wit_task = Task {
+            task_id: spec.task_id.clone(),
+            task_type: spec.task_type.clone(),
+            description: spec.description.clone(),
+            tools: planner::wit_tools(&tools),
+            endpoint: endpoint.model_endpoint(),
+            max_steps: spec.max_steps,
+        };
+        let mut history: Vec<Step> = Vec::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let timed_out = || {
+                Some((
+                    ErrorClass::Timeout,
+                    format!(
+                        "the task's timeout of {} s passed while its planner was deciding",
+                        spec.timeout_secs
+                    ),
+                ))
+            };
+            if remaining.is_zero() {
+                return Ok(timed_out());
+            }
+            let asked = self.ask_planner(
+                &spec.planner,
+                &principal.owner,
+                wit_task.clone(),
+                history.clone(),
+                &endpoint,
+                &mut outcome.pack_versions,
+            );
+            let decision = match tokio::time::timeout(remaining, asked).await {
+                Err(_) => return Ok(timed_out()),
+                Ok(Err(message)) => return Ok(Some((ErrorClass::PlannerError, message))),
+                Ok(Ok(decision)) => decision,
+            };
+            if let Some(model) = decision.model.filter(|m| !m.is_empty()) {
+                outcome.model = Some(model);
+            }
+            let call = match decision.action {
+                Action::Finish(answer) => {
+                    outcome.final_result = Some(Value::String(answer));
+                    return Ok(None);
+                }
+                Action::Call(call) => call,
+            };
+            if history.len() >= spec.max_steps as usize {
+                return Ok(Some((
+                    ErrorClass::MaxStepsExceeded,
+                    format!(
+                        "the planner asked for call {} ({}) after the task's max_steps of {}",
+                        history.len() + 1,
+                        call.tool,
+                        spec.max_steps
+                    ),
+                )));
+            }
+            let ts_ms = now_ms();
+            let started = Instant::now();
+            let offered = tools.iter().find(|t| t.name == call.tool);
+            let input = serde_json::from_str::<Value>(&call.input)
+                .ok()
+                .filter(Value::is_object);
+            let (tool, params, observed) = match (offered, input) {
+                (None, _) => (
+                    call.tool.clone(),
+                    json!(call.input).to_string(),
+                    Observed::failed(
+                        ErrorClass::CapabilityError,
+                        format!(
+                            "the planner called {:?}, which is not an offered tool",
+                            call.tool
+                        ),
+                        json!({"error": {"code": "unknown_tool", "message": format!(
+                            "no tool is named {:?}; the tools are those offered", call.tool)}}),
+                    ),
+                ),
+                (Some(tool), None) => (
+                    tool.scope_entry(),
+                    json!(call.input).to_string(),
+                    Observed::failed(
+                        ErrorClass::CapabilityError,
+                        format!("the arguments of {} are not a JSON object", call.tool),
+                        json!({"error": {"code": "invalid_input", "message":
+                            "the arguments must be a JSON object"}}),
+                    ),
+                ),
+                (Some(tool), Some(input)) => {
+                    let observed = self
+                        .call_step(
+                            principal,
+                            sandbox_id,
+                            &tool.capability,
+                            &tool.operation.name,
+                            input.clone(),
+                            deadline,
+                            spec.timeout_secs,
+                            &mut outcome.pack_versions,
+                        )
+                        .await;
+                    (tool.scope_entry(), input.to_string(), observed)
+                }
+            };
+            let n = history.len() as i64 + 1;
+            let observation = self
+                .record_step(
+                    task,
+                    n,
+                    TOOL_CALL,
+                    tool,
+                    params,
+                    decision.thought.clone(),
+                    &observed,
+                    ts_ms,
+                    started,
+                )
+                .await?;
+            if let Some((class, _)) = &observed.failure
+                && (observed.deadline_passed || class.side() == Side::Infrastructure)
+            {
+                return Ok(observed.failure);
+            }
+            history.push(Step {
+                call,
+                observation,
+                success: observed.success,
+                thought: decision.thought,
+            });
+        }
+    }
+
+    /// One capability call in the task's sandbox, on behalf of its key, cut off when the
+    /// task's deadline passes (its sandbox stopped, so the code it runs ends).
+    #[allow(clippy::too_many_arguments)]
+    async fn call_step(
+        &self,
+        principal: &Principal,
+        sandbox_id: &str,
+        capability: &str,
+        operation: &str,
+        input: Value,
+        deadline: Instant,
+        timeout_secs: f64,
+        pack_versions: &mut BTreeMap<String, String>,
+    ) -> Observed {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Observed::deadline(timeout_secs);
+        }
+        let mut call = {
+            let capabilities = self.capabilities.clone();
+            let principal = principal.clone();
+            let sandbox = sandbox_id.to_string();
+            let (capability, operation) = (capability.to_string(), operation.to_string());
+            let owner: Arc<str> = Arc::from(principal.owner.as_str());
+            tokio::spawn(crate::runtime::call::CALL_OWNER.scope(owner, async move {
+                capabilities
+                    .call(
+                        &principal,
+                        &sandbox,
+                        &capability,
+                        &operation,
+                        input,
+                        RequestSecrets::default(),
+                    )
+                    .await
+            }))
+        };
+        match tokio::time::timeout(remaining, &mut call).await {
+            Ok(Ok(result)) => observe(result, pack_versions),
+            Ok(Err(join)) => Observed::failed(
+                ErrorClass::SystemError,
+                format!("the capability call's task failed: {join}"),
+                json!({"error": {"code": "internal_error"}}),
+            ),
+            Err(_) => {
+                // Stopping the sandbox ends the code the call runs; the call then ends on
+                // its own and is audited like any other.
+                let _ = self.sandboxes.stop(&principal.owner, sandbox_id).await;
+                let _ = tokio::time::timeout(CUT_OFF_GRACE, call).await;
+                Observed::deadline(timeout_secs)
+            }
+        }
+    }
+
+    /// Stores step `n` of the task's trajectory; returns its observation as stored (capped).
+    #[allow(clippy::too_many_arguments)]
+    async fn record_step(
+        &self,
+        task: &TaskRow,
+        n: i64,
+        action_type: &str,
+        tool: String,
+        params: String,
+        thought: Option<String>,
+        observed: &Observed,
+        ts_ms: i64,
+        started: Instant,
+    ) -> WharfResult<String> {
+        let (observation, truncated) = cap_text(
+            observed.observation.clone(),
+            self.config.observation_cap_bytes,
+        );
+        let row = StepRow {
+            step_id: n,
+            action_type: action_type.to_string(),
+            tool: Some(tool),
+            params,
+            observation,
+            observation_truncated: truncated,
+            success: observed.success,
+            error_class: observed
+                .failure
+                .as_ref()
+                .map(|(c, _)| c.as_str().to_string()),
+            error_message: observed.failure.as_ref().map(|(_, m)| m.clone()),
+            ts_ms,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            thought,
+        };
+        store::insert_step(&self.db, &task.id, &row).await?;
+        Ok(row.observation)
+    }
+
+    /// What besides the spec decides a task's result: the packs serving its tools, the
+    /// image a new sandbox of its profile runs now, and a plugin planner's pack version,
+    /// model and endpoint.
+    async fn cache_context(&self, spec: &TaskSpec, principal: &Principal) -> CacheContext {
+        let planner = (spec.planner != SCRIPT_PLANNER).then(|| {
+            let pack = self
+                .packs
+                .snapshot()
+                .planners
+                .get(&spec.planner)
+                .map(|route| format!("{}@{}", route.pack.id, route.pack.version));
+            let config = &self.config.planner;
+            json!({
+                "pack": pack,
+                "model": config.model,
+                "base_url": config.base_url,
+                "provider": config.provider,
+                "max_tokens": config.max_tokens,
+                "temperature": config.temperature,
+            })
+        });
+        CacheContext {
+            tools: self.tools_of(spec, principal),
+            image_digest: self.sandboxes.profile_image_digest(&spec.profile).await,
+            planner,
+        }
     }
 }
 
@@ -507,9 +775,10 @@ async fn execute(batches: Arc<Batches>, task: TaskRow, slot: Slot) {
 }
 
 /// The result-cache key of a task: its owner (a cache is never shared between owners), what
-/// decides its steps' outcome (not its id, priority or expected tools), and the pack version
-/// serving each operation it calls. Objects are normalised (keys sorted) before hashing.
-fn cache_key(owner: &str, spec: &TaskSpec, tools: &[ToolSchema]) -> String {
+/// decides its steps' outcome (not its id, priority or expected tools), the pack version
+/// serving each tool, the digest of the image its sandbox would run, and a plugin planner's
+/// version, model and endpoint. Objects are normalised (keys sorted) before hashing.
+fn cache_key(owner: &str, spec: &TaskSpec, context: &CacheContext) -> String {
     fn canonical(value: &Value) -> Value {
         match value {
             Value::Object(map) => {
@@ -521,7 +790,8 @@ fn cache_key(owner: &str, spec: &TaskSpec, tools: &[ToolSchema]) -> String {
             other => other.clone(),
         }
     }
-    let packs: Vec<String> = tools
+    let packs: Vec<String> = context
+        .tools
         .iter()
         .map(|t| format!("{}={}@{}", t.name, t.pack, t.version))
         .collect();
@@ -535,6 +805,8 @@ fn cache_key(owner: &str, spec: &TaskSpec, tools: &[ToolSchema]) -> String {
         "timeout_secs": spec.timeout_secs,
         "constraints": spec.constraints,
         "packs": packs,
+        "image_digest": context.image_digest,
+        "plugin_planner": context.planner,
     }));
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
@@ -568,6 +840,7 @@ fn observe(
                 failure,
                 observation: done.output.to_string(),
                 output: Some(done.output),
+                deadline_passed: false,
             }
         }
         Ok(CallOutcome::PendingApproval(approval)) => Observed::failed(
@@ -671,7 +944,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_key_ignores_ids_and_key_order_but_not_owner_or_pack_versions() {
+    fn the_cache_key_ignores_ids_and_key_order_but_not_owner_pack_versions_image_or_model() {
         let spec = |task_id: &str, input: Value| TaskSpec {
             task_id: task_id.into(),
             task_type: "code".into(),
@@ -704,12 +977,34 @@ mod tests {
             "b",
             serde_json::from_str(r#"{"timeout_ms": 5, "command": "ls"}"#).unwrap(),
         );
-        let key = cache_key("o", &a, &[tool("0.2.0")]);
-        assert_eq!(key, cache_key("o", &b, &[tool("0.2.0")]));
-        assert_ne!(key, cache_key("p", &a, &[tool("0.2.0")]));
-        assert_ne!(key, cache_key("o", &a, &[tool("0.2.1")]));
+        let context = |version: &str, digest: &str| CacheContext {
+            tools: vec![tool(version)],
+            image_digest: Some(digest.to_string()),
+            planner: None,
+        };
+        let key = cache_key("o", &a, &context("0.2.0", "sha256:aa"));
+        assert_eq!(key, cache_key("o", &b, &context("0.2.0", "sha256:aa")));
+        assert_ne!(key, cache_key("p", &a, &context("0.2.0", "sha256:aa")));
+        assert_ne!(key, cache_key("o", &a, &context("0.2.1", "sha256:aa")));
+        assert_ne!(
+            key,
+            cache_key("o", &a, &context("0.2.0", "sha256:bb")),
+            "image digest"
+        );
         let c = spec("a", json!({"command": "ls -l", "timeout_ms": 5}));
-        assert_ne!(key, cache_key("o", &c, &[tool("0.2.0")]));
+        assert_ne!(key, cache_key("o", &c, &context("0.2.0", "sha256:aa")));
+        let planned = CacheContext {
+            planner: Some(json!({"model": "m1"})),
+            ..context("0.2.0", "sha256:aa")
+        };
+        let other_model = CacheContext {
+            planner: Some(json!({"model": "m2"})),
+            ..context("0.2.0", "sha256:aa")
+        };
+        assert_ne!(
+            cache_key("o", &a, &planned),
+            cache_key("o", &a, &other_model)
+        );
     }
 
     #[test]

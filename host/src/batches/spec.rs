@@ -10,7 +10,8 @@ use super::BatchesConfig;
 use crate::capabilities::CapabilityName;
 use crate::error::{WharfError, WharfResult};
 
-/// The one planner built in: runs the task's `steps` in order.
+/// The one planner built in: runs the task's `steps` in order. Any other name is a planner
+/// component of a loaded pack (`llm` of `llm-planner-pack`).
 pub const SCRIPT_PLANNER: &str = "script";
 
 const MAX_TASK_ID: usize = 128;
@@ -31,10 +32,11 @@ pub struct TaskInput {
     /// What the task is about (kept in the trajectory; the `user` message of the
     /// `messages` export).
     pub description: String,
-    /// The capability calls the `script` planner makes, in order.
+    /// The capability calls the `script` planner makes, in order (only for `script`).
     #[serde(default)]
     pub steps: Option<Vec<ScriptStep>>,
-    /// `script` (the default; the only planner built in).
+    /// `script` (the default; built in), or the name of a planner component of a loaded
+    /// pack, e.g. `llm` (`llm-planner-pack`), which picks each step itself.
     #[serde(default)]
     pub planner: Option<String>,
     /// Sandbox profile of the task's sandbox; default `[batches] default_profile`.
@@ -107,9 +109,12 @@ pub struct Parsed {
     pub invalid: Vec<InvalidLine>,
 }
 
-/// Checks that depend on the server (profiles and the key's right to use them).
-pub trait ProfileCheck {
+/// Checks that depend on the server: profiles and the key's right to use them, and the
+/// planners loaded now.
+pub trait ServerChecks {
     fn check_profile(&self, profile: &str) -> WharfResult<()>;
+    /// A planner other than `script`: a loaded planner component that can run now.
+    fn check_planner(&self, planner: &str) -> WharfResult<()>;
 }
 
 /// Parses a body: a JSON array when its first non-blank character is `[`, else JSONL.
@@ -118,7 +123,7 @@ pub trait ProfileCheck {
 pub fn parse(
     body: &[u8],
     config: &BatchesConfig,
-    profiles: &dyn ProfileCheck,
+    server: &dyn ServerChecks,
 ) -> WharfResult<Parsed> {
     let text = std::str::from_utf8(body)
         .map_err(|_| WharfError::validation("the batch body is not UTF-8"))?;
@@ -166,7 +171,7 @@ pub fn parse(
             .map(|id| id.chars().take(MAX_TASK_ID).collect::<String>());
         let accepted = value.and_then(|value| {
             let input: TaskInput = serde_json::from_value(value).map_err(|err| err.to_string())?;
-            validate(input, config, profiles).map_err(|err| err.message)
+            validate(input, config, server).map_err(|err| err.message)
         });
         match accepted {
             Ok(spec) => {
@@ -197,7 +202,7 @@ pub fn parse(
 fn validate(
     input: TaskInput,
     config: &BatchesConfig,
-    profiles: &dyn ProfileCheck,
+    server: &dyn ServerChecks,
 ) -> WharfResult<TaskSpec> {
     let id_ok = |text: &str, max: usize, extra: &[char], lower: bool| {
         !text.is_empty()
@@ -223,16 +228,20 @@ fn validate(
         )));
     }
     let planner = input.planner.unwrap_or_else(|| SCRIPT_PLANNER.to_string());
-    if planner != SCRIPT_PLANNER {
-        return Err(WharfError::validation(format!(
-            "planner {planner:?} is not available; the built-in planner is `{SCRIPT_PLANNER}`"
-        )));
-    }
     let steps = input.steps.unwrap_or_default();
-    if steps.is_empty() {
-        return Err(WharfError::validation(
-            "the `script` planner needs `steps`: a list of {capability, operation, input}",
-        ));
+    if planner == SCRIPT_PLANNER {
+        if steps.is_empty() {
+            return Err(WharfError::validation(
+                "the `script` planner needs `steps`: a list of {capability, operation, input}",
+            ));
+        }
+    } else {
+        server.check_planner(&planner)?;
+        if !steps.is_empty() {
+            return Err(WharfError::validation(format!(
+                "`steps` are for the `script` planner; planner {planner:?} picks its own steps"
+            )));
+        }
     }
     if steps.len() > config.max_steps_cap as usize {
         return Err(WharfError::validation(format!(
@@ -288,7 +297,7 @@ fn validate(
     let profile = input
         .profile
         .unwrap_or_else(|| config.default_profile.clone());
-    profiles.check_profile(&profile)?;
+    server.check_profile(&profile)?;
     Ok(TaskSpec {
         task_id: input.task_id,
         task_type: input.task_type,
@@ -310,12 +319,22 @@ mod tests {
 
     struct AnyProfile;
 
-    impl ProfileCheck for AnyProfile {
+    impl ServerChecks for AnyProfile {
         fn check_profile(&self, profile: &str) -> WharfResult<()> {
             if profile == "missing" {
                 Err(WharfError::not_found("profile missing"))
             } else {
                 Ok(())
+            }
+        }
+
+        fn check_planner(&self, planner: &str) -> WharfResult<()> {
+            if planner == "llm" {
+                Ok(())
+            } else {
+                Err(WharfError::validation(format!(
+                    "planner {planner:?} is not loaded"
+                )))
             }
         }
     }
@@ -335,7 +354,7 @@ mod tests {
             "{not json".to_string(),
             String::new(),
             line("a"),
-            r#"{"task_id":"b","task_type":"code","description":"d","planner":"llm","steps":[]}"#
+            r#"{"task_id":"b","task_type":"code","description":"d","planner":"gpt","steps":[]}"#
                 .to_string(),
             line("c"),
             r#"{"task_id":"d","task_type":"code","description":"d","profile":"missing","steps":[{"capability":"shell","operation":"run"}]}"#.to_string(),
@@ -372,6 +391,37 @@ mod tests {
             parsed.invalid[4]
         );
         assert_eq!(parsed.invalid[1].task_id.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_loaded_planner_takes_no_steps_and_an_unknown_one_is_refused() {
+        let body = [
+            r#"{"task_id":"a","task_type":"code","description":"write and run hello.py","planner":"llm"}"#,
+            r#"{"task_id":"b","task_type":"code","description":"d","planner":"llm","steps":[{"capability":"shell","operation":"run"}]}"#,
+            r#"{"task_id":"c","task_type":"code","description":"d","planner":"nope"}"#,
+        ]
+        .join("\n");
+        let parsed = parse(body.as_bytes(), &BatchesConfig::default(), &AnyProfile).unwrap();
+        assert_eq!(parsed.tasks.len(), 1);
+        let (line, spec) = &parsed.tasks[0];
+        assert_eq!((*line, spec.planner.as_str()), (1, "llm"));
+        assert!(spec.steps.is_empty());
+        let refused: Vec<_> = parsed
+            .invalid
+            .iter()
+            .map(|l| (l.line, l.message.as_str()))
+            .collect();
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(
+            refused[0]
+                .1
+                .contains("`steps` are for the `script` planner"),
+            "{refused:?}"
+        );
+        assert!(
+            refused[1].1.contains("\"nope\" is not loaded"),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -181,6 +181,49 @@ pub fn list(packs: &Packs) -> Vec<CapabilitySummary> {
         .collect()
 }
 
+/// An adapter operation as a tool that an agent calls by one name.
+pub struct OperationTool {
+    /// `<capability>_<operation>` (OpenAI and MCP tool-name rules allow `_`, not `.`).
+    pub name: String,
+    pub capability: String,
+    pub route: CapabilityRoute,
+    pub operation: crate::packs::loader::OperationInfo,
+}
+
+impl OperationTool {
+    /// `capability.operation`: the scope entry that covers it.
+    pub fn scope_entry(&self) -> String {
+        format!("{}.{}", self.capability, self.operation.name)
+    }
+}
+
+/// One tool per operation of every active adapter, in routing order, named
+/// `<capability>_<operation>`: the MCP tools and the tools offered to batch planners. A name
+/// that two (capability, operation) pairs would share (`a_b` + `c` and `a` + `b_c`), or one in
+/// `reserved`, goes to the first / to no one; the operation stays callable over REST.
+pub fn operation_tools(packs: &Packs, reserved: &[&str]) -> Vec<OperationTool> {
+    let snapshot = packs.snapshot();
+    let mut tools: Vec<OperationTool> = Vec::new();
+    for (capability, route) in &snapshot.capabilities {
+        let Some(adapter) = route.component().adapter.as_ref() else {
+            continue;
+        };
+        for op in &adapter.operations {
+            let name = format!("{capability}_{}", op.name);
+            if tools.iter().any(|t| t.name == name) || reserved.contains(&name.as_str()) {
+                continue;
+            }
+            tools.push(OperationTool {
+                name,
+                capability: capability.clone(),
+                route: route.clone(),
+                operation: op.clone(),
+            });
+        }
+    }
+    tools
+}
+
 /// Routing and the call, without policy (scope, approvals, masking, audit): for assembly
 /// tests and benches of the plugin host. Servers call
 /// [`CapabilityService::call`](service::CapabilityService::call) instead.

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::api::sandboxes::{ExecBody, ExecFields, ExecResult, create_for};
+use crate::capabilities::operation_tools;
 use crate::capabilities::scope::{self, SANDBOX_EXEC, SANDBOX_FILES_READ, SANDBOX_FILES_WRITE};
 use crate::capabilities::secrets::RequestSecrets;
 use crate::capabilities::service::CallOutcome;
@@ -161,29 +162,21 @@ struct AdapterTool {
     tool: Tool,
 }
 
-/// One tool per operation of every active adapter, in routing order. A name that two
-/// (capability, operation) pairs would share (`a_b` + `c` and `a` + `b_c`) goes to the
-/// first; the other stays callable over REST.
+/// One tool per operation of every active adapter ([`operation_tools`]), beside the
+/// sandbox tools.
 fn adapter_tools(state: &AppState) -> Vec<AdapterTool> {
-    let snapshot = state.packs.snapshot();
-    let mut tools: Vec<AdapterTool> = Vec::new();
-    for (capability, route) in &snapshot.capabilities {
-        let Some(adapter) = route.component().adapter.as_ref() else {
-            continue;
-        };
-        for op in &adapter.operations {
-            let name = format!("{capability}_{}", op.name);
-            if tools.iter().any(|t| t.name == name)
-                || SANDBOX_TOOLS.iter().any(|t| t.name() == name)
-            {
-                continue;
-            }
+    let reserved: Vec<&str> = SANDBOX_TOOLS.iter().map(|t| t.name()).collect();
+    operation_tools(&state.packs, &reserved)
+        .into_iter()
+        .map(|found| {
+            let op = &found.operation;
             let description = format!(
-                "{} ({capability}.{} of pack {} {}, run in the sandbox `sandbox_id` with `input`.)",
+                "{} ({}.{} of pack {} {}, run in the sandbox `sandbox_id` with `input`.)",
                 op.description.trim_end_matches('.'),
+                found.capability,
                 op.name,
-                route.pack.id,
-                route.pack.version
+                found.route.pack.id,
+                found.route.pack.version
             );
             let schema = json!({
                 "type": "object",
@@ -194,15 +187,14 @@ fn adapter_tools(state: &AppState) -> Vec<AdapterTool> {
                 "required": ["sandbox_id", "input"],
                 "additionalProperties": false,
             });
-            tools.push(AdapterTool {
-                tool: tool(name.clone(), description, schema, op.hints),
-                name,
-                capability: capability.clone(),
+            AdapterTool {
+                tool: tool(found.name.clone(), description, schema, op.hints),
+                name: found.name,
+                capability: found.capability,
                 operation: op.name.clone(),
-            });
-        }
-    }
-    tools
+            }
+        })
+        .collect()
 }
 
 /// What changes the adapter tool list: which pack generation serves each capability.

@@ -1126,6 +1126,14 @@ impl SandboxDriver for DockerDriver {
             .and_then(|info| info.image)
     }
 
+    async fn image_id(&self, image: &str) -> Option<String> {
+        self.docker
+            .inspect_image(image)
+            .await
+            .ok()
+            .and_then(|info| info.id)
+    }
+
     async fn sandbox_ids(&self) -> WharfResult<Vec<String>> {
         let mut ids = Vec::new();
         let containers = self

@@ -296,6 +296,11 @@ pub trait SandboxDriver: Send + Sync + 'static {
     async fn image_digest(&self, _sandbox_id: &str) -> Option<String> {
         None
     }
+    /// The id (content digest) of `image` as the driver has it now, for drivers that run
+    /// images (a result-cache key part: a retagged image is another image).
+    async fn image_id(&self, _image: &str) -> Option<String> {
+        None
+    }
     /// Every sandbox id this driver holds resources for (orphan detection).
     async fn sandbox_ids(&self) -> WharfResult<Vec<String>>;
     /// Creates a directory and its missing parents.

@@ -1047,6 +1047,16 @@ impl Sandboxes {
         self.driver(&sandbox.driver).ok()?.image_digest(id).await
     }
 
+    /// The id (content digest) of the image a new sandbox of `profile` would run now (none
+    /// for drivers that run no image, or when the image is missing).
+    pub async fn profile_image_digest(&self, profile: &str) -> Option<String> {
+        let profile = self.profiles.get(profile).ok()?;
+        self.driver(&profile.driver)
+            .ok()?
+            .image_id(&profile.image)
+            .await
+    }
+
     /// Changes whenever an event is recorded.
     pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<i64> {
         self.events_seq.subscribe()

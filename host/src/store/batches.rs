@@ -65,6 +65,8 @@ pub struct StepRow {
     pub error_message: Option<String>,
     pub ts_ms: i64,
     pub duration_ms: f64,
+    /// The model's text that came with a plugin planner's call.
+    pub thought: Option<String>,
 }
 
 /// Which tasks of a batch to list.
@@ -409,9 +411,9 @@ pub async fn copy_from_cache(db: &Db, task_id: &str, source: &str) -> WharfResul
         .await?;
     sqlx::query(
         "INSERT INTO task_steps (task_id, step_id, action_type, tool, params, observation, observation_truncated, \
-         success, error_class, error_message, ts_ms, duration_ms) \
+         success, error_class, error_message, ts_ms, duration_ms, thought) \
          SELECT ?, step_id, action_type, tool, params, observation, observation_truncated, success, error_class, \
-         error_message, ts_ms, duration_ms FROM task_steps WHERE task_id = ?",
+         error_message, ts_ms, duration_ms, thought FROM task_steps WHERE task_id = ?",
     )
     .bind(task_id)
     .bind(source)
@@ -450,7 +452,8 @@ pub async fn clear_steps(db: &Db, task_id: &str) -> WharfResult<()> {
 pub async fn insert_step(db: &Db, task_id: &str, step: &StepRow) -> WharfResult<()> {
     sqlx::query(
         "INSERT INTO task_steps (task_id, step_id, action_type, tool, params, observation, observation_truncated, \
-         success, error_class, error_message, ts_ms, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         success, error_class, error_message, ts_ms, duration_ms, thought) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(task_id)
     .bind(step.step_id)
@@ -464,6 +467,7 @@ pub async fn insert_step(db: &Db, task_id: &str, step: &StepRow) -> WharfResult<
     .bind(&step.error_message)
     .bind(step.ts_ms)
     .bind(step.duration_ms)
+    .bind(&step.thought)
     .execute(db)
     .await?;
     Ok(())
@@ -472,7 +476,8 @@ pub async fn insert_step(db: &Db, task_id: &str, step: &StepRow) -> WharfResult<
 pub async fn steps(db: &Db, task_id: &str) -> WharfResult<Vec<StepRow>> {
     let rows = sqlx::query(
         "SELECT step_id, action_type, tool, params, observation, observation_truncated, success, \
-         error_class, error_message, ts_ms, duration_ms FROM task_steps WHERE task_id = ? ORDER BY step_id",
+         error_class, error_message, ts_ms, duration_ms, thought FROM task_steps WHERE task_id = ? \
+         ORDER BY step_id",
     )
     .bind(task_id)
     .fetch_all(db)
@@ -491,6 +496,7 @@ pub async fn steps(db: &Db, task_id: &str) -> WharfResult<Vec<StepRow>> {
             error_message: row.get("error_message"),
             ts_ms: row.get("ts_ms"),
             duration_ms: row.get("duration_ms"),
+            thought: row.get("thought"),
         })
         .collect())
 }
