@@ -113,7 +113,12 @@ impl fmt::Display for PluginError {
 impl std::error::Error for PluginError {}
 
 /// Conversions between [`PluginError`] and the record generated for one world.
-#[cfg(any(feature = "adapter", feature = "provider"))]
+#[cfg(any(
+    feature = "adapter",
+    feature = "provider",
+    feature = "planner",
+    feature = "relay-host"
+))]
 macro_rules! convert_wit_error {
     ($wit:path) => {
         impl From<$wit> for $crate::PluginError {
@@ -142,6 +147,10 @@ macro_rules! convert_wit_error {
 convert_wit_error!(crate::__bindings::adapter::wharf::plugin::types::PluginError);
 #[cfg(feature = "provider")]
 convert_wit_error!(crate::__bindings::provider::wharf::plugin::types::PluginError);
+#[cfg(feature = "planner")]
+convert_wit_error!(crate::__bindings::planner::wharf::plugin::types::PluginError);
+#[cfg(feature = "relay-host")]
+convert_wit_error!(crate::__bindings::relay_host::wharf::plugin::types::PluginError);
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,14 @@
 //! |------------|----------------------|------------------------------|--------------------------------------|----------------------------|
 //! | `adapter`  | `capability-adapter` | [`adapter::Adapter`]         | [`export_adapter!`]                  | `log`, `sandbox`           |
 //! | `provider` | `llm-provider`       | [`provider::Provider`]       | [`export_provider!`]                 | `log`                      |
+//! | `planner`  | `planner-plugin` (0.3.0) | [`planner::Planner`]     | [`export_planner!`]                  | `log`, `wasi:http`         |
+//! | `relay-host` | `relay-host-adapter` (0.3.0) | [`relay_host::RelayHost`] | [`export_relay_host!`]      | `log`, `wasi:http`         |
+//!
+//! The `planner` and `relay-host` worlds are new in `wharf:plugin@0.3.0`: those two
+//! features build against `wit/v0.3.0`, and their packs declare `requires.wharf = "^0.3"`.
+//! Their outbound HTTP goes through [`http`] (feature `http`, standard `wasi:http`), which
+//! the host sends by its outbound rules: only to granted origins, with the credential
+//! added by the host.
 //!
 //! (Both features may be on at once, as happens when cargo unifies features
 //! across a workspace; each component still imports only what it uses and
@@ -154,6 +162,15 @@ pub mod testing;
 #[cfg(feature = "provider")]
 pub mod provider;
 
+#[cfg(feature = "planner")]
+pub mod planner;
+
+#[cfg(feature = "relay-host")]
+pub mod relay_host;
+
+#[cfg(feature = "http")]
+pub mod http;
+
 pub use error::PluginError;
 
 /// Re-exported for plugins that need JSON values (e.g. `serde_json::Value` as an operation type).
@@ -189,6 +206,34 @@ pub mod __bindings {
             pub_export_macro: true,
             export_macro_name: "__export_llm_provider",
             default_bindings_module: "wharf_plugin_sdk::__bindings::provider",
+            additional_derives: [PartialEq, Eq],
+        });
+    }
+
+    /// World `planner-plugin` (0.3.0).
+    #[cfg(feature = "planner")]
+    #[allow(missing_docs)]
+    pub mod planner {
+        wit_bindgen::generate!({
+            path: "wit/v0.3.0",
+            world: "planner-plugin",
+            pub_export_macro: true,
+            export_macro_name: "__export_planner_plugin",
+            default_bindings_module: "wharf_plugin_sdk::__bindings::planner",
+            additional_derives: [PartialEq],
+        });
+    }
+
+    /// World `relay-host-adapter` (0.3.0).
+    #[cfg(feature = "relay-host")]
+    #[allow(missing_docs)]
+    pub mod relay_host {
+        wit_bindgen::generate!({
+            path: "wit/v0.3.0",
+            world: "relay-host-adapter",
+            pub_export_macro: true,
+            export_macro_name: "__export_relay_host_adapter",
+            default_bindings_module: "wharf_plugin_sdk::__bindings::relay_host",
             additional_derives: [PartialEq, Eq],
         });
     }

@@ -82,7 +82,15 @@ pub fn error(message: &str) {
     emit(Level::Error, message);
 }
 
-#[cfg(all(target_arch = "wasm32", any(feature = "adapter", feature = "provider")))]
+#[cfg(all(
+    target_arch = "wasm32",
+    any(
+        feature = "adapter",
+        feature = "provider",
+        feature = "planner",
+        feature = "relay-host"
+    )
+))]
 macro_rules! wit_level {
     ($wit:path, $level:expr) => {{
         use $wit as W;
@@ -108,7 +116,35 @@ fn emit(level: Level, message: &str) {
     wit::log(wit_level!(wit::Level, level), message);
 }
 
-#[cfg(not(all(target_arch = "wasm32", any(feature = "adapter", feature = "provider"))))]
+#[cfg(all(
+    target_arch = "wasm32",
+    feature = "planner",
+    not(any(feature = "adapter", feature = "provider"))
+))]
+fn emit(level: Level, message: &str) {
+    use crate::__bindings::planner::wharf::plugin::log as wit;
+    wit::log(wit_level!(wit::Level, level), message);
+}
+
+#[cfg(all(
+    target_arch = "wasm32",
+    feature = "relay-host",
+    not(any(feature = "adapter", feature = "provider", feature = "planner"))
+))]
+fn emit(level: Level, message: &str) {
+    use crate::__bindings::relay_host::wharf::plugin::log as wit;
+    wit::log(wit_level!(wit::Level, level), message);
+}
+
+#[cfg(not(all(
+    target_arch = "wasm32",
+    any(
+        feature = "adapter",
+        feature = "provider",
+        feature = "planner",
+        feature = "relay-host"
+    )
+)))]
 fn emit(level: Level, message: &str) {
     eprintln!("[{level}] {message}");
 }
