@@ -129,7 +129,10 @@ impl Response {
         serde_json::from_slice(&self.body).map_err(|err| {
             PluginError::new(
                 "invalid_response",
-                format!("HTTP {} answer is not the JSON expected: {err}", self.status),
+                format!(
+                    "HTTP {} answer is not the JSON expected: {err}",
+                    self.status
+                ),
             )
         })
     }
@@ -231,7 +234,11 @@ mod imp {
         outgoing
             .set_method(&method(&request.method))
             .map_err(|()| protocol("the method"))?;
-        let scheme = if parts.https { Scheme::Https } else { Scheme::Http };
+        let scheme = if parts.https {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
         outgoing
             .set_scheme(Some(&scheme))
             .map_err(|()| protocol("the scheme"))?;
@@ -251,9 +258,9 @@ mod imp {
         {
             let stream = body.write().map_err(|()| protocol("the body stream"))?;
             for chunk in request.body.as_deref().unwrap_or_default().chunks(4096) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|err| PluginError::new(HTTP_ERROR, format!("request body: {err:?}")))?;
+                stream.blocking_write_and_flush(chunk).map_err(|err| {
+                    PluginError::new(HTTP_ERROR, format!("request body: {err:?}"))
+                })?;
             }
         }
         OutgoingBody::finish(body, None).map_err(|code| failed(code, &request.url))?;
@@ -292,7 +299,11 @@ mod imp {
                     Err(StreamError::LastOperationFailed(err)) => {
                         return Err(PluginError::new(
                             HTTP_ERROR,
-                            format!("{}: reading the answer: {}", request.url, err.to_debug_string()),
+                            format!(
+                                "{}: reading the answer: {}",
+                                request.url,
+                                err.to_debug_string()
+                            ),
                         )
                         .retriable());
                     }
@@ -335,7 +346,13 @@ mod tests {
         assert_eq!(parts.authority, "api.example.com:8443");
         assert_eq!(parts.path_with_query, "/v1/chat/completions?x=1");
         assert_eq!(split_url("http://h").unwrap().path_with_query, "/");
-        for bad in ["ftp://h/", "https://user@h/", "https:///x", "https://h/#f", "h/x"] {
+        for bad in [
+            "ftp://h/",
+            "https://user@h/",
+            "https:///x",
+            "https://h/#f",
+            "h/x",
+        ] {
             assert_eq!(split_url(bad).unwrap_err().code, "invalid_input", "{bad}");
         }
     }

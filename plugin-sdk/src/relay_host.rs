@@ -42,8 +42,11 @@ pub trait RelayHost {
     /// Deletes one resource; one already gone is [`PluginError`] code `not_found`.
     fn delete(host: HostRef, kind: String, id: String) -> Result<(), PluginError>;
     /// Tries to fix what a failing access probe showed; answers what it changed.
-    fn repair(host: HostRef, account: Resource, symptom: String)
-    -> Result<Option<String>, PluginError>;
+    fn repair(
+        host: HostRef,
+        account: Resource,
+        symptom: String,
+    ) -> Result<Option<String>, PluginError>;
 }
 
 /// Glue used by [`export_relay_host!`](crate::export_relay_host); not part of the API.
@@ -67,11 +70,11 @@ pub mod __export {
 macro_rules! export_relay_host {
     ($adapter:ty) => {
         const _: () = {
-            use $crate::relay_host::RelayHost as _;
-            use $crate::relay_host::__export::{WitError, wit};
-            use $crate::relay_host::*;
             use ::std::string::String;
             use ::std::vec::Vec;
+            use $crate::relay_host::__export::{WitError, wit};
+            use $crate::relay_host::RelayHost as _;
+            use $crate::relay_host::*;
             struct __WharfRelayHostExport;
 
             impl $crate::__bindings::relay_host::exports::wharf::plugin::relay_host::Guest
@@ -94,7 +97,11 @@ macro_rules! export_relay_host {
                 ) -> Result<Ensured, WitError> {
                     wit(<$adapter>::ensure(host, item, request, done))
                 }
-                fn list(host: HostRef, kind: String, prefix: String) -> Result<Vec<Resource>, WitError> {
+                fn list(
+                    host: HostRef,
+                    kind: String,
+                    prefix: String,
+                ) -> Result<Vec<Resource>, WitError> {
                     wit(<$adapter>::list(host, kind, prefix))
                 }
                 fn delete(host: HostRef, kind: String, id: String) -> Result<(), WitError> {

@@ -6,6 +6,7 @@ pub mod batches;
 pub mod cases;
 pub mod jobs;
 pub mod keys;
+pub mod relays;
 pub mod sandboxes;
 
 use std::path::Path;
