@@ -482,6 +482,9 @@ async fn a_killed_server_resumes_the_import_without_duplicates_or_orphans() {
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let upstream = MockUpstream::start(MODELS, &key_refs, &[]).await;
     let host = MockSub2api::start(ADMIN_TOKEN).await;
+    // Each account warms up a while, so each item's first probe holds the import up (the
+    // probe's own warm-up window) and the kill lands between items or in one.
+    host.warmup(Duration::from_millis(1500));
     let before = inventory(&host);
     let host_id = register(&admin, &host).await;
     let (status, created) = admin

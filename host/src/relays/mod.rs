@@ -164,7 +164,7 @@ pub struct CreateImport {
     /// One item per key. Sealed at rest; shown only as fingerprints.
     pub api_keys: Vec<String>,
     /// Models the accounts serve (aliases resolve); default every model of the provider's
-    /// catalog. The first is the one probed (default the provider's smoke-test model).
+    /// catalog, its smoke-test model first. The first is the one access probes use.
     pub models: Option<Vec<String>>,
     pub mode: ImportMode,
     /// Return the plan (what would be created, reused or changed) and touch nothing.
@@ -723,9 +723,15 @@ impl Relays {
             .into_iter()
             .find(|p| p.id == provider)
             .ok_or_else(|| WharfError::not_found(format!("provider {provider:?}")))?;
+        // The smoke-test model first: the first model is the one probed.
+        let mut models: Vec<String> = info.models.into_iter().map(|m| m.id).collect();
+        if let Some(at) = models.iter().position(|m| *m == info.smoke_test_model) {
+            let smoke = models.remove(at);
+            models.insert(0, smoke);
+        }
         Ok(ProviderFacts {
             base_url: info.base_url,
-            models: info.models.into_iter().map(|m| m.id).collect(),
+            models,
         })
     }
 
@@ -909,16 +915,16 @@ impl Relays {
         if item.phase == "done" {
             return;
         }
+        // The adapter saw the provider key: should it echo it in an error, it goes no further.
+        let message = match self.secrets.open(&item.key_sealed, &item.id) {
+            Ok(key) => redact(&err.message, &key),
+            Err(_) => err.message.clone(),
+        };
         push_evidence(
             &mut item,
-            json!({"event": "error", "code": err.code.as_str(), "message": err.message}),
+            json!({"event": "error", "code": err.code.as_str(), "message": message}),
         );
-        conclude(
-            &mut item,
-            "failed",
-            Some(err.code.as_str()),
-            Some(&err.message),
-        );
+        conclude(&mut item, "failed", Some(err.code.as_str()), Some(&message));
         if let Err(err) = store::save_item(&self.db, &item).await {
             tracing::warn!(item = item_id, error = %err.message, "storing a failed item");
         }
@@ -928,10 +934,9 @@ impl Relays {
                 Stream::System,
                 Level::Error,
                 &format!(
-                    "item #{} failed: {}: {}",
+                    "item #{} failed: {}: {message}",
                     item.position,
-                    err.code.as_str(),
-                    err.message
+                    err.code.as_str()
                 ),
             )
             .await;

@@ -738,3 +738,197 @@ pub async fn release(db: &Db, id: &str, now_ms: i64) -> WharfResult<()> {
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, owner: &str) -> HostRow {
+        HostRow {
+            id: id.into(),
+            owner: owner.into(),
+            created_by_key: "key_1".into(),
+            kind: "sub2api".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            token_sealed: vec![1, 2, 3],
+            token_fingerprint: "admi…".into(),
+            version: "0.1.129".into(),
+            gateway_base_url: "http://127.0.0.1:1/v1".into(),
+            created_ms: 1,
+            reconcile_status: None,
+            reconcile_report: None,
+            reconciled_ms: None,
+            next_reconcile_ms: 10,
+        }
+    }
+
+    fn import(id: &str, host_id: &str) -> ImportRow {
+        ImportRow {
+            id: id.into(),
+            owner: "o".into(),
+            host_id: host_id.into(),
+            provider: "kimi".into(),
+            upstream_base_url: "https://api.moonshot.cn/v1".into(),
+            mode: "subscription".into(),
+            models: "[\"kimi-k2.6\"]".into(),
+            family: "kimi".into(),
+            status: "running".into(),
+            created_ms: 1,
+            ended_ms: None,
+            rolled_back_ms: None,
+            rollback_report: None,
+        }
+    }
+
+    fn item(id: &str, import_id: &str, position: i64) -> ItemRow {
+        ItemRow {
+            id: id.into(),
+            import_id: import_id.into(),
+            owner: "o".into(),
+            position,
+            name: format!("wharf-kimi-kimi-{position}"),
+            key_fingerprint: "sk-1…".into(),
+            key_sealed: vec![9],
+            phase: "pending".into(),
+            outcome: None,
+            access_status: "pending".into(),
+            error_code: None,
+            error_message: None,
+            evidence: "[]".into(),
+            repair: None,
+            repaired: false,
+            attempts: 0,
+            confirm_started_ms: None,
+            next_retry_ms: None,
+            lease_holder: None,
+            lease_expires_ms: None,
+            updated_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_hosts_imports_intents_and_what_other_imports_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open(dir.path()).await.unwrap();
+        insert_host(&db, &host("rh_a", "o")).await.unwrap();
+        assert!(
+            get_host(&db, "rh_a", Some("other"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(list_hosts(&db, "o").await.unwrap().len(), 1);
+        insert_import(
+            &db,
+            &import("imp_1", "rh_a"),
+            &[item("itm_1", "imp_1", 1), item("itm_2", "imp_1", 2)],
+        )
+        .await
+        .unwrap();
+        insert_import(&db, &import("imp_2", "rh_a"), &[item("itm_3", "imp_2", 1)])
+            .await
+            .unwrap();
+        // Write-ahead: intents get increasing seqs within their import.
+        insert_intent(
+            &db, "res_1", "rh_a", "imp_1", "itm_1", "group", "wharf-g", true, 5,
+        )
+        .await
+        .unwrap();
+        insert_intent(
+            &db, "res_2", "rh_a", "imp_1", "itm_1", "account", "wharf-a1", false, 6,
+        )
+        .await
+        .unwrap();
+        insert_intent(
+            &db, "res_3", "rh_a", "imp_2", "itm_3", "group", "wharf-g", true, 7,
+        )
+        .await
+        .unwrap();
+        let found = find_resource(&db, "imp_1", "itm_1", "account", "wharf-a1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((found.state.as_str(), found.seq), ("intent", 2));
+        record_ensured(
+            &db, "res_1", "7", "created", "created", "active", "{}", None, 8,
+        )
+        .await
+        .unwrap();
+        record_ensured(
+            &db,
+            "res_3",
+            "7",
+            "reused",
+            "reused",
+            "active",
+            "{}",
+            Some(&[1u8][..]),
+            8,
+        )
+        .await
+        .unwrap();
+        // The group is held by the other import; the account by nobody else.
+        assert_eq!(
+            other_holders(&db, "rh_a", "imp_1", "group", Some("7"), "wharf-g")
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            other_holders(&db, "rh_a", "imp_2", "account", None, "wharf-a1")
+                .await
+                .unwrap(),
+            0
+        );
+        // A host with state cannot go.
+        assert_eq!(delete_host(&db, "rh_a", "o").await.unwrap(), Some((2, 3)));
+        assert_eq!(delete_host(&db, "rh_a", "other").await.unwrap(), None);
+        delete_intent(&db, "res_2").await.unwrap();
+        assert_eq!(resources_of_import(&db, "imp_1").await.unwrap().len(), 1);
+        assert_eq!(live_resources_of_host(&db, "rh_a").await.unwrap().len(), 2);
+
+        // Confirmation leases: only due items, one holder at a time, another worker's lease dead.
+        let mut waiting = get_item(&db, "itm_2").await.unwrap().unwrap();
+        waiting.phase = "confirming".into();
+        waiting.next_retry_ms = Some(100);
+        save_item(&db, &waiting).await.unwrap();
+        assert!(
+            claim_due_items(&db, "wkr_a", 50, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let claimed = claim_due_items(&db, "wkr_a", 150, 1000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert!(
+            claim_due_items(&db, "wkr_a", 160, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            claim_due_items(&db, "wkr_b", 160, 1000, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // Ends once; rolled back imports no longer hold anything.
+        assert!(end_import(&db, "imp_2", "succeeded", 9).await.unwrap());
+        assert!(!end_import(&db, "imp_2", "failed", 9).await.unwrap());
+        mark_rolled_back(&db, "imp_2", "{}", 10).await.unwrap();
+        release(&db, "res_3", 10).await.unwrap();
+        assert_eq!(
+            other_holders(&db, "rh_a", "imp_1", "group", Some("7"), "wharf-g")
+                .await
+                .unwrap(),
+            0
+        );
+        mark_deleted(&db, "res_1", 11).await.unwrap();
+        end_import(&db, "imp_1", "failed", 11).await.unwrap();
+        assert_eq!(host_usage(&db, "rh_a").await.unwrap(), (0, 0));
+        assert_eq!(delete_host(&db, "rh_a", "o").await.unwrap(), Some((0, 0)));
+        assert!(get_host(&db, "rh_a", None).await.unwrap().is_none());
+    }
+}
