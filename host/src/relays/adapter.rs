@@ -18,6 +18,18 @@ use crate::runtime::http::{GrantedOrigin, HttpGrant};
 
 pub use wit::{EnsureOutcome, Ensured, HostFacts, HostRef, ImportItem, Resource, ResourceRequest};
 
+/// The `plugin-error` of an adapter call, as a [`PluginFailure`] (the binding's error type is
+/// the shared `types` one; the closure lets inference name it).
+macro_rules! failure {
+    () => {
+        |err| PluginFailure {
+            code: err.code,
+            message: err.message,
+            retriable: err.retriable,
+        }
+    };
+}
+
 /// One registered host as the adapter is called for it: where, and with which token.
 pub struct HostAccess {
     pub base_url: String,
@@ -117,7 +129,7 @@ impl Adapter {
             Ok(relay
                 .wharf_plugin_relay_host()
                 .call_detect(store, &reference)?
-                .map_err(PluginFailure::from_wit))
+                .map_err(failure!()))
         })
         .await
     }
@@ -132,7 +144,7 @@ impl Adapter {
             Ok(relay
                 .wharf_plugin_relay_host()
                 .call_plan_import(store, &item)?
-                .map_err(PluginFailure::from_wit))
+                .map_err(failure!()))
         })
         .await
     }
@@ -150,7 +162,7 @@ impl Adapter {
             Ok(relay
                 .wharf_plugin_relay_host()
                 .call_ensure(store, &reference, &item, &request, &done)?
-                .map_err(PluginFailure::from_wit))
+                .map_err(failure!()))
         })
         .await
     }
@@ -166,7 +178,7 @@ impl Adapter {
             Ok(relay
                 .wharf_plugin_relay_host()
                 .call_list(store, &reference, &kind, &prefix)?
-                .map_err(PluginFailure::from_wit))
+                .map_err(failure!()))
         })
         .await
     }
@@ -179,7 +191,7 @@ impl Adapter {
                 Ok(relay
                     .wharf_plugin_relay_host()
                     .call_delete(store, &reference, &kind, &id)?
-                    .map_err(PluginFailure::from_wit))
+                    .map_err(failure!()))
             })
             .await;
         match answer {
@@ -200,7 +212,7 @@ impl Adapter {
             Ok(relay
                 .wharf_plugin_relay_host()
                 .call_repair(store, &reference, &account, &symptom)?
-                .map_err(PluginFailure::from_wit))
+                .map_err(failure!()))
         })
         .await
     }
@@ -220,16 +232,6 @@ pub struct PluginFailure {
 }
 
 impl PluginFailure {
-    fn from_wit(
-        err: crate::runtime::bindings::relay_host::wharf::plugin::types::PluginError,
-    ) -> Self {
-        Self {
-            code: err.code,
-            message: err.message,
-            retriable: err.retriable,
-        }
-    }
-
     /// `relay_host_error` with the operation, the adapter's code and its message (which the
     /// adapter builds from the host's answer, never from the token it does not hold).
     fn into_error(self, operation: &str) -> WharfError {
