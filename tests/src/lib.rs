@@ -1,6 +1,9 @@
 //! Helpers for system tests: build packs and run the real `wharf` binary on a
 //! free loopback port, then talk to it over HTTP like any client.
 
+pub mod mock_sub2api;
+pub mod mock_upstream;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
