@@ -1174,6 +1174,29 @@ impl Relays {
             .map(resource_of))
     }
 
+    /// The item's account as the host lists it now, when its status is no longer the one
+    /// recorded (e.g. `error` after an upstream 401) or it is gone; `None` while unchanged.
+    async fn account_changed(
+        &self,
+        ctx: &ItemContext,
+        adapter: &Adapter,
+        item: &ItemRow,
+    ) -> WharfResult<Option<String>> {
+        let Some(account) = self.account_of(item).await? else {
+            return Ok(None);
+        };
+        let listed = adapter
+            .list(&ctx.access, &account.kind, &account.name)
+            .await?;
+        Ok(match listed.iter().find(|r| r.id == account.id) {
+            None => Some("missing".to_string()),
+            Some(now) if !account.status.is_empty() && now.status != account.status => {
+                Some(now.status.clone())
+            }
+            Some(_) => None,
+        })
+    }
+
     async fn probe(
         &self,
         ctx: &ItemContext,
@@ -1229,6 +1252,39 @@ impl Relays {
                 )
                 .await;
             if result.ready() {
+                // A relay fails over between the accounts of a group: a pass may have come
+                // through another key's account while this one broke on the way.
+                if let Some(status) = self.account_changed(ctx, adapter, item).await? {
+                    push_evidence(
+                        item,
+                        json!({"event": "account_check", "host_status": status}),
+                    );
+                    let direct = self.probe(ctx, &ctx.import.upstream_base_url, key).await?;
+                    push_evidence(item, probe_evidence("upstream", &direct, &secrets));
+                    let (class, detail) = if direct.ready() {
+                        (
+                            "account_error".to_string(),
+                            format!(
+                                "the gateway passed, but this key's account turned {status:?} on the way (the relay failed over to another account)"
+                            ),
+                        )
+                    } else {
+                        (
+                            direct.verdict.clone(),
+                            format!(
+                                "the key fails direct to the upstream ({}: {}); the relay put its account in {status:?} and answered through another account",
+                                direct.verdict, direct.detail
+                            ),
+                        )
+                    };
+                    conclude(
+                        item,
+                        "failed",
+                        Some(&class),
+                        Some(&scrub(&detail, &secrets)),
+                    );
+                    return Ok(());
+                }
                 conclude(item, "ready", None, None);
                 return Ok(());
             }
