@@ -95,6 +95,13 @@ pub struct PacksConfig {
     /// Which pack serves a capability, provider or pack profile name that several packs
     /// provide (`shell = "core-adapters"`). Without a pin the pack already serving keeps it.
     pub pins: std::collections::BTreeMap<String, String>,
+    /// Outbound hosts the operator grants each pack (`"llm-planner-pack" =
+    /// ["api.deepseek.com"]`). A planner's `wasi:http` reaches a host only when its pack
+    /// declares it in `permissions.allowed_hosts` AND it is granted here.
+    pub http_grants: std::collections::BTreeMap<String, Vec<String>>,
+    /// Whether granted hosts may be private addresses (loopback, LAN, link-local): off by
+    /// default, so a granted name that resolves to one is refused.
+    pub allow_private_http: bool,
 }
 
 /// Capability calls that wait for an approver (`approval = "required"` in a profile).
@@ -411,6 +418,8 @@ impl Default for PacksConfig {
             allow_profile_network: false,
             max_profile_memory_mib: 8192,
             max_profile_pids: 4096,
+            http_grants: Default::default(),
+            allow_private_http: false,
             max_profile_cpus: 8.0,
             pins: Default::default(),
         }
@@ -525,6 +534,15 @@ impl Config {
                 "text" => LogFormat::Text,
                 other => anyhow::bail!("WHARF_LOG_FORMAT={other:?}: expected text or json"),
             };
+        }
+        for (pack, hosts) in &self.packs.http_grants {
+            for host in hosts {
+                anyhow::ensure!(
+                    crate::packs::manifest::valid_host_entry(host),
+                    "[packs] http_grants.{pack}: {host:?} must be a lowercase host name or IP \
+                     address with an optional :port (no scheme, path or wildcard)"
+                );
+            }
         }
         Ok(())
     }

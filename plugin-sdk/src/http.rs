@@ -4,8 +4,9 @@
 //! granted (for a planner, those its pack declares AND the operator grants; for a relay-host
 //! adapter, the registered host's origin), never to private addresses unless the operator
 //! allows them, with no cross-origin redirect, and with the credential of that origin added
-//! by the host. A request elsewhere fails with code [`HTTP_REFUSED`]. Credential headers the
-//! plugin sets are dropped: the plugin never holds a key it could send elsewhere.
+//! by the host. A request elsewhere fails with code [`HTTP_REFUSED`]. Credential, `Host` and
+//! framing headers are forbidden to the plugin (`invalid_input`): it never holds a key it
+//! could send elsewhere.
 //!
 //! ```ignore
 //! use wharf_plugin_sdk::http::{self, Request};
@@ -30,7 +31,7 @@ pub struct Request {
     pub method: String,
     /// Absolute `http(s)://host[:port]/path[?query]` URL.
     pub url: String,
-    /// Extra headers (credential headers are the host's and are dropped).
+    /// Extra headers (credential, `Host` and framing headers are the host's: refused).
     pub headers: Vec<(String, String)>,
     /// Body bytes, if any.
     pub body: Option<Vec<u8>>,
@@ -207,6 +208,10 @@ mod imp {
             ErrorCode::HttpRequestDenied => PluginError::new(
                 HTTP_REFUSED,
                 format!("the host refused to send the request to {url} (not a granted origin)"),
+            ),
+            ErrorCode::DestinationIpProhibited => PluginError::new(
+                HTTP_REFUSED,
+                format!("the host refused to send the request to {url} (a private address)"),
             ),
             ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout => {
                 PluginError::new("timeout", format!("{url}: {code:?}")).retriable()

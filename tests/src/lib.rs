@@ -18,6 +18,24 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The `wharf` binary of this build (`target/<profile>/wharf`), built if missing.
+/// The version a source pack's manifest declares (`packs/openai-cn-pack`), so tests follow
+/// its bumps instead of hard-coding them.
+pub fn source_pack_version(source: &str) -> String {
+    let path = repo_root().join(source).join("pack.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
+    text.lines()
+        .find_map(|line| line.strip_prefix("version = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{} has no version line", path.display()))
+        .to_string()
+}
+
+/// The first-party `openai-cn-pack`'s version as its source declares it.
+pub fn openai_cn_version() -> String {
+    source_pack_version("packs/openai-cn-pack")
+}
+
 pub fn wharf_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe

@@ -7,7 +7,8 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use wharf_e2e::{
-    ADMIN_KEY, Client, WharfProcess, build_pack, copy_dir, install_pack, repo_root, wharf_bin,
+    ADMIN_KEY, Client, WharfProcess, build_pack, copy_dir, install_pack, openai_cn_version,
+    repo_root, wharf_bin,
 };
 
 pub const OVERLAY: &str = "mini-relay-chat-completions";
@@ -76,7 +77,10 @@ fn variant(built: &Path, out: &Path, version: &str, versions: &str) {
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(
         &manifest,
-        text.replace("version = \"1.1.0\"", &format!("version = \"{version}\"")),
+        text.replace(
+            &format!("version = \"{}\"", openai_cn_version()),
+            &format!("version = \"{version}\""),
+        ),
     )
     .unwrap();
     let overlay = out.join(format!("overlays/{OVERLAY}/overlay.toml"));
@@ -108,7 +112,7 @@ async fn overlays_are_listed_planned_and_follow_a_new_pack_version_without_resta
         .find(|o| o["id"] == OVERLAY)
         .unwrap_or_else(|| panic!("{OVERLAY} in {list}"));
     assert_eq!(ours["pack"], "openai-cn-pack");
-    assert_eq!(ours["pack_version"], "1.1.0");
+    assert_eq!(ours["pack_version"], openai_cn_version());
     assert_eq!(ours["target"], TARGET);
     assert_eq!(ours["versions"], ">=0.1.120, <0.1.140");
     assert_eq!(
@@ -129,7 +133,7 @@ async fn overlays_are_listed_planned_and_follow_a_new_pack_version_without_resta
     assert_eq!(status, 200, "{plan}");
     assert_eq!(
         ids(&plan["matching"]),
-        [format!("openai-cn-pack/{OVERLAY}@1.1.0")]
+        [format!("openai-cn-pack/{OVERLAY}@{}", openai_cn_version())]
     );
     assert_eq!(plan["not_matching"], json!([]));
     let (_, plan) = alice.post("/v1/overlays/plan", plan_body("v0.1.140")).await;
@@ -264,7 +268,10 @@ fn wharf_overlay_apply_and_revert_on_a_local_checkout() {
     let (ok, out, err) = wharf_overlay(&[&["--dry-run"][..], &matching[..]].concat());
     assert!(ok, "{out}{err}");
     assert!(
-        out.contains(&format!("would apply openai-cn-pack/{OVERLAY} (1.1.0)")),
+        out.contains(&format!(
+            "would apply openai-cn-pack/{OVERLAY} ({})",
+            openai_cn_version()
+        )),
         "{out}"
     );
     assert_eq!(
@@ -277,7 +284,8 @@ fn wharf_overlay_apply_and_revert_on_a_local_checkout() {
     assert!(ok, "{out}{err}");
     assert!(
         out.contains(&format!(
-            "applied openai-cn-pack/{OVERLAY} (1.1.0): relay.py, patches.d/openai-cn-pack-{OVERLAY}"
+            "applied openai-cn-pack/{OVERLAY} ({}): relay.py, patches.d/openai-cn-pack-{OVERLAY}",
+            openai_cn_version()
         )),
         "{out}"
     );
@@ -313,7 +321,10 @@ fn wharf_overlay_apply_and_revert_on_a_local_checkout() {
         "{out}"
     );
     assert!(
-        out.contains("no overlay of openai-cn-pack 1.1.0 matches mini-relay 0.1.140"),
+        out.contains(&format!(
+            "no overlay of openai-cn-pack {} matches mini-relay 0.1.140",
+            openai_cn_version()
+        )),
         "{out}"
     );
     assert_eq!(git(&repo, &["diff"]), diff);

@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use wharf_e2e::{Client, build_pack, install_pack};
+use wharf_e2e::{Client, build_pack, install_pack, openai_cn_version};
 
 use crate::cases::{CaseServer, case_server, wait_status, whole_log};
 use crate::overlays::{OVERLAY, TARGET, git, relay_repo};
@@ -228,7 +228,7 @@ async fn flagship_relay_is_a_compatibility_gap_without_the_overlay_and_ready_wit
             .all(|s| s["passed"] == true),
         "{ready:#}"
     );
-    assert_eq!(ready["pack_version"], "1.1.0");
+    assert_eq!(ready["pack_version"], openai_cn_version());
     // The key went to the containers as a secret: no answer shows it.
     for answer in [&stock, &patched, &gap, &ready] {
         assert!(!answer.to_string().contains(UPSTREAM_KEY), "{answer}");

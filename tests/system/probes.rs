@@ -27,7 +27,9 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, build_pack, install_pack, wharf_bin};
+use wharf_e2e::{
+    ADMIN_KEY, Client, WharfProcess, build_pack, install_pack, openai_cn_version, wharf_bin,
+};
 
 /// The upstream key of these tests: it must never show up in an answer, a log or the DB.
 const UPSTREAM_KEY: &str = "sk-wharf-e2e-UPSTREAM-9f8e7d6c5b4a";
@@ -847,7 +849,10 @@ async fn pack_hot_swap_during_200_scheduled_probes_fails_none() {
     wharf_e2e::copy_dir(&root.path().join("built/openai-cn-pack"), &next);
     let manifest = std::fs::read_to_string(next.join("pack.toml"))
         .unwrap()
-        .replace("version = \"1.1.0\"", "version = \"1.2.0\"");
+        .replace(
+            &format!("version = \"{}\"", openai_cn_version()),
+            "version = \"1.2.0\"",
+        );
     assert!(manifest.contains("1.2.0"));
     std::fs::write(next.join("pack.toml"), manifest).unwrap();
     let kimi = next.join("providers/kimi.json");

@@ -13,8 +13,8 @@ use super::error::{ApiResult, ErrorBody, Json, Path, Query};
 use crate::error::WharfError;
 use crate::probes::TargetStatus;
 use crate::probes::runner::{ModelResolution, ProbeRequest, ProbeResult};
-use crate::probes::targets::{CreateTarget, Target};
 use crate::store::keys::Principal;
+use crate::store::probe_targets::{CreateTarget, Target};
 
 /// Results a status answer may carry at most.
 const MAX_STATUS_RESULTS: u32 = 100;

@@ -65,6 +65,28 @@ pub struct PackComponent {
     pub provider_ids: Vec<String>,
     /// Providers: each provider's `auth-scheme` from `catalog()` (the host adds credentials).
     pub provider_auth: std::collections::BTreeMap<String, String>,
+    /// Relay host adapters: `describe()`.
+    pub relay_host: Option<RelayHostInfo>,
+}
+
+impl PackComponent {
+    /// Planners are known by their component name (a task's `planner`).
+    pub fn planner_name(&self) -> Option<&str> {
+        (self.runtime.kind == ComponentKind::Planner).then_some(&*self.runtime.name)
+    }
+}
+
+/// What a relay host adapter said of itself.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RelayHostInfo {
+    /// The relay kind it drives, e.g. `sub2api`.
+    pub kind: String,
+    pub version: String,
+    pub description: String,
+    /// `bearer` or `x-api-key`: how the host sends a registered host's admin token.
+    pub admin_auth: String,
+    /// The admin API sources the adapter follows.
+    pub reference: String,
 }
 
 /// One generation of a pack: immutable once loaded. Calls hold an `Arc` to
@@ -283,6 +305,7 @@ fn self_test(at: &str, component: Arc<LoadedComponent>) -> Result<PackComponent,
                 adapter: Some(adapter),
                 provider_ids: Vec::new(),
                 provider_auth: Default::default(),
+                relay_host: None,
             })
         }
         ComponentKind::Provider => {
@@ -310,9 +333,65 @@ fn self_test(at: &str, component: Arc<LoadedComponent>) -> Result<PackComponent,
                 adapter: None,
                 provider_ids,
                 provider_auth,
+                relay_host: None,
+            })
+        }
+        ComponentKind::Planner => {
+            // The world has no self-describing call: instantiating it (exports checked,
+            // start functions run) is the self-test.
+            component
+                .planner_call(None, None, |_, _| Ok(()))
+                .map_err(|err| failed("instantiate", err))?;
+            Ok(PackComponent {
+                runtime: component,
+                adapter: None,
+                provider_ids: Vec::new(),
+                provider_auth: Default::default(),
+                relay_host: None,
+            })
+        }
+        ComponentKind::RelayHost => {
+            let kind = component
+                .relay_host_call(None, None, |store, relay| {
+                    relay.wharf_plugin_relay_host().call_describe(store)
+                })
+                .map_err(|err| failed("describe()", err))?;
+            if !valid_kind(&kind.kind) {
+                return Err(format!(
+                    "{at}: describe(): relay kind {:?} must be 2-64 chars of a-z, 0-9 and '-'",
+                    kind.kind
+                )
+                .into());
+            }
+            if !matches!(kind.admin_auth.as_str(), "bearer" | "x-api-key") {
+                return Err(format!(
+                    "{at}: describe(): admin-auth {:?} is not one of bearer, x-api-key",
+                    kind.admin_auth
+                )
+                .into());
+            }
+            Ok(PackComponent {
+                runtime: component,
+                adapter: None,
+                provider_ids: Vec::new(),
+                provider_auth: Default::default(),
+                relay_host: Some(RelayHostInfo {
+                    kind: kind.kind,
+                    version: kind.version,
+                    description: kind.description,
+                    admin_auth: kind.admin_auth,
+                    reference: kind.reference,
+                }),
             })
         }
     }
+}
+
+fn valid_kind(kind: &str) -> bool {
+    (2..=64).contains(&kind.len())
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn adapter_info(

@@ -91,6 +91,11 @@ pub struct RawComponent {
 pub enum ComponentKind {
     Adapter,
     Provider,
+    /// A batch planner (`planner-plugin` world, 0.3.0 and later).
+    Planner,
+    /// A relay host adapter (`relay-host-adapter` world, 0.3.0 and later).
+    #[serde(rename = "relay-host")]
+    RelayHost,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +150,46 @@ impl fmt::Display for Problem {
         } else {
             write!(f, "{}: {}: {}", self.file, self.field, self.message)
         }
+    }
+}
+
+/// `api.example.com`, `127.0.0.1:8080`, `[::1]:443`: what `permissions.allowed_hosts` and
+/// the operator's grants name (compared with a URL's host and port).
+pub fn valid_host_entry(entry: &str) -> bool {
+    let Some((host, port)) = split_host_port(entry) else {
+        return false;
+    };
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return false;
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
+/// `host[:port]` or `[v6][:port]` into its parts; none when the shape is wrong.
+pub fn split_host_port(entry: &str) -> Option<(&str, Option<&str>)> {
+    if entry.starts_with('[') {
+        let end = entry.find(']')?;
+        let tail = &entry[end + 1..];
+        return match tail {
+            "" => Some((&entry[..=end], None)),
+            _ => Some((&entry[..=end], Some(tail.strip_prefix(':')?))),
+        };
+    }
+    match entry.split_once(':') {
+        Some((_, port)) if port.contains(':') => None,
+        Some((host, port)) => Some((host, Some(port))),
+        None => Some((entry, None)),
     }
 }
 
@@ -258,6 +303,17 @@ impl Manifest {
         }
 
         let mut components = Vec::new();
+        for (i, host) in raw.permissions.allowed_hosts.iter().enumerate() {
+            if !valid_host_entry(host) {
+                problem(
+                    &format!("permissions.allowed_hosts[{i}]"),
+                    format!(
+                        "{host:?} must be a lowercase host name or IP address with an \
+                         optional :port (no scheme, path or wildcard)"
+                    ),
+                );
+            }
+        }
         for (i, c) in raw.components.iter().enumerate() {
             let at = |field: &str| format!("components[{i}].{field}");
             if !valid_id(&c.name) {
@@ -274,10 +330,12 @@ impl Manifest {
             let kind = match c.kind.as_str() {
                 "adapter" => Some(ComponentKind::Adapter),
                 "provider" => Some(ComponentKind::Provider),
+                "planner" => Some(ComponentKind::Planner),
+                "relay-host" => Some(ComponentKind::RelayHost),
                 other => {
                     problem(
                         &at("kind"),
-                        format!("{other:?} is not one of adapter, provider"),
+                        format!("{other:?} is not one of adapter, provider, planner, relay-host"),
                     );
                     None
                 }
@@ -475,15 +533,53 @@ kind = "gadget"
             ("^0.1", PluginApi::V0_1),
             ("0.1.0", PluginApi::V0_1),
             ("^0.2", PluginApi::V0_2),
-            (">=0.1", PluginApi::V0_2),
+            ("^0.3", PluginApi::V0_3),
+            (">=0.1", PluginApi::V0_3),
         ] {
             let text = BUILT.replace("^0.1", requirement);
             let m = Manifest::parse(&text, "pack.toml", Form::Built).unwrap();
             assert_eq!(m.plugin_api, api, "{requirement}");
         }
         let problems =
-            Manifest::parse(&BUILT.replace("^0.1", "^0.3"), "pack.toml", Form::Built).unwrap_err();
+            Manifest::parse(&BUILT.replace("^0.1", "^0.4"), "pack.toml", Form::Built).unwrap_err();
         assert_eq!(problems[0].field, "requires.wharf");
+    }
+
+    #[test]
+    fn allowed_hosts_name_hosts_and_ports_only() {
+        for good in [
+            "api.deepseek.com",
+            "127.0.0.1:8080",
+            "[::1]:443",
+            "[::1]",
+            "relay-1.lan",
+        ] {
+            assert!(valid_host_entry(good), "{good}");
+        }
+        for bad in [
+            "https://api.deepseek.com",
+            "api.deepseek.com/v1",
+            "*.deepseek.com",
+            "API.deepseek.com",
+            "host:0",
+            "host:99999",
+            "host:",
+            "",
+            "a..b",
+            "[::1",
+            "user@host",
+        ] {
+            assert!(!valid_host_entry(bad), "{bad}");
+        }
+        let text = BUILT.replace(
+            "permissions = { sandbox = true }",
+            "permissions = { sandbox = true, allowed_hosts = [\"ok.example\", \"https://no.example\"] }",
+        );
+        let problems = Manifest::parse(&text, "pack.toml", Form::Built).unwrap_err();
+        assert_eq!(
+            problems[0].field, "permissions.allowed_hosts[1]",
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -84,6 +84,8 @@ enum ClaimKind {
     Capability,
     Provider,
     Profile,
+    Planner,
+    RelayHost,
 }
 
 impl ClaimKind {
@@ -92,6 +94,8 @@ impl ClaimKind {
             ClaimKind::Capability => "capability",
             ClaimKind::Provider => "provider",
             ClaimKind::Profile => "profile",
+            ClaimKind::Planner => "planner",
+            ClaimKind::RelayHost => "relay host kind",
         }
     }
 }
@@ -108,6 +112,10 @@ pub struct PackSet {
     pub conflicts: BTreeMap<String, (Arc<LoadedPack>, String)>,
     pub capabilities: BTreeMap<String, CapabilityRoute>,
     pub providers: BTreeMap<String, CapabilityRoute>,
+    /// Batch planners by component name (a task's `planner`).
+    pub planners: BTreeMap<String, CapabilityRoute>,
+    /// Relay host adapters by the kind they drive (`sub2api`).
+    pub relay_hosts: BTreeMap<String, CapabilityRoute>,
     /// Sandbox profiles contributed by active packs, by name.
     pub profiles: BTreeMap<String, crate::sandbox::profiles::Profile>,
     /// Which pack id holds each claimed name: the next scan keeps them there.
@@ -542,6 +550,8 @@ impl Packs {
 
         let mut capabilities = BTreeMap::new();
         let mut providers = BTreeMap::new();
+        let mut planners = BTreeMap::new();
+        let mut relay_hosts = BTreeMap::new();
         let mut profiles = BTreeMap::new();
         let mut holders = BTreeMap::new();
         for pack in winners.values() {
@@ -561,6 +571,16 @@ impl Packs {
                         .entry(provider.clone())
                         .or_insert_with(|| route.clone());
                 }
+                if let Some(name) = component.planner_name() {
+                    planners
+                        .entry(name.to_string())
+                        .or_insert_with(|| route.clone());
+                }
+                if let Some(relay) = &component.relay_host {
+                    relay_hosts
+                        .entry(relay.kind.clone())
+                        .or_insert_with(|| route.clone());
+                }
             }
             for profile in &pack.profiles {
                 profiles.insert(profile.name.clone(), profile.clone());
@@ -575,6 +595,8 @@ impl Packs {
             conflicts,
             capabilities,
             providers,
+            planners,
+            relay_hosts,
             profiles,
             holders,
         }
@@ -600,6 +622,12 @@ fn claims_of(pack: &LoadedPack) -> BTreeSet<Claim> {
         }
         for provider in &component.provider_ids {
             claims.insert((ClaimKind::Provider, provider.clone()));
+        }
+        if let Some(name) = component.planner_name() {
+            claims.insert((ClaimKind::Planner, name.to_string()));
+        }
+        if let Some(relay) = &component.relay_host {
+            claims.insert((ClaimKind::RelayHost, relay.kind.clone()));
         }
     }
     for profile in &pack.profiles {

@@ -52,6 +52,11 @@ pub fn new_pack(parent: &Path, scaffold: &Scaffold) -> anyhow::Result<PathBuf> {
     let (kind, feature, lib) = match scaffold.kind {
         ComponentKind::Adapter => ("adapter", "adapter", ADAPTER_LIB),
         ComponentKind::Provider => ("provider", "provider", PROVIDER_LIB),
+        ComponentKind::Planner | ComponentKind::RelayHost => {
+            bail!(
+                "`wharf pack new` scaffolds adapters and providers; see plugins/llm-planner and plugins/sub2api-host for the 0.3 worlds"
+            )
+        }
     };
     let fill = |template: &str| {
         template

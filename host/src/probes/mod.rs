@@ -20,7 +20,6 @@ use serde::Serialize;
 
 use self::crypto::SecretBox;
 use self::runner::{ProbeRequest, ProbeResult, ProbeRunner};
-use self::targets::{CreateTarget, Target};
 use crate::config::ProbesConfig;
 use crate::error::{WharfError, WharfResult};
 use crate::metrics::Metrics;
@@ -28,6 +27,7 @@ use crate::outbound::Reach;
 use crate::packs::Packs;
 use crate::store::Db;
 use crate::store::keys::Principal;
+use crate::store::probe_targets::{self as stored, CreateTarget, Target};
 
 /// Default schedule interval of a target.
 pub const DEFAULT_INTERVAL_SECS: u64 = 60;
@@ -125,12 +125,13 @@ impl ProbeService {
         request: &ProbeRequest,
     ) -> WharfResult<ProbeResult> {
         let result = self.runner.run(request, self.reach(caller.admin)).await?;
-        targets::record(
+        stored::record(
             &self.db,
             &caller.owner,
             &result,
             self.config.history_adhoc,
             self.config.failure_threshold,
+            targets::next_state,
         )
         .await?;
         Ok(result)
@@ -143,7 +144,7 @@ impl ProbeService {
 
     /// A scheduled probe reaches what its creator's key may reach now: an admin key revoked
     /// since loses its targets' private reach.
-    async fn reach_of_target(&self, due: &targets::DueTarget) -> WharfResult<Reach> {
+    async fn reach_of_target(&self, due: &stored::DueTarget) -> WharfResult<Reach> {
         if self.config.allow_private_targets {
             return Ok(Reach::Any);
         }
@@ -155,7 +156,7 @@ impl ProbeService {
     }
 
     pub async fn result(&self, owner: &str, id: &str) -> WharfResult<ProbeResult> {
-        targets::result(&self.db, owner, id).await
+        stored::result(&self.db, owner, id).await
     }
 
     /// Registers a target; `quota` caps the owner's targets (`None`: no cap).
@@ -185,9 +186,9 @@ impl ProbeService {
         // A little jitter even on the first probe, so targets created together spread out.
         let first_due_at =
             unix_now() + rand::rng().random_range(0.0..(interval as f64 * 0.1).min(1.0));
-        targets::insert(
+        stored::insert(
             &self.db,
-            targets::NewTarget {
+            stored::NewTarget {
                 id: &id,
                 owner,
                 created_by_key: &creator.key_id,
@@ -201,20 +202,20 @@ impl ProbeService {
             quota,
         )
         .await?;
-        targets::get(&self.db, owner, &id).await
+        stored::get(&self.db, owner, &id).await
     }
 
     pub async fn list_targets(&self, owner: &str) -> WharfResult<Vec<Target>> {
-        targets::list(&self.db, owner).await
+        stored::list(&self.db, owner).await
     }
 
     pub async fn target(&self, owner: &str, id: &str) -> WharfResult<Target> {
-        targets::get(&self.db, owner, id).await
+        stored::get(&self.db, owner, id).await
     }
 
     pub async fn delete_target(&self, owner: &str, id: &str) -> WharfResult<()> {
-        let target = targets::get(&self.db, owner, id).await?;
-        targets::delete(&self.db, owner, id).await?;
+        let target = stored::get(&self.db, owner, id).await?;
+        stored::delete(&self.db, owner, id).await?;
         let _ = self
             .metrics
             .up
@@ -227,8 +228,8 @@ impl ProbeService {
     }
 
     pub async fn status(&self, owner: &str, id: &str, limit: u32) -> WharfResult<TargetStatus> {
-        let target = targets::get(&self.db, owner, id).await?;
-        let results = targets::recent(&self.db, id, limit).await?;
+        let target = stored::get(&self.db, owner, id).await?;
+        let results = stored::recent(&self.db, id, limit).await?;
         let held_secs = target.verdict_since.as_deref().and_then(seconds_since);
         Ok(TargetStatus {
             verdict: target.verdict.clone(),
@@ -241,7 +242,7 @@ impl ProbeService {
 
     /// Probes one due target and records the outcome; a probe that could not run at all (no
     /// provider pack, a plugin fault) is recorded too, under its error code.
-    async fn probe_target(&self, due: targets::DueTarget) {
+    async fn probe_target(&self, due: stored::DueTarget) {
         let started = std::time::Instant::now();
         let started_at = crate::store::now_rfc3339();
         let opened = match self.reach_of_target(&due).await {
@@ -291,17 +292,18 @@ impl ProbeService {
         result.target_id = Some(due.id.clone());
         if let Some(at) = scheduler::due_at_retry_hint(&result) {
             // Near the upstream's reset time, not a whole interval later (nor earlier).
-            if let Err(err) = targets::set_next_due(&self.db, &due.id, at).await {
+            if let Err(err) = stored::set_next_due(&self.db, &due.id, at).await {
                 tracing::warn!(target_id = %due.id, code = err.code.as_str(), "rescheduling a rate-limited target failed");
             }
         }
         // The gauge follows the target's state, which holds through isolated failures.
-        let up = match targets::record(
+        let up = match stored::record(
             &self.db,
             &due.owner,
             &result,
             self.config.history_per_target,
             self.config.failure_threshold,
+            targets::next_state,
         )
         .await
         {

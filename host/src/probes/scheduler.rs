@@ -12,7 +12,8 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 
 use super::runner::ProbeResult;
-use super::{MAX_INTERVAL_SECS, ProbeService, targets, unix_now};
+use super::{MAX_INTERVAL_SECS, ProbeService, unix_now};
+use crate::store::probe_targets;
 
 /// Margin after a reset time, so the re-probe does not land a hair before it.
 const AFTER_RESET_SECS: f64 = 0.25;
@@ -58,7 +59,7 @@ async fn run_due(
         return Ok(());
     }
     // Ask for a few more than the free slots: some may already be running.
-    let due = targets::due(&service.db, unix_now(), free * 2).await?;
+    let due = probe_targets::due(&service.db, unix_now(), free * 2).await?;
     for target in due {
         if service.running.lock().contains(&target.id) {
             continue;
@@ -68,7 +69,7 @@ async fn run_due(
         };
         let jitter = rand::rng().random_range(-0.1..=0.1);
         let next = unix_now() + target.interval_secs as f64 * (1.0 + jitter);
-        targets::set_next_due(&service.db, &target.id, next).await?;
+        probe_targets::set_next_due(&service.db, &target.id, next).await?;
         service.running.lock().insert(target.id.clone());
         let service = service.clone();
         tokio::spawn(async move {

@@ -52,8 +52,52 @@ pub mod v0_2 {
     }
 }
 
-/// The current contract: its types are the host's.
+/// `wharf:plugin@0.3.0`, in `wit/v0.3.0`: 0.2.0 plus the `planner-plugin` and
+/// `relay-host-adapter` worlds. Its adapter and provider worlds are 0.2.0's unchanged, so
+/// their answers map field by field into the host's (0.2) types.
+pub mod v0_3 {
+    pub mod adapter {
+        wasmtime::component::bindgen!({ path: "../wit/v0.3.0", world: "capability-adapter" });
+    }
+
+    pub mod provider {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.3.0",
+            world: "llm-provider",
+            with: {
+                "wharf:plugin/types": super::adapter::wharf::plugin::types,
+                "wharf:plugin/log": super::adapter::wharf::plugin::log,
+            },
+        });
+    }
+
+    pub mod planner {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.3.0",
+            world: "planner-plugin",
+            with: {
+                "wharf:plugin/types": super::adapter::wharf::plugin::types,
+                "wharf:plugin/log": super::adapter::wharf::plugin::log,
+            },
+        });
+    }
+
+    pub mod relay_host {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.3.0",
+            world: "relay-host-adapter",
+            with: {
+                "wharf:plugin/types": super::adapter::wharf::plugin::types,
+                "wharf:plugin/log": super::adapter::wharf::plugin::log,
+            },
+        });
+    }
+}
+
+/// The current contract of adapters and providers: its types are the host's.
 pub use v0_2::{adapter, provider};
+/// Worlds new in 0.3.0: only that version has them.
+pub use v0_3::{planner, relay_host};
 
 use adapter::wharf::plugin::types::PluginError;
 
@@ -62,18 +106,21 @@ use adapter::wharf::plugin::types::PluginError;
 pub enum PluginApi {
     V0_1,
     V0_2,
+    V0_3,
 }
 
 impl PluginApi {
     /// Every version served, oldest first.
-    pub const ALL: [PluginApi; 2] = [PluginApi::V0_1, PluginApi::V0_2];
-    /// The version the SDK builds against and the host's types follow.
+    pub const ALL: [PluginApi; 3] = [PluginApi::V0_1, PluginApi::V0_2, PluginApi::V0_3];
+    /// The version the SDK builds adapters and providers against, whose types the host's
+    /// follow (planners and relay-host adapters need 0.3, where their worlds appeared).
     pub const CURRENT: PluginApi = PluginApi::V0_2;
 
     pub fn version(self) -> Version {
         match self {
             PluginApi::V0_1 => Version::new(0, 1, 0),
             PluginApi::V0_2 => Version::new(0, 2, 0),
+            PluginApi::V0_3 => Version::new(0, 3, 0),
         }
     }
 
@@ -86,7 +133,7 @@ impl PluginApi {
             .find(|api| requirement.matches(&api.version()))
     }
 
-    /// `0.1.0, 0.2.0`, for messages.
+    /// `0.1.0, 0.2.0, 0.3.0`, for messages.
     pub fn served() -> String {
         Self::ALL
             .iter()
@@ -131,7 +178,7 @@ macro_rules! convert_enum {
 
 mod convert {
     //! 0.1 values into the current types (answers) and back (arguments).
-    use super::{v0_1, v0_2};
+    use super::{v0_1, v0_2, v0_3};
 
     use v0_1::adapter::exports::wharf::plugin::adapter as a1;
     use v0_1::provider::exports::wharf::plugin::provider as p1;
@@ -196,6 +243,56 @@ mod convert {
         }
     }
 
+    use v0_3::adapter::exports::wharf::plugin::adapter as a3;
+    use v0_3::provider::exports::wharf::plugin::provider as p3;
+
+    convert_record!(v0_3::adapter::wharf::plugin::types::PluginError
+        => v0_2::adapter::wharf::plugin::types::PluginError { code, message, retriable });
+    convert_record!(v0_2::adapter::wharf::plugin::types::PluginError
+        => v0_3::adapter::wharf::plugin::types::PluginError { code, message, retriable });
+    convert_record!(a3::AdapterInfo => a2::AdapterInfo {
+        capability, version, description, operations as each
+    });
+    convert_record!(a3::Operation => a2::Operation {
+        name, description, input_schema, output_schema, hints as into
+    });
+    convert_record!(a3::OperationHints => a2::OperationHints { read_only, destructive, idempotent });
+    convert_record!(p3::CapabilityProfile => p2::CapabilityProfile {
+        chat_completions, responses, anthropic_messages, stream, tools, stream_only
+    });
+    convert_record!(p3::Model => p2::Model { id, aliases, reasoning });
+    convert_record!(p3::ProviderInfo => p2::ProviderInfo {
+        id, display_name, base_url, auth_scheme, smoke_test_model, models as each,
+        capabilities as into
+    });
+    convert_record!(p2::ProbeTarget => p3::ProbeTarget { base_url, model, stream });
+    convert_record!(p3::ProbeStep => p2::ProbeStep {
+        name, method, path, headers, body, stream, timeout_ms
+    });
+    convert_record!(p2::ProbeStep => p3::ProbeStep {
+        name, method, path, headers, body, stream, timeout_ms
+    });
+    convert_record!(p2::Observation => p3::Observation {
+        status, headers, body, latency_ms, transport_error
+    });
+    convert_record!(p3::Verdict => p2::Verdict {
+        passed, class, retriable, retry_after_ms, detail
+    });
+
+    impl From<p3::ModelResolution> for p2::ModelResolution {
+        fn from(value: p3::ModelResolution) -> Self {
+            match value {
+                p3::ModelResolution::Found(id) => Self::Found(id),
+                p3::ModelResolution::Unknown(near) => Self::Unknown(near),
+            }
+        }
+    }
+
+    convert_enum!(v0_3::adapter::wharf::plugin::sandbox::EntryKind
+        => crate::sandbox::EntryKind { File, Directory, Symlink, Other });
+    convert_enum!(crate::sandbox::EntryKind
+        => v0_3::adapter::wharf::plugin::sandbox::EntryKind { File, Directory, Symlink, Other });
+
     convert_enum!(v0_1::adapter::wharf::plugin::sandbox::EntryKind
         => crate::sandbox::EntryKind { File, Directory, Symlink, Other });
     convert_enum!(v0_2::adapter::wharf::plugin::sandbox::EntryKind
@@ -215,12 +312,14 @@ fn current<T, U: From<T>, E: Into<PluginError>>(answer: Result<T, E>) -> Result<
 pub enum AdapterPre {
     V0_1(v0_1::adapter::CapabilityAdapterPre<CallState>),
     V0_2(v0_2::adapter::CapabilityAdapterPre<CallState>),
+    V0_3(v0_3::adapter::CapabilityAdapterPre<CallState>),
 }
 
 /// An instantiated adapter, whatever version it was built against.
 pub enum Adapter {
     V0_1(v0_1::adapter::CapabilityAdapter),
     V0_2(v0_2::adapter::CapabilityAdapter),
+    V0_3(v0_3::adapter::CapabilityAdapter),
 }
 
 impl AdapterPre {
@@ -231,6 +330,7 @@ impl AdapterPre {
         Ok(match self {
             AdapterPre::V0_1(pre) => Adapter::V0_1(pre.instantiate(store)?),
             AdapterPre::V0_2(pre) => Adapter::V0_2(pre.instantiate(store)?),
+            AdapterPre::V0_3(pre) => Adapter::V0_3(pre.instantiate(store)?),
         })
     }
 }
@@ -253,6 +353,7 @@ impl AdapterExports<'_> {
         Ok(match self.0 {
             Adapter::V0_1(a) => a.wharf_plugin_adapter().call_describe(store)?.into(),
             Adapter::V0_2(a) => a.wharf_plugin_adapter().call_describe(store)?,
+            Adapter::V0_3(a) => a.wharf_plugin_adapter().call_describe(store)?.into(),
         })
     }
 
@@ -270,6 +371,10 @@ impl AdapterExports<'_> {
             Adapter::V0_2(a) => a
                 .wharf_plugin_adapter()
                 .call_invoke(store, operation, input)?,
+            Adapter::V0_3(a) => current(
+                a.wharf_plugin_adapter()
+                    .call_invoke(store, operation, input)?,
+            ),
         })
     }
 }
@@ -278,12 +383,14 @@ impl AdapterExports<'_> {
 pub enum ProviderPre {
     V0_1(v0_1::provider::LlmProviderPre<CallState>),
     V0_2(v0_2::provider::LlmProviderPre<CallState>),
+    V0_3(v0_3::provider::LlmProviderPre<CallState>),
 }
 
 /// An instantiated provider, whatever version it was built against.
 pub enum Provider {
     V0_1(v0_1::provider::LlmProvider),
     V0_2(v0_2::provider::LlmProvider),
+    V0_3(v0_3::provider::LlmProvider),
 }
 
 impl ProviderPre {
@@ -294,6 +401,7 @@ impl ProviderPre {
         Ok(match self {
             ProviderPre::V0_1(pre) => Provider::V0_1(pre.instantiate(store)?),
             ProviderPre::V0_2(pre) => Provider::V0_2(pre.instantiate(store)?),
+            ProviderPre::V0_3(pre) => Provider::V0_3(pre.instantiate(store)?),
         })
     }
 }
@@ -321,6 +429,11 @@ impl ProviderExports<'_> {
                 .map(|list| list.into_iter().map(Into::into).collect())
                 .map_err(Into::into),
             Provider::V0_2(p) => p.wharf_plugin_provider().call_catalog(store)?,
+            Provider::V0_3(p) => p
+                .wharf_plugin_provider()
+                .call_catalog(store)?
+                .map(|list| list.into_iter().map(Into::into).collect())
+                .map_err(Into::into),
         })
     }
 
@@ -338,6 +451,10 @@ impl ProviderExports<'_> {
             Provider::V0_2(p) => p
                 .wharf_plugin_provider()
                 .call_resolve_model(store, provider, name)?,
+            Provider::V0_3(p) => current(
+                p.wharf_plugin_provider()
+                    .call_resolve_model(store, provider, name)?,
+            ),
         })
     }
 
@@ -356,6 +473,11 @@ impl ProviderExports<'_> {
             Provider::V0_2(p) => p
                 .wharf_plugin_provider()
                 .call_probe_plan(store, provider, target)?,
+            Provider::V0_3(p) => p
+                .wharf_plugin_provider()
+                .call_probe_plan(store, provider, &target.clone().into())?
+                .map(|steps| steps.into_iter().map(Into::into).collect())
+                .map_err(Into::into),
         })
     }
 
@@ -380,6 +502,15 @@ impl ProviderExports<'_> {
                 p.wharf_plugin_provider()
                     .call_judge(store, provider, step, observation)?
             }
+            Provider::V0_3(p) => p
+                .wharf_plugin_provider()
+                .call_judge(
+                    store,
+                    provider,
+                    &step.clone().into(),
+                    &observation.clone().into(),
+                )?
+                .into(),
         })
     }
 }
@@ -397,6 +528,9 @@ pub fn add_adapter_imports(
         PluginApi::V0_2 => {
             v0_2::adapter::CapabilityAdapter::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
         }
+        PluginApi::V0_3 => {
+            v0_3::adapter::CapabilityAdapter::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+        }
     }
 }
 
@@ -412,6 +546,9 @@ pub fn add_provider_imports(
         PluginApi::V0_2 => {
             v0_2::provider::LlmProvider::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
         }
+        PluginApi::V0_3 => {
+            v0_3::provider::LlmProvider::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+        }
     }
 }
 
@@ -426,6 +563,7 @@ pub fn adapter_pre(
     let typed = match api {
         PluginApi::V0_1 => v0_1::adapter::CapabilityAdapterPre::new(pre).map(AdapterPre::V0_1),
         PluginApi::V0_2 => v0_2::adapter::CapabilityAdapterPre::new(pre).map(AdapterPre::V0_2),
+        PluginApi::V0_3 => v0_3::adapter::CapabilityAdapterPre::new(pre).map(AdapterPre::V0_3),
     };
     typed.map_err(|err| not_built_for(api, "capability-adapter", err))
 }
@@ -439,6 +577,7 @@ pub fn provider_pre(
     let typed = match api {
         PluginApi::V0_1 => v0_1::provider::LlmProviderPre::new(pre).map(ProviderPre::V0_1),
         PluginApi::V0_2 => v0_2::provider::LlmProviderPre::new(pre).map(ProviderPre::V0_2),
+        PluginApi::V0_3 => v0_3::provider::LlmProviderPre::new(pre).map(ProviderPre::V0_3),
     };
     typed.map_err(|err| not_built_for(api, "llm-provider", err))
 }
@@ -668,26 +807,92 @@ macro_rules! host_imports {
 
 host_imports!(v0_1 {});
 
-host_imports!(v0_2 {
-    fn read_file_range(
-        &mut self,
-        path: String,
-        offset: u64,
-        length: u64,
-    ) -> Result<Vec<u8>, PluginError> {
-        let path = parse_path(&path)?;
-        self.on_sandbox(|b| async move { b.read_file_range(&path, offset, length).await })
-    }
+/// The imports of 0.2.0 and later: 0.1's plus `sandbox.read-file-range` and `sandbox.stat`.
+macro_rules! host_imports_since_0_2 {
+    ($wit:ident) => {
+        host_imports!($wit {
+            fn read_file_range(
+                &mut self,
+                path: String,
+                offset: u64,
+                length: u64,
+            ) -> Result<Vec<u8>, $wit::adapter::wharf::plugin::types::PluginError> {
+                let path = parse_path(&path)?;
+                self.on_sandbox(|b| async move { b.read_file_range(&path, offset, length).await })
+                    .map_err(Into::into)
+            }
 
-    fn stat(
-        &mut self,
-        path: String,
-    ) -> Result<v0_2::adapter::wharf::plugin::sandbox::FileStat, PluginError> {
-        let path = parse_path(&path)?;
-        let stat = self.on_sandbox(|b| async move { b.stat(&path).await })?;
-        Ok(v0_2::adapter::wharf::plugin::sandbox::FileStat {
-            kind: stat.kind.into(),
-            size: stat.size,
-        })
+            fn stat(
+                &mut self,
+                path: String,
+            ) -> Result<
+                $wit::adapter::wharf::plugin::sandbox::FileStat,
+                $wit::adapter::wharf::plugin::types::PluginError,
+            > {
+                let path = parse_path(&path)?;
+                let stat = self.on_sandbox(|b| async move { b.stat(&path).await })?;
+                Ok($wit::adapter::wharf::plugin::sandbox::FileStat {
+                    kind: stat.kind.into(),
+                    size: stat.size,
+                })
+            }
+        });
+    };
+}
+
+host_imports_since_0_2!(v0_2);
+host_imports_since_0_2!(v0_3);
+
+/// A planner component; the world appeared in 0.3.0.
+pub type PlannerPre = v0_3::planner::PlannerPluginPre<CallState>;
+pub type Planner = v0_3::planner::PlannerPlugin;
+/// A relay-host adapter component; the world appeared in 0.3.0.
+pub type RelayHostPre = v0_3::relay_host::RelayHostAdapterPre<CallState>;
+pub type RelayHost = v0_3::relay_host::RelayHostAdapter;
+
+/// The `log` import of the 0.3 planner and relay-host worlds (they share `types` and `log`
+/// with 0.3's adapter world, whose implementation serves them).
+pub fn add_planner_imports(
+    linker: &mut wasmtime::component::Linker<CallState>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    v0_3::planner::PlannerPlugin::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+}
+
+pub fn add_relay_host_imports(
+    linker: &mut wasmtime::component::Linker<CallState>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    v0_3::relay_host::RelayHostAdapter::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+}
+
+/// Refuses a world for a pack whose `requires.wharf` picks a version before the world existed.
+fn since_0_3(api: PluginApi, world: &str) -> anyhow::Result<()> {
+    if api < PluginApi::V0_3 {
+        anyhow::bail!(
+            "world `{world}` appeared in wharf:plugin@0.3.0, but the pack's requires.wharf \
+             selects {api}: declare requires.wharf = \"^0.3\""
+        );
     }
-});
+    Ok(())
+}
+
+pub fn planner_pre(
+    api: PluginApi,
+    linker: &wasmtime::component::Linker<CallState>,
+    component: &wasmtime::component::Component,
+) -> anyhow::Result<PlannerPre> {
+    since_0_3(api, "planner-plugin")?;
+    let pre = linker.instantiate_pre(component)?;
+    PlannerPre::new(pre).map_err(|err| not_built_for(api, "planner-plugin", err))
+}
+
+pub fn relay_host_pre(
+    api: PluginApi,
+    linker: &wasmtime::component::Linker<CallState>,
+    component: &wasmtime::component::Component,
+) -> anyhow::Result<RelayHostPre> {
+    since_0_3(api, "relay-host-adapter")?;
+    let pre = linker.instantiate_pre(component)?;
+    RelayHostPre::new(pre).map_err(|err| not_built_for(api, "relay-host-adapter", err))
+}

@@ -9,9 +9,13 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::{Adapter, AdapterPre, Provider, ProviderPre};
+use super::bindings::{
+    Adapter, AdapterPre, Planner, PlannerPre, Provider, ProviderPre, RelayHost, RelayHostPre,
+};
 use super::circuit::Circuit;
+use super::http::{HttpGrant, PluginHttp};
 use super::logs::PackLog;
 use super::{EPOCH_TICK, Runtime};
 use crate::error::{ErrorCode, WharfError, WharfResult};
@@ -60,6 +64,9 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http_ctx: WasiHttpCtx,
+    /// What this call may reach over `wasi:http` (linked only for planners and relay hosts).
+    http: PluginHttp,
     memory: MemoryCap,
     log: Arc<PackLog>,
     /// The owner of the call: its log lines are that owner's.
@@ -130,6 +137,16 @@ impl WasiView for CallState {
     }
 }
 
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
+}
+
 /// Caps each linear memory and records that a grow was refused, so the
 /// resulting trap can be reported as what it is.
 struct MemoryCap {
@@ -184,6 +201,19 @@ impl std::error::Error for DeadlineExceeded {}
 pub(super) enum Pre {
     Adapter(AdapterPre),
     Provider(ProviderPre),
+    Planner(PlannerPre),
+    RelayHost(RelayHostPre),
+}
+
+impl Pre {
+    fn world(&self) -> &'static str {
+        match self {
+            Pre::Adapter(_) => "an adapter",
+            Pre::Provider(_) => "a provider",
+            Pre::Planner(_) => "a planner",
+            Pre::RelayHost(_) => "a relay-host adapter",
+        }
+    }
 }
 
 /// A compiled, pre-instantiated component of a loaded pack.
@@ -214,6 +244,7 @@ impl LoadedComponent {
         &self,
         owner: Option<Arc<str>>,
         sandbox: Option<SandboxBinding>,
+        http: Option<HttpGrant>,
         stderr: &MemoryOutputPipe,
     ) -> WharfResult<Store<CallState>> {
         let mut wasi = WasiCtxBuilder::new();
@@ -222,9 +253,20 @@ impl LoadedComponent {
             wasi.preopened_dir(dir, "/pack", FsPerms::ReadOnly)
                 .map_err(|err| WharfError::internal(format!("cannot expose pack data: {err}")))?;
         }
+        let http = PluginHttp {
+            grant: http,
+            deadline: Instant::now() + self.limits.wall_timeout,
+            log: self.log.clone(),
+            owner: owner.clone(),
+            pack_id: self.pack_id.clone(),
+            component: self.name.clone(),
+            generation: self.generation,
+        };
         let state = CallState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
+            http_ctx: WasiHttpCtx::new(),
+            http,
             memory: MemoryCap {
                 limit: self.limits.memory_bytes,
                 denied: false,
@@ -286,12 +328,13 @@ impl LoadedComponent {
         &self,
         owner: Option<Arc<str>>,
         sandbox: Option<SandboxBinding>,
+        http: Option<HttpGrant>,
         f: impl FnOnce(&mut Store<CallState>, &Pre) -> wasmtime::Result<R>,
     ) -> WharfResult<(R, Duration)> {
         self.check_circuit()?;
         let started = Instant::now();
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
-        let mut store = self.new_store(owner, sandbox, &stderr)?;
+        let mut store = self.new_store(owner, sandbox, http, &stderr)?;
         let result = f(&mut store, &self.pre);
         let host_time = store.data().host_time;
         self.finish_call(started, result, &store, &stderr)
@@ -439,13 +482,14 @@ impl LoadedComponent {
         f: impl FnOnce(&mut Store<CallState>, &Adapter) -> wasmtime::Result<R>,
     ) -> WharfResult<(R, Duration)> {
         let owner = sandbox.as_ref().map(|binding| Arc::from(binding.owner()));
-        self.call(owner, sandbox, |store, pre| match pre {
+        self.call(owner, sandbox, None, |store, pre| match pre {
             Pre::Adapter(pre) => {
                 let bindings = pre.instantiate(&mut *store)?;
                 f(store, &bindings)
             }
-            Pre::Provider(_) => Err(wasmtime::format_err!(
-                "component is a provider, not an adapter"
+            other => Err(wasmtime::format_err!(
+                "component is {}, not an adapter",
+                other.world()
             )),
         })
     }
@@ -456,13 +500,56 @@ impl LoadedComponent {
         owner: Option<&str>,
         f: impl FnOnce(&mut Store<CallState>, &Provider) -> wasmtime::Result<R>,
     ) -> WharfResult<R> {
-        self.call(owner.map(Arc::from), None, |store, pre| match pre {
+        self.call(owner.map(Arc::from), None, None, |store, pre| match pre {
             Pre::Provider(pre) => {
                 let bindings = pre.instantiate(&mut *store)?;
                 f(store, &bindings)
             }
-            Pre::Adapter(_) => Err(wasmtime::format_err!(
-                "component is an adapter, not a provider"
+            other => Err(wasmtime::format_err!(
+                "component is {}, not a provider",
+                other.world()
+            )),
+        })
+        .map(|(value, _)| value)
+    }
+
+    /// A planner call on behalf of `owner`, whose `wasi:http` may reach what `http` grants
+    /// (none: nothing). Blocking, like every call: run it on a blocking thread.
+    pub fn planner_call<R>(
+        &self,
+        owner: Option<&str>,
+        http: Option<HttpGrant>,
+        f: impl FnOnce(&mut Store<CallState>, &Planner) -> wasmtime::Result<R>,
+    ) -> WharfResult<R> {
+        self.call(owner.map(Arc::from), None, http, |store, pre| match pre {
+            Pre::Planner(pre) => {
+                let bindings = pre.instantiate(&mut *store)?;
+                f(store, &bindings)
+            }
+            other => Err(wasmtime::format_err!(
+                "component is {}, not a planner",
+                other.world()
+            )),
+        })
+        .map(|(value, _)| value)
+    }
+
+    /// A relay-host adapter call on behalf of `owner`; `http` grants the registered host's
+    /// origin with its admin credential. `http` none: describe-only (self-test).
+    pub fn relay_host_call<R>(
+        &self,
+        owner: Option<&str>,
+        http: Option<HttpGrant>,
+        f: impl FnOnce(&mut Store<CallState>, &RelayHost) -> wasmtime::Result<R>,
+    ) -> WharfResult<R> {
+        self.call(owner.map(Arc::from), None, http, |store, pre| match pre {
+            Pre::RelayHost(pre) => {
+                let bindings = pre.instantiate(&mut *store)?;
+                f(store, &bindings)
+            }
+            other => Err(wasmtime::format_err!(
+                "component is {}, not a relay-host adapter",
+                other.world()
             )),
         })
         .map(|(value, _)| value)
@@ -485,13 +572,14 @@ impl LoadedComponent {
     /// like every call.
     pub fn provider_session(self: &Arc<Self>, owner: Option<&str>) -> WharfResult<ProviderSession> {
         let Pre::Provider(pre) = &self.pre else {
-            return Err(WharfError::internal(
-                "component is an adapter, not a provider",
-            ));
+            return Err(WharfError::internal(format!(
+                "component is {}, not a provider",
+                self.pre.world()
+            )));
         };
         self.check_circuit()?;
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
-        let mut store = self.new_store(owner.map(Arc::from), None, &stderr)?;
+        let mut store = self.new_store(owner.map(Arc::from), None, None, &stderr)?;
         let bindings = match pre.instantiate(&mut store) {
             Ok(bindings) => bindings,
             Err(err) => return Err(self.classify_fault(err, &store, &stderr)),

@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod call;
 pub mod circuit;
+pub mod http;
 pub mod logs;
 
 use std::collections::HashMap;
@@ -36,6 +37,9 @@ pub struct Runtime {
     adapter_linker: Linker<CallState>,
     /// The same for the provider world.
     provider_linker: Linker<CallState>,
+    /// The 0.3 planner and relay-host worlds: the only ones linked with `wasi:http`.
+    planner_linker: Linker<CallState>,
+    relay_host_linker: Linker<CallState>,
     /// Compiled components by wasm sha256: the same bytes are compiled once.
     compiled: Mutex<HashMap<String, Component>>,
     /// Serialized compiled components, keyed by digest and engine build.
@@ -101,6 +105,14 @@ impl Runtime {
             bindings::add_adapter_imports(api, &mut adapter_linker)?;
             bindings::add_provider_imports(api, &mut provider_linker)?;
         }
+        let mut planner_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut planner_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut planner_linker)?;
+        bindings::add_planner_imports(&mut planner_linker)?;
+        let mut relay_host_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut relay_host_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut relay_host_linker)?;
+        bindings::add_relay_host_imports(&mut relay_host_linker)?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
@@ -125,6 +137,8 @@ impl Runtime {
             engine,
             adapter_linker,
             provider_linker,
+            planner_linker,
+            relay_host_linker,
             compiled: Mutex::new(HashMap::new()),
             cache_dir,
             config,
@@ -149,6 +163,16 @@ impl Runtime {
             ComponentKind::Provider => Pre::Provider(bindings::provider_pre(
                 load.api,
                 &self.provider_linker,
+                &component,
+            )?),
+            ComponentKind::Planner => Pre::Planner(bindings::planner_pre(
+                load.api,
+                &self.planner_linker,
+                &component,
+            )?),
+            ComponentKind::RelayHost => Pre::RelayHost(bindings::relay_host_pre(
+                load.api,
+                &self.relay_host_linker,
                 &component,
             )?),
         };

@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sqlx::Row;
-
 use super::DriverHealth;
 use super::service::{SandboxStatus, Sandboxes, now_ms};
 use crate::error::WharfResult;
@@ -31,8 +29,8 @@ impl Sandboxes {
     /// The lifetimes of the sandbox's profile as it is now configured, or as
     /// it was at create when the profile has since gone. `None` for a row
     /// from before lifetimes were recorded whose profile has gone.
-    fn lifetimes(&self, row: &sqlx::sqlite::SqliteRow) -> Option<Lifetimes> {
-        if let Ok(profile) = self.profiles().get(row.get::<&str, _>("profile")) {
+    fn lifetimes(&self, row: &store_sandboxes::SweepRow) -> Option<Lifetimes> {
+        if let Ok(profile) = self.profiles().get(&row.profile) {
             return Some(Lifetimes {
                 idle_timeout_secs: profile.idle_timeout_secs,
                 max_ttl_secs: profile.max_ttl_secs,
@@ -40,20 +38,15 @@ impl Sandboxes {
             });
         }
         Some(Lifetimes {
-            idle_timeout_secs: row.get::<Option<i64>, _>("idle_timeout_secs")? as u64,
-            max_ttl_secs: row.get::<Option<i64>, _>("max_ttl_secs")? as u64,
-            restart_once: row.get::<Option<bool>, _>("restart_once")?,
+            idle_timeout_secs: row.idle_timeout_secs? as u64,
+            max_ttl_secs: row.max_ttl_secs? as u64,
+            restart_once: row.restart_once?,
         })
     }
 
     /// Settles state left by a previous run. Call once, before serving.
     pub async fn reconcile(&self) -> WharfResult<()> {
-        let rows = sqlx::query("SELECT id, driver FROM sandboxes WHERE status = 'creating'")
-            .fetch_all(&self.db)
-            .await?;
-        for row in rows {
-            let id: String = row.get("id");
-            let driver: String = row.get("driver");
+        for (id, driver) in store_sandboxes::interrupted_creates(&self.db).await? {
             if let Ok(driver) = self.driver(&driver)
                 && let Err(err) = driver.destroy(&id).await
             {
@@ -72,13 +65,10 @@ impl Sandboxes {
 
     /// Removes runtimes that carry a sandbox label but match no live row.
     pub async fn remove_orphans(&self) -> WharfResult<()> {
-        let live: HashSet<String> =
-            sqlx::query("SELECT id FROM sandboxes WHERE status NOT IN ('deleted')")
-                .fetch_all(&self.db)
-                .await?
-                .iter()
-                .map(|row| row.get("id"))
-                .collect();
+        let live: HashSet<String> = store_sandboxes::live_ids(&self.db)
+            .await?
+            .into_iter()
+            .collect();
         for driver in self.drivers() {
             let ids = match driver.sandbox_ids().await {
                 Ok(ids) => ids,
@@ -93,14 +83,8 @@ impl Sandboxes {
                 let Ok(_guard) = lock.try_lock() else {
                     continue;
                 };
-                let known = sqlx::query("SELECT status FROM sandboxes WHERE id = ?")
-                    .bind(&id)
-                    .fetch_optional(&self.db)
-                    .await?;
-                if known
-                    .as_ref()
-                    .is_some_and(|row| row.get::<&str, _>("status") != "deleted")
-                {
+                let known = store_sandboxes::status_of(&self.db, &id).await?;
+                if known.is_some_and(|status| status != "deleted") {
                     continue;
                 }
                 match driver.destroy(&id).await {
@@ -130,38 +114,29 @@ impl Sandboxes {
     /// One pass of idle stop, expiry and health probing, then orphans.
     pub async fn sweep(&self) -> WharfResult<()> {
         let now = now_ms();
-        let rows = sqlx::query(
-            "SELECT id, profile, driver, status, created_ms, last_active_ms, restarts FROM sandboxes WHERE status IN ('running', 'stopped')",
-        )
-        .fetch_all(&self.db)
-        .await?;
-        for row in rows {
-            let id: String = row.get("id");
+        for id in store_sandboxes::sweep_candidates(&self.db).await? {
             let lock = self.lock_for(&id);
             // Busy sandboxes (a transition in flight) are looked at next time.
             let Ok(_guard) = lock.try_lock() else {
                 continue;
             };
             // Re-read under the lock: a transition may have finished since the scan.
-            let Some(row) = sqlx::query(
-                "SELECT id, profile, driver, status, created_ms, last_active_ms, restarts, idle_timeout_secs, max_ttl_secs, restart_once FROM sandboxes WHERE id = ? AND status IN ('running', 'stopped')",
-            )
-            .bind(&id)
-            .fetch_optional(&self.db)
-            .await?
-            else {
+            let Some(row) = store_sandboxes::sweep_row(&self.db, &id).await? else {
                 continue;
             };
-            let status: String = row.get("status");
             let Some(lifetimes) = self.lifetimes(&row) else {
                 continue;
             };
-            let Ok(driver) = self.driver(row.get::<&str, _>("driver")) else {
+            let Ok(driver) = self.driver(&row.driver) else {
                 continue;
             };
-            let created_ms: i64 = row.get("created_ms");
-            let last_active_ms: i64 = row.get("last_active_ms");
-            let restarts: i64 = row.get("restarts");
+            let store_sandboxes::SweepRow {
+                status,
+                created_ms,
+                last_active_ms,
+                restarts,
+                ..
+            } = row;
             if lifetimes.max_ttl_secs > 0
                 && now - created_ms > (lifetimes.max_ttl_secs * 1000) as i64
             {
@@ -224,10 +199,7 @@ impl Sandboxes {
                 && !missing
                 && driver.start(&id).await.is_ok()
             {
-                sqlx::query("UPDATE sandboxes SET restarts = restarts + 1 WHERE id = ?")
-                    .bind(&id)
-                    .execute(&self.db)
-                    .await?;
+                store_sandboxes::count_restart(&self.db, &id).await?;
                 self.transition(
                     &id,
                     SandboxStatus::Running,
@@ -261,15 +233,12 @@ impl Sandboxes {
         }
         self.remove_orphans().await?;
         self.apply_retention().await?;
-        let counts = sqlx::query("SELECT status, COUNT(*) AS n FROM sandboxes GROUP BY status")
-            .fetch_all(&self.db)
-            .await?;
+        let counts = store_sandboxes::count_by_status(&self.db).await?;
         for status in ["creating", "running", "stopped", "failed", "deleted"] {
             let n = counts
                 .iter()
-                .find(|r| r.get::<&str, _>("status") == status)
-                .map(|r| r.get::<i64, _>("n"))
-                .unwrap_or(0);
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
             self.metrics.sandboxes.with_label_values(&[status]).set(n);
         }
         Ok(())

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::Row;
 
 use super::profiles::{Profile, Profiles};
 use super::{
@@ -581,21 +580,20 @@ impl Sandboxes {
         }
         // After the key is decided: a replay needs no driver; dropping `tx` rolls the key back.
         let driver = self.driver(&profile.driver)?;
-        sqlx::query(
-            "INSERT INTO sandboxes (id, owner, profile, driver, status, created_at, updated_at, created_ms, last_active_ms, idle_timeout_secs, max_ttl_secs, restart_once) VALUES (?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)",
+        store_sandboxes::insert_creating(
+            &mut tx,
+            store_sandboxes::NewSandbox {
+                id,
+                owner,
+                profile: &profile.name,
+                driver: driver.name(),
+                stamp: &stamp,
+                now_ms: now,
+                idle_timeout_secs: profile.idle_timeout_secs as i64,
+                max_ttl_secs: profile.max_ttl_secs as i64,
+                restart_once: profile.restart_once,
+            },
         )
-        .bind(id)
-        .bind(owner)
-        .bind(&profile.name)
-        .bind(driver.name())
-        .bind(&stamp)
-        .bind(&stamp)
-        .bind(now)
-        .bind(now)
-        .bind(profile.idle_timeout_secs as i64)
-        .bind(profile.max_ttl_secs as i64)
-        .bind(profile.restart_once)
-        .execute(&mut *tx)
         .await?;
         // Counted after the insert, inside the write transaction: concurrent
         // creates of one owner cannot both take the last slot.
@@ -628,28 +626,14 @@ impl Sandboxes {
     ) -> WharfResult<()> {
         let stamp = now_rfc3339();
         let mut tx = self.db.begin().await?;
-        sqlx::query("UPDATE sandboxes SET status = ?, error_code = ?, updated_at = ?, last_active_ms = ? WHERE id = ?")
-            .bind(status.as_str())
-            .bind(error_code)
-            .bind(&stamp)
-            .bind(now_ms())
-            .bind(id)
-            .execute(&mut *tx)
+        store_sandboxes::set_status(&mut tx, id, status.as_str(), error_code, &stamp, now_ms())
             .await?;
         if status == SandboxStatus::Deleted {
             // A key must not name a sandbox that is gone: a replay creates anew.
             store_sandboxes::forget_idempotency_keys(&mut tx, id).await?;
         }
-        let seq = sqlx::query(
-            "INSERT INTO sandbox_events (sandbox_id, ts, kind, detail) VALUES (?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(&stamp)
-        .bind(kind)
-        .bind(detail.to_string())
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+        let seq =
+            store_sandboxes::append_event(&mut tx, id, &stamp, kind, &detail.to_string()).await?;
         tx.commit().await?;
         self.events_seq.send_replace(seq);
         Ok(())
@@ -657,18 +641,21 @@ impl Sandboxes {
 
     /// Appends to a sandbox's event log and wakes streaming readers.
     pub(super) async fn event(&self, sandbox_id: &str, kind: &str, detail: serde_json::Value) {
-        let result = sqlx::query(
-            "INSERT INTO sandbox_events (sandbox_id, ts, kind, detail) VALUES (?, ?, ?, ?)",
-        )
-        .bind(sandbox_id)
-        .bind(now_rfc3339())
-        .bind(kind)
-        .bind(detail.to_string())
-        .execute(&self.db)
+        let result = async {
+            let mut conn = self.db.acquire().await?;
+            store_sandboxes::append_event(
+                &mut conn,
+                sandbox_id,
+                &now_rfc3339(),
+                kind,
+                &detail.to_string(),
+            )
+            .await
+        }
         .await;
         match result {
-            Ok(done) => {
-                self.events_seq.send_replace(done.last_insert_rowid());
+            Ok(seq) => {
+                self.events_seq.send_replace(seq);
             }
             Err(err) => {
                 tracing::error!(sandbox = sandbox_id, error = %err, "cannot record sandbox event")
@@ -677,24 +664,15 @@ impl Sandboxes {
     }
 
     pub(crate) async fn touch(&self, id: &str) {
-        let _ = sqlx::query("UPDATE sandboxes SET last_active_ms = ? WHERE id = ?")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.db)
-            .await;
+        let _ = store_sandboxes::touch(&self.db, id, now_ms()).await;
     }
 
     /// The caller's sandbox; another owner's is `not_found`, never `forbidden`.
     pub async fn get(&self, owner: &str, id: &str) -> WharfResult<Sandbox> {
-        let row = sqlx::query(
-            "SELECT * FROM sandboxes WHERE id = ? AND owner = ? AND status != 'deleted'",
-        )
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(&self.db)
-        .await?
-        .ok_or_else(|| WharfError::not_found(format!("sandbox {id}")))?;
-        Ok(sandbox_from_row(&row))
+        let row = store_sandboxes::get_live(&self.db, owner, id)
+            .await?
+            .ok_or_else(|| WharfError::not_found(format!("sandbox {id}")))?;
+        Ok(sandbox_from_row(row))
     }
 
     /// Waits (bounded) while the sandbox is `creating`; then `session_not_ready`.
@@ -837,35 +815,37 @@ impl Sandboxes {
         limit: usize,
         cursor: Option<&str>,
     ) -> WharfResult<SandboxPage> {
-        let after: i64 = match cursor {
-            Some(text) => text
-                .parse()
-                .map_err(|_| WharfError::validation("cursor is not one this server gave"))?,
-            None => 0,
+        // The cursor is `<created_ms>.<id>` of the last row given: an explicit key, so pages
+        // stay stable under concurrent creates and deletes.
+        let after = match cursor {
+            Some(text) => Some(
+                text.split_once('.')
+                    .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id)))
+                    .filter(|(_, id)| !id.is_empty())
+                    .ok_or_else(|| WharfError::validation("cursor is not one this server gave"))?,
+            ),
+            None => None,
         };
         let limit = limit.clamp(1, 500);
-        let rows = sqlx::query(
-            "SELECT rowid AS rid, * FROM sandboxes WHERE owner = ? AND rowid > ? AND status != 'deleted' \
-             AND (? IS NULL OR status = ?) AND (? IS NULL OR profile = ?) ORDER BY rowid LIMIT ?",
+        let mut rows = store_sandboxes::list_page(
+            &self.db,
+            owner,
+            after,
+            status.map(|s| s.as_str()),
+            profile,
+            limit as i64 + 1,
         )
-        .bind(owner)
-        .bind(after)
-        .bind(status.map(|s| s.as_str()))
-        .bind(status.map(|s| s.as_str()))
-        .bind(profile)
-        .bind(profile)
-        .bind(limit as i64 + 1)
-        .fetch_all(&self.db)
         .await?;
         let more = rows.len() > limit;
-        let rows = &rows[..rows.len().min(limit)];
+        rows.truncate(limit);
         let next_cursor = if more {
-            rows.last().map(|row| row.get::<i64, _>("rid").to_string())
+            rows.last()
+                .map(|row| format!("{}.{}", row.created_ms, row.id))
         } else {
             None
         };
         Ok(SandboxPage {
-            items: rows.iter().map(sandbox_from_row).collect(),
+            items: rows.into_iter().map(sandbox_from_row).collect(),
             next_cursor,
         })
     }
@@ -1044,30 +1024,19 @@ impl Sandboxes {
         after: i64,
         limit: usize,
     ) -> WharfResult<Vec<SandboxEvent>> {
-        let owned = sqlx::query("SELECT 1 FROM sandboxes WHERE id = ? AND owner = ?")
-            .bind(id)
-            .bind(owner)
-            .fetch_optional(&self.db)
-            .await?;
-        if owned.is_none() {
+        if !store_sandboxes::is_owned(&self.db, owner, id).await? {
             return Err(WharfError::not_found(format!("sandbox {id}")));
         }
-        let rows = sqlx::query(
-            "SELECT * FROM sandbox_events WHERE sandbox_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(id)
-        .bind(after)
-        .bind(limit.clamp(1, 1000) as i64)
-        .fetch_all(&self.db)
-        .await?;
+        let rows =
+            store_sandboxes::events_after(&self.db, id, after, limit.clamp(1, 1000) as i64).await?;
         Ok(rows
-            .iter()
+            .into_iter()
             .map(|row| SandboxEvent {
-                seq: row.get("seq"),
-                sandbox_id: row.get("sandbox_id"),
-                ts: row.get("ts"),
-                kind: row.get("kind"),
-                detail: serde_json::from_str(row.get::<&str, _>("detail")).unwrap_or_default(),
+                seq: row.seq,
+                sandbox_id: row.sandbox_id,
+                ts: row.ts,
+                kind: row.kind,
+                detail: serde_json::from_str(&row.detail).unwrap_or_default(),
             })
             .collect())
     }
@@ -1122,16 +1091,16 @@ impl Sandboxes {
     }
 }
 
-pub(super) fn sandbox_from_row(row: &sqlx::sqlite::SqliteRow) -> Sandbox {
+fn sandbox_from_row(row: store_sandboxes::SandboxRow) -> Sandbox {
     Sandbox {
-        id: row.get("id"),
-        owner: row.get("owner"),
-        profile: row.get("profile"),
-        driver: row.get("driver"),
-        status: SandboxStatus::parse(row.get::<&str, _>("status")),
-        error_code: row.get("error_code"),
-        restarts: row.get("restarts"),
-        created_at: row.get("created_at"),
-        updated_at: row.get("updated_at"),
+        status: SandboxStatus::parse(&row.status),
+        id: row.id,
+        owner: row.owner,
+        profile: row.profile,
+        driver: row.driver,
+        error_code: row.error_code,
+        restarts: row.restarts,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
     }
 }

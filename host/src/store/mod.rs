@@ -6,6 +6,7 @@ pub mod batches;
 pub mod cases;
 pub mod jobs;
 pub mod keys;
+pub mod probe_targets;
 pub mod relays;
 pub mod sandboxes;
 

@@ -327,3 +327,265 @@ mod tests {
         assert_eq!(removed, 1, "the oldest of sbx_live's four");
     }
 }
+
+/// A sandbox as the GC sweep looks at it: lifetimes as recorded at create (for a profile
+/// that has since gone) and what it needs to decide.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SweepRow {
+    pub id: String,
+    pub profile: String,
+    pub driver: String,
+    pub status: String,
+    pub created_ms: i64,
+    pub last_active_ms: i64,
+    pub restarts: i64,
+    pub idle_timeout_secs: Option<i64>,
+    pub max_ttl_secs: Option<i64>,
+    pub restart_once: Option<bool>,
+}
+
+const SWEEP_COLUMNS: &str = "id, profile, driver, status, created_ms, last_active_ms, restarts, \
+                             idle_timeout_secs, max_ttl_secs, restart_once";
+
+/// Ids and drivers of rows whose create never finished (the server died mid-create).
+pub async fn interrupted_creates(db: &Db) -> WharfResult<Vec<(String, String)>> {
+    Ok(
+        sqlx::query_as("SELECT id, driver FROM sandboxes WHERE status = 'creating'")
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// Ids of every sandbox not deleted.
+pub async fn live_ids(db: &Db) -> WharfResult<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM sandboxes WHERE status <> 'deleted'")
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// The status of one sandbox, if it has a row.
+pub async fn status_of(db: &Db, id: &str) -> WharfResult<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT status FROM sandboxes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// Ids of the running and stopped sandboxes: what a sweep looks at.
+pub async fn sweep_candidates(db: &Db) -> WharfResult<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM sandboxes WHERE status IN ('running', 'stopped')")
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// One sweep candidate, re-read (under its lock): none once it is no longer running or
+/// stopped.
+pub async fn sweep_row(db: &Db, id: &str) -> WharfResult<Option<SweepRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {SWEEP_COLUMNS} FROM sandboxes WHERE id = ? AND status IN ('running', 'stopped')"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
+}
+
+pub async fn count_restart(db: &Db, id: &str) -> WharfResult<()> {
+    sqlx::query("UPDATE sandboxes SET restarts = restarts + 1 WHERE id = ?")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Sandboxes per status (statuses without any are absent).
+pub async fn count_by_status(db: &Db) -> WharfResult<Vec<(String, i64)>> {
+    Ok(
+        sqlx::query_as("SELECT status, COUNT(*) AS n FROM sandboxes GROUP BY status")
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// A sandbox row as the API shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SandboxRow {
+    pub id: String,
+    pub owner: String,
+    pub profile: String,
+    pub driver: String,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub restarts: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub created_ms: i64,
+}
+
+const SANDBOX_COLUMNS: &str =
+    "id, owner, profile, driver, status, error_code, restarts, created_at, updated_at, created_ms";
+
+/// A sandbox being created, with the lifetimes of its profile at create.
+pub struct NewSandbox<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    pub profile: &'a str,
+    pub driver: &'a str,
+    pub stamp: &'a str,
+    pub now_ms: i64,
+    pub idle_timeout_secs: i64,
+    pub max_ttl_secs: i64,
+    pub restart_once: bool,
+}
+
+pub async fn insert_creating(conn: &mut SqliteConnection, new: NewSandbox<'_>) -> WharfResult<()> {
+    sqlx::query(
+        "INSERT INTO sandboxes (id, owner, profile, driver, status, created_at, updated_at, \
+         created_ms, last_active_ms, idle_timeout_secs, max_ttl_secs, restart_once) \
+         VALUES (?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(new.id)
+    .bind(new.owner)
+    .bind(new.profile)
+    .bind(new.driver)
+    .bind(new.stamp)
+    .bind(new.stamp)
+    .bind(new.now_ms)
+    .bind(new.now_ms)
+    .bind(new.idle_timeout_secs)
+    .bind(new.max_ttl_secs)
+    .bind(new.restart_once)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_status(
+    conn: &mut SqliteConnection,
+    id: &str,
+    status: &str,
+    error_code: Option<&str>,
+    stamp: &str,
+    now_ms: i64,
+) -> WharfResult<()> {
+    sqlx::query(
+        "UPDATE sandboxes SET status = ?, error_code = ?, updated_at = ?, last_active_ms = ? \
+         WHERE id = ?",
+    )
+    .bind(status)
+    .bind(error_code)
+    .bind(stamp)
+    .bind(now_ms)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends to a sandbox's event log; answers the event's sequence number.
+pub async fn append_event(
+    conn: &mut SqliteConnection,
+    sandbox_id: &str,
+    ts: &str,
+    kind: &str,
+    detail: &str,
+) -> WharfResult<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO sandbox_events (sandbox_id, ts, kind, detail) VALUES (?, ?, ?, ?) \
+         RETURNING seq",
+    )
+    .bind(sandbox_id)
+    .bind(ts)
+    .bind(kind)
+    .bind(detail)
+    .fetch_one(conn)
+    .await?)
+}
+
+pub async fn touch(db: &Db, id: &str, now_ms: i64) -> WharfResult<()> {
+    sqlx::query("UPDATE sandboxes SET last_active_ms = ? WHERE id = ?")
+        .bind(now_ms)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The owner's sandbox, unless deleted.
+pub async fn get_live(db: &Db, owner: &str, id: &str) -> WharfResult<Option<SandboxRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ? AND owner = ? AND status <> 'deleted'"
+    ))
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// One page of the owner's live sandboxes, oldest first, after the `(created_ms, id)` of the
+/// last row of the previous page; `limit` rows at most.
+pub async fn list_page(
+    db: &Db,
+    owner: &str,
+    after: Option<(i64, &str)>,
+    status: Option<&str>,
+    profile: Option<&str>,
+    limit: i64,
+) -> WharfResult<Vec<SandboxRow>> {
+    let (after_ms, after_id) = after.unwrap_or((i64::MIN, ""));
+    Ok(sqlx::query_as(&format!(
+        "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE owner = ? AND status <> 'deleted' \
+         AND (created_ms > ? OR (created_ms = ? AND id > ?)) \
+         AND (? IS NULL OR status = ?) AND (? IS NULL OR profile = ?) \
+         ORDER BY created_ms, id LIMIT ?"
+    ))
+    .bind(owner)
+    .bind(after_ms)
+    .bind(after_ms)
+    .bind(after_id)
+    .bind(status)
+    .bind(status)
+    .bind(profile)
+    .bind(profile)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Whether the sandbox is the owner's (deleted ones included).
+pub async fn is_owned(db: &Db, owner: &str, id: &str) -> WharfResult<bool> {
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT 1 FROM sandboxes WHERE id = ? AND owner = ?")
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(db)
+            .await?
+            .is_some(),
+    )
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub seq: i64,
+    pub sandbox_id: String,
+    pub ts: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+pub async fn events_after(db: &Db, id: &str, after: i64, limit: i64) -> WharfResult<Vec<EventRow>> {
+    Ok(sqlx::query_as(
+        "SELECT seq, sandbox_id, ts, kind, detail FROM sandbox_events \
+         WHERE sandbox_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+    )
+    .bind(id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}

@@ -116,15 +116,23 @@ impl Harness {
     /// Builds `packs/core-adapters` and drops it the way operators do (a staged copy, then
     /// a rename); waits until `version` is active.
     pub async fn install_core_adapters(&self, version: &str) {
-        let built = self.data.path().join("built/core-adapters");
-        build_fixture("packs/core-adapters", &built);
-        copy_dir(&built, &self.packs_dir.join(".core.staging"));
-        std::fs::rename(
-            self.packs_dir.join(".core.staging"),
-            self.packs_dir.join("core-adapters"),
-        )
-        .unwrap();
-        self.wait_active("core-adapters", version).await;
+        self.install_source_pack("packs/core-adapters", "core-adapters", version, "")
+            .await;
+    }
+
+    /// Builds the source pack at `source` (relative to the repo), merges `extra` manifest
+    /// TOML into it, drops it into the packs dir as `name` (a staged copy, then a rename) and
+    /// waits until its `version` is active.
+    pub async fn install_source_pack(&self, source: &str, name: &str, version: &str, extra: &str) {
+        let built = self.data.path().join("built").join(name);
+        build_fixture(source, &built);
+        if !extra.is_empty() {
+            patch_manifest(&built, version, extra);
+        }
+        let staging = self.packs_dir.join(format!(".{name}.staging"));
+        copy_dir(&built, &staging);
+        std::fs::rename(&staging, self.packs_dir.join(name)).unwrap();
+        self.wait_active(name, version).await;
     }
 
     pub async fn wait_active(&self, id: &str, version: &str) -> Vec<PackRow> {
