@@ -112,7 +112,8 @@ fn inventory(host: &MockSub2api) -> BTreeSet<(String, String)> {
     all.extend(
         host.api_keys()
             .iter()
-            .map(|k| ("api-key".into(), k.id.to_string())),
+            // The adapter names a user's key with its owner: `<user id>:<key id>`.
+            .map(|k| ("api-key".into(), format!("{}:{}", k.user_id, k.id))),
     );
     all.extend(
         host.subscriptions()
@@ -524,8 +525,12 @@ async fn a_killed_server_resumes_the_import_without_duplicates_or_orphans() {
     assert_eq!(unique.len(), names.len(), "duplicate accounts: {names:?}");
     // No orphan: everything new on the host is recorded as this import's, and no intent is left.
     let new: BTreeSet<_> = inventory(&host).difference(&before).cloned().collect();
-    assert_eq!(new, recorded(&done, "created"), "{done}");
-    assert!(recorded(&done, "intent").is_empty(), "{done}");
+    assert_eq!(new, recorded(&done, "created"), "{}", done["resources"]);
+    assert!(
+        recorded(&done, "intent").is_empty(),
+        "{}",
+        done["resources"]
+    );
     let run = &done["run"];
     assert!(
         run["transitions"]
