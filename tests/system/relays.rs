@@ -620,3 +620,40 @@ async fn cli_import_submit_follows_to_the_end() {
     assert!(stdout.contains("upstream_auth"), "{stdout}");
     assert_no_secret(&[&stdout, &stderr], &[KEY_1, REVOKED, ADMIN_TOKEN]);
 }
+
+#[tokio::test]
+async fn hosts_are_reconciled_on_a_schedule() {
+    let root = tempfile::tempdir().unwrap();
+    let config = CONFIG.replace("reconcile_interval_secs = 0", "reconcile_interval_secs = 1");
+    let server = start(root.path(), &config);
+    let admin = Client::new(&server, Some(ADMIN_KEY));
+    install_packs(root.path(), &server, &admin).await;
+    let upstream = MockUpstream::start(MODELS, &[KEY_1], &[]).await;
+    let host = MockSub2api::start(ADMIN_TOKEN).await;
+    let host_id = register(&admin, &host).await;
+    let done = import(&admin, import_body(&host_id, &upstream, &[KEY_1])).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // Disabled by hand: the next scheduled reconcile (no request asks for it) reports it.
+    let (account, _) = account_of(&host, &items(&done)[0]);
+    assert!(host.disable_account(account));
+    let shown = admin
+        .wait_for(
+            &format!("/v1/hosts/{host_id}"),
+            "a scheduled drift report",
+            |h| h["reconcile"]["status"] == "drifted",
+        )
+        .await;
+    assert!(
+        shown["reconcile"]["changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["host_resource_id"] == account.to_string()),
+        "{shown}"
+    );
+    assert_eq!(
+        account_of(&host, &items(&done)[0]).1,
+        "inactive",
+        "it re-enabled it"
+    );
+}
