@@ -25,6 +25,8 @@ pub mod codes {
     pub const HOST_ERROR: &str = "host_error";
     /// Any other 4xx: the host refused the request as sent.
     pub const HOST_REJECTED: &str = "host_rejected";
+    /// The host refused to send a managed user's login token (`Authorization`) to the relay.
+    pub const SESSION_REFUSED: &str = "session_refused";
     /// An answer that is not sub2api's envelope or lacks a field this adapter needs.
     pub const INVALID_RESPONSE: &str = "invalid_response";
 }
@@ -96,7 +98,20 @@ impl<'a, T: Transport> Api<'a, T> {
         if let Some(token) = session {
             request = request.header("authorization", &format!("Bearer {token}"));
         }
-        let answer = self.transport.send(&request)?;
+        let answer = self.transport.send(&request).map_err(|err| match session {
+            // wasi:http refuses a forbidden header when the request is built.
+            Some(_) if err.is("invalid_input") && err.message.contains("headers") => {
+                PluginError::new(
+                    codes::SESSION_REFUSED,
+                    format!(
+                        "{method} {path}: the host does not let this adapter send a user's session \
+                     (`Authorization: Bearer <login token>`), which sub2api's user routes need: {}",
+                        err.message
+                    ),
+                )
+            }
+            _ => err,
+        })?;
         envelope(method, path, &answer)
     }
 
@@ -247,6 +262,32 @@ mod tests {
             (busy.code.as_str(), busy.retriable),
             (codes::HOST_ERROR, true)
         );
+    }
+
+    /// wasi:http as the host builds it when `authorization` is a forbidden header.
+    struct ForbidsAuthorization;
+
+    impl Transport for ForbidsAuthorization {
+        fn send(&self, request: &Request) -> Result<Response, PluginError> {
+            if request.headers.iter().any(|(k, _)| k == "authorization") {
+                return Err(PluginError::invalid_input("request headers: Forbidden"));
+            }
+            Ok(answer(
+                200,
+                json!({"code": 0, "message": "success", "data": {}}),
+            ))
+        }
+    }
+
+    #[test]
+    fn a_refused_user_session_says_so() {
+        let api = Api::new(&ForbidsAuthorization, "http://relay.test");
+        assert!(api.admin("GET", "/users/1", None).is_ok());
+        let refused = api
+            .call("POST", "/api/v1/keys", None, Some("jwt"))
+            .unwrap_err();
+        assert_eq!(refused.code, codes::SESSION_REFUSED);
+        assert!(!refused.message.contains("jwt"), "{}", refused.message);
     }
 
     #[test]
