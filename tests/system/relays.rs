@@ -351,6 +351,23 @@ async fn reimports_reuse_reactivate_and_reconcile_reports_drift_without_undoing_
     assert_eq!(items(&again)[0]["outcome"], "reused", "{again}");
     assert_eq!(items(&again)[0]["access_status"], "ready", "{again}");
     assert_eq!(inventory(&host), before, "a reused key created something");
+    // The same key with another model list: the account's models are patched, nothing created.
+    let mut more = import_body(&host_id, &upstream, &[KEY_1]);
+    more["models"] = json!(["kimi-k2.6", "kimi k2.5"]);
+    let mut plan = more.clone();
+    plan["dry_run"] = json!(true);
+    let (status, plan) = admin.post("/v1/imports", plan).await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["items"][0]["outcome"], "patch_only", "{plan}");
+    let patched = import(&admin, more).await;
+    assert_eq!(items(&patched)[0]["outcome"], "patch_only", "{patched}");
+    assert_eq!(items(&patched)[0]["access_status"], "ready", "{patched}");
+    assert_eq!(
+        patched["models"],
+        json!(["kimi-k2.6", "kimi-k2.5"]),
+        "aliases resolve"
+    );
+    assert_eq!(inventory(&host), before, "a patched key created something");
 
     // Disabled by hand: reconcile reports it and leaves it disabled.
     let second_item = &items(&first)[1];
