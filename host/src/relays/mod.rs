@@ -1680,7 +1680,9 @@ impl Relays {
             let recorded: Vec<&ResourceRow> = records.iter().filter(|r| r.kind == kind).collect();
             // One report line per host resource, though several imports may record it.
             let mut seen = BTreeSet::new();
-            for record in &recorded {
+            // An intent (an import under way) has nothing to compare yet; its name still
+            // makes what the host has under it managed.
+            for record in recorded.iter().filter(|r| r.state != "intent") {
                 let key = record
                     .host_resource_id
                     .clone()

@@ -681,11 +681,12 @@ pub async fn resources_of_import(db: &Db, import_id: &str) -> WharfResult<Vec<Re
     Ok(rows.iter().map(resource_row).collect())
 }
 
-/// Resources recorded on a host that still exist as far as Wharf knows (`created` or `reused`).
+/// Resources recorded on a host that exist as far as Wharf knows (`created` or `reused`), and
+/// the intents of imports under way (their resources may already be there).
 pub async fn live_resources_of_host(db: &Db, host_id: &str) -> WharfResult<Vec<ResourceRow>> {
     let rows = sqlx::query(&format!(
         "SELECT {RESOURCE_COLUMNS} FROM relay_resources \
-         WHERE host_id = ? AND state IN ('created', 'reused') ORDER BY import_id, seq"
+         WHERE host_id = ? AND state IN ('intent', 'created', 'reused') ORDER BY import_id, seq"
     ))
     .bind(host_id)
     .fetch_all(db)
@@ -886,6 +887,13 @@ mod tests {
         delete_intent(&db, "res_2").await.unwrap();
         assert_eq!(resources_of_import(&db, "imp_1").await.unwrap().len(), 1);
         assert_eq!(live_resources_of_host(&db, "rh_a").await.unwrap().len(), 2);
+        insert_intent(
+            &db, "res_4", "rh_a", "imp_1", "itm_2", "account", "wharf-a2", false, 9,
+        )
+        .await
+        .unwrap();
+        assert_eq!(live_resources_of_host(&db, "rh_a").await.unwrap().len(), 3);
+        delete_intent(&db, "res_4").await.unwrap();
 
         // Confirmation leases: only due items, one holder at a time, another worker's lease dead.
         let mut waiting = get_item(&db, "itm_2").await.unwrap().unwrap();
