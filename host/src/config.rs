@@ -35,6 +35,8 @@ pub struct Config {
     pub cases: crate::cases::CasesConfig,
     /// Batches: task queues, their concurrency, task bounds and retries.
     pub batches: crate::batches::BatchesConfig,
+    /// Relay hosts and imports: confirmation windows, concurrency, the reconcile schedule.
+    pub relays: crate::relays::RelaysConfig,
     pub approvals: ApprovalsConfig,
     pub audit: AuditConfig,
     /// MCP at `/mcp` (streamable HTTP): sessions and their limits.
@@ -383,6 +385,7 @@ impl Default for Config {
             runs: Default::default(),
             cases: Default::default(),
             batches: Default::default(),
+            relays: Default::default(),
             approvals: ApprovalsConfig::default(),
             audit: AuditConfig::default(),
             mcp: McpConfig::default(),

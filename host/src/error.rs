@@ -73,6 +73,10 @@ error_codes! {
     ReadinessTimeout => ("readiness_timeout", StatusCode::GATEWAY_TIMEOUT, true, "The case's container ran but its access URL gave no 2xx answer within `[cases] readiness_timeout_ms`."),
     DockerApiError => ("docker_api_error", StatusCode::BAD_GATEWAY, true, "The Docker engine failed a request for a case (or none answers)."),
     BatchInvalid => ("batch_invalid", StatusCode::UNPROCESSABLE_ENTITY, false, "No line of the batch is a valid task, or `strict=true` and some line is not; the message lists the lines by number and why. Nothing was queued."),
+    HostInUse => ("host_in_use", StatusCode::CONFLICT, false, "The relay host still has running imports or resources that imports recorded on it; roll those imports back (`POST /v1/imports/{id}/rollback`) before deleting it."),
+    RelayHostUnreachable => ("relay_host_unreachable", StatusCode::BAD_GATEWAY, true, "The relay host adapter could not detect the host at `base_url` with the admin token (no answer, a refused token, or not that kind of host); the message has the adapter's code and the host's answer. Nothing was registered."),
+    RelayHostError => ("relay_host_error", StatusCode::BAD_GATEWAY, true, "The relay host adapter failed an operation on the host (plan, ensure, list, delete, repair); the message names the operation, the adapter's code and the host's answer."),
+    UnknownModel => ("unknown_model", StatusCode::UNPROCESSABLE_ENTITY, false, "A model name is not known to the provider's active pack (after aliases); the message lists the three nearest model ids."),
     RunInterrupted => ("run_interrupted", StatusCode::SERVICE_UNAVAILABLE, true, "The server stopped while this work was in progress (e.g. mid-build) and it could not be resumed; start it again."),
     InternalError => ("internal_error", StatusCode::INTERNAL_SERVER_ERROR, true, "An unexpected failure inside the host; see the server log with the request id."),
 }

@@ -5,7 +5,7 @@
 //! generations), [`runtime`] (wasmtime engine, limits, bindings),
 //! [`sandbox`] (drivers), [`jobs`] (the durable run engine), [`cases`] (repositories
 //! built and run), [`batches`] (task lists run in sandboxes, trajectories), [`capabilities`] (routing), [`probes`] (access
-//! probes, targets, schedules), [`overlays`] (pack patches for a target
+//! probes, targets, schedules), [`relays`] (relay hosts, key imports, rollback, reconcile), [`overlays`] (pack patches for a target
 //! version range), [`outbound`] (the rules for every request
 //! the server or a plugin sends out), [`api`] (HTTP), [`mcp`] (MCP at `/mcp`),
 //! [`store`] (SQLite).
@@ -23,6 +23,7 @@ pub mod outbound;
 pub mod overlays;
 pub mod packs;
 pub mod probes;
+pub mod relays;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

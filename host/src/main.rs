@@ -51,6 +51,50 @@ enum Command {
         #[command(subcommand)]
         command: BatchCommand,
     },
+    /// Relay imports on a running server (`WHARF_URL`, key in `WHARF_API_KEY`).
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Import the provider keys of a file (one per line) into a registered relay host. With
+    /// `--follow`, show progress until every key has its final access status, then a table.
+    /// Exit code 0 when (followed) every key ended `ready`, 2 otherwise.
+    Submit(ImportSubmitArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportSubmitArgs {
+    /// The relay host's id (`rh_...`, from `POST /v1/hosts`).
+    #[arg(long)]
+    host: String,
+    /// The provider id, e.g. `kimi`.
+    #[arg(long)]
+    provider: String,
+    /// The keys, one per line (blank lines and `#` comments skipped); `-` reads stdin.
+    #[arg(long)]
+    keys_file: PathBuf,
+    /// `subscription` or `self_service`.
+    #[arg(long, default_value = "subscription")]
+    mode: String,
+    /// Models the accounts serve (comma-separated; aliases resolve). Default: the provider's.
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// The upstream base URL. Default: the provider's.
+    #[arg(long)]
+    base_url: Option<String>,
+    /// Print the plan (created, reused, changed per key) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Follow the import to its end: progress on stderr, then a table of the keys.
+    #[arg(long)]
+    follow: bool,
+    /// The server's root URL.
+    #[arg(long, env = "WHARF_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
 }
 
 #[derive(Subcommand)]
@@ -223,6 +267,13 @@ fn main() -> ExitCode {
         Command::Batch {
             command: BatchCommand::Submit(args),
         } => match batch_submit(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(err) => Err(err),
+        },
+        Command::Import {
+            command: ImportCommand::Submit(args),
+        } => match import_submit(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),
             Err(err) => Err(err),
@@ -417,6 +468,32 @@ fn batch_submit(args: BatchSubmitArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()?
         .block_on(wharf::batches::client::submit(&options))
+}
+
+/// `wharf import submit`: the key comes from `WHARF_API_KEY` (keys never go on a command line;
+/// the provider keys come from a file).
+fn import_submit(args: ImportSubmitArgs) -> anyhow::Result<bool> {
+    let key = std::env::var("WHARF_API_KEY")
+        .ok()
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("set WHARF_API_KEY to the API key to import with"))?;
+    let options = wharf::relays::client::ImportOptions {
+        url: args.url,
+        key,
+        host_id: args.host,
+        provider: args.provider,
+        keys_file: args.keys_file,
+        mode: args.mode,
+        models: args.models,
+        base_url: args.base_url,
+        dry_run: args.dry_run,
+        follow: args.follow,
+        poll_interval: std::time::Duration::from_millis(500),
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(wharf::relays::client::submit(&options))
 }
 
 /// Runs one probe with the packs loaded in-process. `Ok(true)` when ready.

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::packs::{PackSettings, Packs, watcher};
 use crate::probes::ProbeService;
 use crate::probes::scheduler::{self, SchedulerHandle};
+use crate::relays::Relays;
 use crate::runtime::Runtime;
 use crate::runtime::logs::PluginLogs;
 use crate::sandbox::SandboxDriver;
@@ -179,6 +180,15 @@ impl Server {
         )
         .await
         .context("starting batches")?;
+        let relays = Relays::start(
+            db.clone(),
+            runs.clone(),
+            packs.clone(),
+            probes.runner().clone(),
+            &config,
+        )
+        .await
+        .context("starting relays")?;
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -189,6 +199,7 @@ impl Server {
             runs,
             cases,
             batches,
+            relays,
             capabilities,
             shutdown: tokio_util::sync::CancellationToken::new(),
         };

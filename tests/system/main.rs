@@ -17,4 +17,5 @@ mod packs_policy;
 mod plugin_host;
 mod policy;
 mod probes;
+mod relays;
 mod sandboxes;

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod overlays;
 pub mod packs;
 pub mod probes;
+pub mod relays;
 pub mod sandboxes;
 pub mod system;
 
@@ -47,6 +48,7 @@ pub struct AppState {
     pub runs: Arc<crate::jobs::RunEngine>,
     pub cases: Arc<crate::cases::Cases>,
     pub batches: Arc<crate::batches::Batches>,
+    pub relays: Arc<crate::relays::Relays>,
     /// Every capability call goes through it (routing, scopes, approvals, masking, audit).
     pub capabilities: Arc<crate::capabilities::service::CapabilityService>,
     /// Cancelled when the server stops serving: long-lived streams (MCP sessions) end, so
@@ -88,6 +90,7 @@ fn documented_routes(
         .merge(overlays::routes())
         .merge(cases::routes())
         .merge(batches::routes())
+        .merge(relays::routes())
         .merge(approvals::routes())
         .merge(audit::routes())
         .merge(system::authenticated_routes());

@@ -51,6 +51,8 @@ pub enum RunKind {
     Case,
     /// One task of a batch ([`crate::batches`]).
     BatchTask,
+    /// An import of provider keys into a relay host ([`crate::relays`]).
+    RelayImport,
 }
 
 impl RunKind {
@@ -58,6 +60,7 @@ impl RunKind {
         match self {
             RunKind::Case => "case",
             RunKind::BatchTask => "batch_task",
+            RunKind::RelayImport => "relay_import",
         }
     }
 }

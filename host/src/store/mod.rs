@@ -7,6 +7,7 @@ pub mod cases;
 pub mod jobs;
 pub mod keys;
 pub mod probe_targets;
+pub mod relays;
 pub mod sandboxes;
 
 use std::path::Path;

@@ -1,0 +1,240 @@
+//! `wharf import submit`: imports the keys of a file into a relay host through a server's API
+//! and, with `--follow`, shows progress until every item has its final access status, then a
+//! table of the items. With `--dry-run` it prints the plan instead.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+/// What `wharf import submit` was asked to do.
+pub struct ImportOptions {
+    /// The server's root URL.
+    pub url: String,
+    /// The API key (from the environment, never the command line).
+    pub key: String,
+    pub host_id: String,
+    pub provider: String,
+    /// One provider key per line (blank lines and `#` comments skipped); `-` for stdin.
+    pub keys_file: PathBuf,
+    pub mode: String,
+    pub models: Vec<String>,
+    pub base_url: Option<String>,
+    pub dry_run: bool,
+    pub follow: bool,
+    pub poll_interval: Duration,
+}
+
+const BAR_WIDTH: usize = 30;
+
+/// The keys of a keys file.
+pub fn read_keys(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Submits; prints the import id (or the plan), then with `follow` the progress and the items.
+/// True when (followed) every item ended `ready`, or for a plan or an unfollowed import.
+pub async fn submit(options: &ImportOptions) -> anyhow::Result<bool> {
+    let text = if options.keys_file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(&options.keys_file)
+            .with_context(|| format!("reading {}", options.keys_file.display()))?
+    };
+    let keys = read_keys(&text);
+    anyhow::ensure!(!keys.is_empty(), "the keys file has no key");
+    let mut body = json!({
+        "host_id": options.host_id,
+        "provider": options.provider,
+        "api_keys": keys,
+        "mode": options.mode,
+        "dry_run": options.dry_run,
+    });
+    if !options.models.is_empty() {
+        body["models"] = json!(options.models);
+    }
+    if let Some(base_url) = &options.base_url {
+        body["base_url"] = json!(base_url);
+    }
+    let base = options.url.trim_end_matches('/');
+    let http = reqwest::Client::new();
+    let answer = call(
+        http.post(format!("{base}/v1/imports"))
+            .bearer_auth(&options.key)
+            .json(&body),
+    )
+    .await?;
+    if options.dry_run {
+        print!("{}", plan_table(&answer));
+        return Ok(true);
+    }
+    let id = text_of(&answer["id"]);
+    println!("import {id}: {} key(s) queued", keys.len());
+    if !options.follow {
+        return Ok(true);
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut last = String::new();
+    let import = loop {
+        let import = call(
+            http.get(format!("{base}/v1/imports/{id}"))
+                .bearer_auth(&options.key),
+        )
+        .await?;
+        let line = progress_line(&import);
+        if line != last {
+            if tty {
+                eprint!("\r{line}\x1b[K");
+            } else {
+                eprintln!("{line}");
+            }
+            last = line;
+        }
+        if import["status"] != "running" {
+            break import;
+        }
+        tokio::time::sleep(options.poll_interval).await;
+    };
+    if tty {
+        eprintln!();
+    }
+    print!("{}", items_table(&import));
+    Ok(import["status"] == "succeeded")
+}
+
+/// Sends a request; the answer's JSON, or the server's error code and message.
+async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = request.send().await.context("sending the request")?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}: {}",
+            text_of(&answer["error"]["code"]),
+            text_of(&answer["error"]["message"])
+        );
+    }
+    Ok(answer)
+}
+
+fn text_of(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_string)
+}
+
+/// `[####....] 2/3  ready 2  failed 0  confirming 1  pending 0`.
+pub fn progress_line(import: &Value) -> String {
+    let items = import["items"].as_array().cloned().unwrap_or_default();
+    let count = |f: &dyn Fn(&Value) -> bool| items.iter().filter(|i| f(i)).count();
+    let total = items.len();
+    let done = count(&|i| i["phase"] == "done");
+    let filled = if total == 0 {
+        BAR_WIDTH
+    } else {
+        done * BAR_WIDTH / total
+    };
+    format!(
+        "[{}{}] {done}/{total}  ready {}  failed {}  confirming {}  pending {}",
+        "#".repeat(filled),
+        ".".repeat(BAR_WIDTH - filled),
+        count(&|i| i["access_status"] == "ready"),
+        count(&|i| i["access_status"] == "failed"),
+        count(&|i| i["phase"] == "confirming"),
+        count(&|i| i["phase"] == "pending"),
+    )
+}
+
+/// One line per item: position, key fingerprint, outcome, access, and the failure.
+pub fn items_table(import: &Value) -> String {
+    let mut out = format!(
+        "import {} {}\n{:>3}  {:<18} {:<12} {:<9} {}\n",
+        text_of(&import["id"]),
+        text_of(&import["status"]),
+        "#",
+        "key",
+        "outcome",
+        "access",
+        "error"
+    );
+    for item in import["items"].as_array().into_iter().flatten() {
+        let error = match item["error_code"].as_str() {
+            Some(code) => format!("{code}: {}", text_of(&item["error_message"])),
+            None => String::new(),
+        };
+        let outcome = item["outcome"].as_str().unwrap_or("-");
+        out.push_str(&format!(
+            "{:>3}  {:<18} {:<12} {:<9} {}\n",
+            item["position"],
+            text_of(&item["key_fingerprint"]),
+            outcome,
+            text_of(&item["access_status"]),
+            error.chars().take(120).collect::<String>()
+        ));
+    }
+    out
+}
+
+/// The plan of a dry run: per key, the outcome and each resource's action.
+pub fn plan_table(plan: &Value) -> String {
+    let mut out = format!(
+        "plan (dry run, nothing changed): {} key(s) into {}\n",
+        plan["items"].as_array().map_or(0, Vec::len),
+        text_of(&plan["host_id"])
+    );
+    for item in plan["items"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:>3}  {:<18} {}\n",
+            item["position"],
+            text_of(&item["key_fingerprint"]),
+            text_of(&item["outcome"])
+        ));
+        for resource in item["resources"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "       {:<10} {:<12} {}\n",
+                text_of(&resource["action"]),
+                text_of(&resource["kind"]),
+                text_of(&resource["name"])
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_files_skip_blank_lines_and_comments() {
+        assert_eq!(
+            read_keys("# provider keys\nsk-one\n\n  sk-two  \n#sk-old\n"),
+            vec!["sk-one", "sk-two"]
+        );
+    }
+
+    #[test]
+    fn the_progress_bar_fills_with_items_done() {
+        let import = json!({"items": [
+            {"phase": "done", "access_status": "ready"},
+            {"phase": "done", "access_status": "failed"},
+            {"phase": "confirming", "access_status": "pending"},
+        ]});
+        assert_eq!(
+            progress_line(&import),
+            format!(
+                "[{}{}] 2/3  ready 1  failed 1  confirming 1  pending 0",
+                "#".repeat(20),
+                ".".repeat(10)
+            )
+        );
+    }
+}
