@@ -91,14 +91,22 @@ impl Adapter {
         let credential = Credential::for_scheme(&self.admin_auth, &host.token).map_err(|_| {
             WharfError::validation("`admin_token` cannot be sent in an HTTP header")
         })?;
-        Ok(HttpGrant::new(
+        let grant = HttpGrant::new(
             self.outbound.clone(),
             host.reach,
             vec![GrantedOrigin {
                 base,
                 credential: Some(credential),
             }],
-        ))
+        );
+        // With the admin token in `x-api-key`, `Authorization` is free for a session the
+        // adapter obtains from the same origin (sub2api creates a user's key only in the
+        // user's session); with a bearer admin token it stays the host's.
+        Ok(if self.admin_auth == "x-api-key" {
+            grant.allow_plugin_header("authorization")
+        } else {
+            grant
+        })
     }
 
     /// Runs one plugin call off the async runtime (wasm calls block), for the current owner.
