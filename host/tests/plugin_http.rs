@@ -23,9 +23,12 @@ use common::Harness;
 
 const KEY: &str = "sk-granted-endpoint-key-0123456789";
 
-/// What a local server saw: path and `Authorization` of every request.
+/// Path and `Authorization` of one request a local server saw.
+type Request = (String, Option<String>);
+
+/// What a local server saw.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, Option<String>)>>>);
+struct Seen(Arc<Mutex<Vec<Request>>>);
 
 impl Seen {
     fn paths(&self) -> Vec<String> {

@@ -379,9 +379,10 @@ async fn reimports_reuse_reactivate_and_reconcile_reports_drift_without_undoing_
     assert_eq!(report["status"], "drifted", "{report}");
     let changed = report["changed"].as_array().unwrap();
     assert!(
-        changed
-            .iter()
-            .any(|d| d["host_resource_id"] == account.to_string() && d["host_status"] == "inactive"),
+        changed.iter().any(
+            |d| d["host_resource_id"].as_str() == Some(&*account.to_string())
+                && d["host_status"] == "inactive"
+        ),
         "{report}"
     );
     assert_eq!(
@@ -406,7 +407,10 @@ async fn reimports_reuse_reactivate_and_reconcile_reports_drift_without_undoing_
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d["host_resource_id"] == gone.to_string() && d["kind"] == "account"),
+            .any(
+                |d| d["host_resource_id"].as_str() == Some(&*gone.to_string())
+                    && d["kind"] == "account"
+            ),
         "{report}"
     );
     let (_, shown) = admin.get(&format!("/v1/hosts/{host_id}")).await;
@@ -665,7 +669,7 @@ async fn hosts_are_reconciled_on_a_schedule() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d["host_resource_id"] == account.to_string()),
+            .any(|d| d["host_resource_id"].as_str() == Some(&*account.to_string())),
         "{shown}"
     );
     assert_eq!(

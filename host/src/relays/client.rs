@@ -137,11 +137,7 @@ pub fn progress_line(import: &Value) -> String {
     let count = |f: &dyn Fn(&Value) -> bool| items.iter().filter(|i| f(i)).count();
     let total = items.len();
     let done = count(&|i| i["phase"] == "done");
-    let filled = if total == 0 {
-        BAR_WIDTH
-    } else {
-        done * BAR_WIDTH / total
-    };
+    let filled = (done * BAR_WIDTH).checked_div(total).unwrap_or(BAR_WIDTH);
     format!(
         "[{}{}] {done}/{total}  ready {}  failed {}  confirming {}  pending {}",
         "#".repeat(filled),

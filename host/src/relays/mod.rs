@@ -1569,7 +1569,7 @@ impl Relays {
         let access = self.access(&host).await?;
         let adapter = self.adapter(&host.kind)?;
         let mut records = store::resources_of_import(&self.db, import_id).await?;
-        records.sort_by(|a, b| b.seq.cmp(&a.seq));
+        records.sort_by_key(|record| std::cmp::Reverse(record.seq));
         let mut report = RollbackReport {
             import_id: import_id.to_string(),
             deleted: Vec::new(),
