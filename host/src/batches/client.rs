@@ -1,10 +1,10 @@
 //! `wharf batch submit`: submits a JSONL file to a server's batches API and, with
 //! `--follow`, shows a progress bar until the batch ends, then a summary table.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::jobs::cli::{call, follow, text};
 use anyhow::Context;
 use serde_json::Value;
 
@@ -67,54 +67,17 @@ pub async fn submit(options: &SubmitOptions) -> anyhow::Result<bool> {
     if !options.follow {
         return Ok(invalid.is_empty());
     }
-    let tty = std::io::stderr().is_terminal();
-    let mut last = String::new();
-    let batch = loop {
-        let batch = call(
+    let batch = follow(
+        || {
             http.get(format!("{base}/v1/batches/{id}"))
-                .bearer_auth(&options.key),
-        )
-        .await?;
-        let line = progress_line(&batch);
-        if line != last {
-            if tty {
-                eprint!("\r{line}\x1b[K");
-            } else {
-                eprintln!("{line}");
-            }
-            last = line;
-        }
-        if batch["status"] != "running" {
-            break batch;
-        }
-        tokio::time::sleep(options.poll_interval).await;
-    };
-    if tty {
-        eprintln!();
-    }
+                .bearer_auth(&options.key)
+        },
+        options.poll_interval,
+        progress_line,
+    )
+    .await?;
     print!("{}", summary_table(&batch));
     Ok(invalid.is_empty() && count(&batch, "succeeded") == batch["total"].as_i64().unwrap_or(0))
-}
-
-/// Sends a request; the answer's JSON, or the server's error code and message.
-async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let response = request.send().await.context("sending the request")?;
-    let status = response.status();
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        anyhow::bail!(
-            "{status}: {}: {}",
-            text(&answer["error"]["code"]),
-            text(&answer["error"]["message"])
-        );
-    }
-    Ok(answer)
-}
-
-fn text(value: &Value) -> String {
-    value
-        .as_str()
-        .map_or_else(|| value.to_string(), str::to_string)
 }
 
 fn count(batch: &Value, status: &str) -> i64 {

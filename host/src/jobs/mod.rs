@@ -30,6 +30,7 @@
 //! number of builds at once, retry with backoff), so it is written here on the store we
 //! already have.
 
+pub mod cli;
 pub mod log;
 
 use std::collections::HashMap;

@@ -2,10 +2,10 @@
 //! and, with `--follow`, shows progress until every item has its final access status, then a
 //! table of the items. With `--dry-run` it prints the plan instead.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::jobs::cli::{call, follow, text};
 use anyhow::Context;
 use serde_json::{Value, json};
 
@@ -41,15 +41,16 @@ pub fn read_keys(text: &str) -> Vec<String> {
 /// Submits; prints the import id (or the plan), then with `follow` the progress and the items.
 /// True when (followed) every item ended `ready`, or for a plan or an unfollowed import.
 pub async fn submit(options: &ImportOptions) -> anyhow::Result<bool> {
-    let text = if options.keys_file.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading stdin")?;
-        text
+    let listing = if options.keys_file.as_os_str() == "-" {
+        let mut listing = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut listing)
+            .context("reading stdin")?;
+        listing
     } else {
         std::fs::read_to_string(&options.keys_file)
             .with_context(|| format!("reading {}", options.keys_file.display()))?
     };
-    let keys = read_keys(&text);
+    let keys = read_keys(&listing);
     anyhow::ensure!(!keys.is_empty(), "the keys file has no key");
     let mut body = json!({
         "host_id": options.host_id,
@@ -76,59 +77,22 @@ pub async fn submit(options: &ImportOptions) -> anyhow::Result<bool> {
         print!("{}", plan_table(&answer));
         return Ok(true);
     }
-    let id = text_of(&answer["id"]);
+    let id = text(&answer["id"]);
     println!("import {id}: {} key(s) queued", keys.len());
     if !options.follow {
         return Ok(true);
     }
-    let tty = std::io::stderr().is_terminal();
-    let mut last = String::new();
-    let import = loop {
-        let import = call(
+    let import = follow(
+        || {
             http.get(format!("{base}/v1/imports/{id}"))
-                .bearer_auth(&options.key),
-        )
-        .await?;
-        let line = progress_line(&import);
-        if line != last {
-            if tty {
-                eprint!("\r{line}\x1b[K");
-            } else {
-                eprintln!("{line}");
-            }
-            last = line;
-        }
-        if import["status"] != "running" {
-            break import;
-        }
-        tokio::time::sleep(options.poll_interval).await;
-    };
-    if tty {
-        eprintln!();
-    }
+                .bearer_auth(&options.key)
+        },
+        options.poll_interval,
+        progress_line,
+    )
+    .await?;
     print!("{}", items_table(&import));
     Ok(import["status"] == "succeeded")
-}
-
-/// Sends a request; the answer's JSON, or the server's error code and message.
-async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let response = request.send().await.context("sending the request")?;
-    let status = response.status();
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        anyhow::bail!(
-            "{status}: {}: {}",
-            text_of(&answer["error"]["code"]),
-            text_of(&answer["error"]["message"])
-        );
-    }
-    Ok(answer)
-}
-
-fn text_of(value: &Value) -> String {
-    value
-        .as_str()
-        .map_or_else(|| value.to_string(), str::to_string)
 }
 
 /// `[####....] 2/3  ready 2  failed 0  confirming 1  pending 0`.
@@ -153,8 +117,8 @@ pub fn progress_line(import: &Value) -> String {
 pub fn items_table(import: &Value) -> String {
     let mut out = format!(
         "import {} {}\n{:>3}  {:<18} {:<12} {:<9} {}\n",
-        text_of(&import["id"]),
-        text_of(&import["status"]),
+        text(&import["id"]),
+        text(&import["status"]),
         "#",
         "key",
         "outcome",
@@ -163,16 +127,16 @@ pub fn items_table(import: &Value) -> String {
     );
     for item in import["items"].as_array().into_iter().flatten() {
         let error = match item["error_code"].as_str() {
-            Some(code) => format!("{code}: {}", text_of(&item["error_message"])),
+            Some(code) => format!("{code}: {}", text(&item["error_message"])),
             None => String::new(),
         };
         let outcome = item["outcome"].as_str().unwrap_or("-");
         out.push_str(&format!(
             "{:>3}  {:<18} {:<12} {:<9} {}\n",
             item["position"],
-            text_of(&item["key_fingerprint"]),
+            text(&item["key_fingerprint"]),
             outcome,
-            text_of(&item["access_status"]),
+            text(&item["access_status"]),
             error.chars().take(120).collect::<String>()
         ));
     }
@@ -184,21 +148,21 @@ pub fn plan_table(plan: &Value) -> String {
     let mut out = format!(
         "plan (dry run, nothing changed): {} key(s) into {}\n",
         plan["items"].as_array().map_or(0, Vec::len),
-        text_of(&plan["host_id"])
+        text(&plan["host_id"])
     );
     for item in plan["items"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "{:>3}  {:<18} {}\n",
             item["position"],
-            text_of(&item["key_fingerprint"]),
-            text_of(&item["outcome"])
+            text(&item["key_fingerprint"]),
+            text(&item["outcome"])
         ));
         for resource in item["resources"].as_array().into_iter().flatten() {
             out.push_str(&format!(
                 "       {:<10} {:<12} {}\n",
-                text_of(&resource["action"]),
-                text_of(&resource["kind"]),
-                text_of(&resource["name"])
+                text(&resource["action"]),
+                text(&resource["kind"]),
+                text(&resource["name"])
             ));
         }
     }
