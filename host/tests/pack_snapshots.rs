@@ -149,7 +149,8 @@ async fn a_provider_keeps_its_catalog_when_its_pack_directory_loses_the_data() {
     build_fixture("packs/openai-cn-pack", &built);
     let pack_dir = h.packs_dir.join("openai-cn-pack");
     copy_dir(&built, &pack_dir);
-    h.wait_active("openai-cn-pack", "1.1.0").await;
+    h.wait_active("openai-cn-pack", &wharf_e2e::openai_cn_version())
+        .await;
     let runner = h.server.state.probes.runner().clone();
     let resolved = runner.resolve_model("kimi", "kimi 2.6").await.unwrap();
     assert_eq!(resolved.model.as_deref(), Some("kimi-k2.6"));
