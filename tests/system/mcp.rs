@@ -23,14 +23,15 @@ use wharf_e2e::{ADMIN_KEY, Client, WharfProcess, repo_root};
 use crate::adapters::{docker_adapters_server, install_core};
 use crate::sandboxes::docker_server_with;
 
-/// The sandbox tools every key with an unlimited scope sees.
-const SANDBOX_TOOLS: [&str; 6] = [
+/// The built-in tools every key with an unlimited scope sees.
+const BUILTIN_TOOLS: [&str; 7] = [
     "sandbox_create",
     "sandbox_exec",
     "sandbox_file_read",
     "sandbox_file_write",
     "sandbox_file_list",
     "sandbox_destroy",
+    "approval_wait",
 ];
 
 /// The Python that has the `mcp` package: `WHARF_MCP_PYTHON`. `None` (a skip) only
@@ -177,7 +178,7 @@ async fn an_mcp_client_runs_python_in_a_docker_sandbox_and_sees_the_tools_change
     let listed = client.expect("tools").await;
     let tools = listed["tools"].as_array().unwrap();
     let listed_names = names(&listed["tools"]);
-    for name in SANDBOX_TOOLS.iter().chain(&[
+    for name in BUILTIN_TOOLS.iter().chain(&[
         "python_run",
         "shell_run",
         "filesystem_read",
@@ -348,7 +349,15 @@ async fn a_key_scoped_to_filesystem_read_sees_and_calls_only_that_over_mcp() {
     let listed = names(&client.expect("tools").await["tools"]);
     assert_eq!(
         listed,
-        BTreeSet::from(["sandbox_create", "sandbox_destroy", "filesystem_read"].map(String::from)),
+        BTreeSet::from(
+            [
+                "sandbox_create",
+                "sandbox_destroy",
+                "approval_wait",
+                "filesystem_read"
+            ]
+            .map(String::from)
+        ),
     );
     let called = client.expect("called").await;
     assert_eq!(called["tool"], "filesystem_read");
@@ -406,7 +415,11 @@ async fn a_tool_call_that_waits_for_an_approver_answers_the_approval_and_runs_on
     let mut client = McpClient::start(&python, &server, &dave, &["approval", &sandbox]);
     client.expect("initialized").await;
     let called = client.expect("called").await;
-    client.finish().await;
+    let pending = client.expect("still_pending").await;
+    assert_eq!(
+        pending["result"]["structured"]["status"], "pending",
+        "{pending}"
+    );
     // Not an error: the approval, and how to follow it.
     let result = &called["result"];
     assert_eq!(result["is_error"], false, "{called}");
@@ -436,6 +449,20 @@ async fn a_tool_call_that_waits_for_an_approver_answers_the_approval_and_runs_on
         .post(&format!("/v1/approvals/{id}/approve"), json!({}))
         .await;
     assert_eq!(status, 200, "{decided}");
+    // The MCP client follows it with approval_wait; another id is not found.
+    client.send("approved").await;
+    let waited = client.expect("waited").await;
+    assert_eq!(
+        waited["result"]["structured"]["status"], "succeeded",
+        "{waited}"
+    );
+    let forged = client.expect("forged").await;
+    assert_eq!(forged["result"]["is_error"], true, "{forged}");
+    assert_eq!(
+        forged["result"]["structured"]["error"]["code"], "not_found",
+        "{forged}"
+    );
+    client.finish().await;
     let (status, done) = dave_rest.get(poll).await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["status"], "succeeded", "{done}");

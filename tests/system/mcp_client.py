@@ -9,7 +9,8 @@ stdin when the Rust test must act in between (drop a pack). Scenarios:
                         to drop a pack (prints "ready_for_drop", reads "dropped"), and report
                         the tools/list_changed notification and the new list
   scoped <sandbox id>   list tools, then call filesystem_read, shell_run and sandbox_exec
-  approval <sandbox id> call shell_run where the profile makes it wait for an approver
+  approval <sandbox id> call shell_run where the profile makes it wait for an approver, then
+           wait for it with approval_wait (after `approved` on stdin)
 """
 
 import asyncio
@@ -80,6 +81,15 @@ async def approval(session, sandbox):
         "shell_run", {"sandbox_id": sandbox, "input": {"command": "echo ran >> approved.log"}}
     )
     say("called", tool="shell_run", result=result_json(result))
+    approval_id = result.structured_content["approval"]["id"]
+    waited = await session.call_tool("approval_wait", {"approval_id": approval_id, "wait_secs": 0})
+    say("still_pending", result=result_json(waited))
+    if await read_line() != "approved":
+        raise SystemExit("expected `approved` on stdin")
+    waited = await session.call_tool("approval_wait", {"approval_id": approval_id, "wait_secs": 30})
+    say("waited", result=result_json(waited))
+    forged = await session.call_tool("approval_wait", {"approval_id": approval_id + "x"})
+    say("forged", result=result_json(forged))
 
 
 async def main():

@@ -23,55 +23,64 @@ use crate::sandbox::service::LOCAL_PROFILE;
 use crate::sandbox::{FileUpload, SandboxPath};
 use crate::store::keys::Principal;
 
-/// The sandbox tools, each with the scope entry its REST route needs (`None`: every key,
-/// as for `POST /v1/sandboxes` and `DELETE /v1/sandboxes/{id}`, which the key's profile
-/// scope still limits).
+/// The built-in tools (sandboxes, and waiting for an approval), each with the scope entry its
+/// REST route needs (`None`: every key, as for `POST /v1/sandboxes`, `DELETE
+/// /v1/sandboxes/{id}` and `GET /v1/approvals/{id}`, which the key's profile scope and owner
+/// still limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SandboxTool {
+enum BuiltinTool {
     Create,
     Exec,
     FileRead,
     FileWrite,
     FileList,
     Destroy,
+    ApprovalWait,
 }
 
-const SANDBOX_TOOLS: [SandboxTool; 6] = [
-    SandboxTool::Create,
-    SandboxTool::Exec,
-    SandboxTool::FileRead,
-    SandboxTool::FileWrite,
-    SandboxTool::FileList,
-    SandboxTool::Destroy,
+const BUILTIN_TOOLS: [BuiltinTool; 7] = [
+    BuiltinTool::Create,
+    BuiltinTool::Exec,
+    BuiltinTool::FileRead,
+    BuiltinTool::FileWrite,
+    BuiltinTool::FileList,
+    BuiltinTool::Destroy,
+    BuiltinTool::ApprovalWait,
 ];
 
-impl SandboxTool {
+/// The longest an `approval_wait` call holds its request.
+const MAX_APPROVAL_WAIT_SECS: u64 = 60;
+
+impl BuiltinTool {
     fn name(self) -> &'static str {
         match self {
-            SandboxTool::Create => "sandbox_create",
-            SandboxTool::Exec => "sandbox_exec",
-            SandboxTool::FileRead => "sandbox_file_read",
-            SandboxTool::FileWrite => "sandbox_file_write",
-            SandboxTool::FileList => "sandbox_file_list",
-            SandboxTool::Destroy => "sandbox_destroy",
+            BuiltinTool::Create => "sandbox_create",
+            BuiltinTool::Exec => "sandbox_exec",
+            BuiltinTool::FileRead => "sandbox_file_read",
+            BuiltinTool::FileWrite => "sandbox_file_write",
+            BuiltinTool::FileList => "sandbox_file_list",
+            BuiltinTool::Destroy => "sandbox_destroy",
+            BuiltinTool::ApprovalWait => "approval_wait",
         }
     }
 
     fn scope(self) -> Option<&'static str> {
         match self {
-            SandboxTool::Create | SandboxTool::Destroy => None,
-            SandboxTool::Exec => Some(SANDBOX_EXEC),
-            SandboxTool::FileRead | SandboxTool::FileList => Some(SANDBOX_FILES_READ),
-            SandboxTool::FileWrite => Some(SANDBOX_FILES_WRITE),
+            BuiltinTool::Create | BuiltinTool::Destroy | BuiltinTool::ApprovalWait => None,
+            BuiltinTool::Exec => Some(SANDBOX_EXEC),
+            BuiltinTool::FileRead | BuiltinTool::FileList => Some(SANDBOX_FILES_READ),
+            BuiltinTool::FileWrite => Some(SANDBOX_FILES_WRITE),
         }
     }
 
     fn hints(self) -> OperationHints {
         let (read_only, destructive, idempotent) = match self {
-            SandboxTool::Create => (false, false, false),
-            SandboxTool::Exec => (false, true, false),
-            SandboxTool::FileRead | SandboxTool::FileList => (true, false, true),
-            SandboxTool::FileWrite | SandboxTool::Destroy => (false, true, true),
+            BuiltinTool::Create => (false, false, false),
+            BuiltinTool::Exec => (false, true, false),
+            BuiltinTool::FileRead | BuiltinTool::FileList | BuiltinTool::ApprovalWait => {
+                (true, false, true)
+            }
+            BuiltinTool::FileWrite | BuiltinTool::Destroy => (false, true, true),
         };
         OperationHints {
             read_only,
@@ -84,22 +93,22 @@ impl SandboxTool {
         let sandbox_id = json!({"type": "string", "description": "The sandbox's id (`sbx_...`), from sandbox_create."});
         let path = |what: &str| json!({"type": "string", "description": format!("{what}, relative to the workspace (no `..`, not absolute)")});
         let (description, schema) = match self {
-            SandboxTool::Create => (
+            BuiltinTool::Create => (
                 "Creates a sandbox (an isolated workspace where code runs) and returns its record; its `id` is the `sandbox_id` of every other tool.",
                 json!({"type": "object", "properties": {
                     "profile": {"type": "string", "description": format!("Sandbox profile (default `{LOCAL_PROFILE}`), e.g. `docker`.")}
                 }, "additionalProperties": false}),
             ),
-            SandboxTool::Exec => (
+            BuiltinTool::Exec => (
                 "Runs a command in the sandbox (exactly one of `argv` and `command`, a shell line) and returns its exit code and capped output.",
                 exec_schema(sandbox_id),
             ),
-            SandboxTool::FileRead => (
+            BuiltinTool::FileRead => (
                 "Reads a file of the sandbox: UTF-8 text as is, other bytes as base64 (`encoding` says which).",
                 json!({"type": "object", "properties": {"sandbox_id": sandbox_id, "path": path("The file")},
                     "required": ["sandbox_id", "path"], "additionalProperties": false}),
             ),
-            SandboxTool::FileWrite => (
+            BuiltinTool::FileWrite => (
                 "Writes a file of the sandbox (its directory must exist), replacing what was there.",
                 json!({"type": "object", "properties": {
                     "sandbox_id": sandbox_id, "path": path("The file"),
@@ -107,15 +116,22 @@ impl SandboxTool {
                     "encoding": {"type": "string", "enum": ["utf-8", "base64"], "description": "How `content` is given (default utf-8)."}
                 }, "required": ["sandbox_id", "path", "content"], "additionalProperties": false}),
             ),
-            SandboxTool::FileList => (
+            BuiltinTool::FileList => (
                 "Lists a directory of the sandbox (the workspace root when `path` is empty or absent).",
                 json!({"type": "object", "properties": {"sandbox_id": sandbox_id, "path": path("The directory")},
                     "required": ["sandbox_id"], "additionalProperties": false}),
             ),
-            SandboxTool::Destroy => (
+            BuiltinTool::Destroy => (
                 "Deletes the sandbox, its runtime and its workspace.",
                 json!({"type": "object", "properties": {"sandbox_id": sandbox_id},
                     "required": ["sandbox_id"], "additionalProperties": false}),
+            ),
+            BuiltinTool::ApprovalWait => (
+                "Waits until an approval that a tool call answered (`pending_approval`) is decided, or `wait_secs` pass; returns the approval: its status and, once approved and run, the call's outcome.",
+                json!({"type": "object", "properties": {
+                    "approval_id": {"type": "string", "description": "The approval's id (`apr_...`), from the `pending_approval` answer."},
+                    "wait_secs": {"type": "integer", "minimum": 0, "maximum": MAX_APPROVAL_WAIT_SECS, "description": "How long to wait for a decision (default 30)."}
+                }, "required": ["approval_id"], "additionalProperties": false}),
             ),
         };
         tool(
@@ -165,7 +181,7 @@ struct AdapterTool {
 /// One tool per operation of every active adapter ([`operation_tools`]), beside the
 /// sandbox tools.
 fn adapter_tools(state: &AppState) -> Vec<AdapterTool> {
-    let reserved: Vec<&str> = SANDBOX_TOOLS.iter().map(|t| t.name()).collect();
+    let reserved: Vec<&str> = BUILTIN_TOOLS.iter().map(|t| t.name()).collect();
     operation_tools(&state.packs, &reserved)
         .into_iter()
         .map(|found| {
@@ -211,7 +227,7 @@ pub fn adapter_fingerprint(state: &AppState) -> Vec<(String, String, u64)> {
 /// The tools the key may call: a tool outside its scope is not listed (and is refused
 /// with `forbidden` when called anyway).
 pub fn list(state: &AppState, principal: &Principal) -> Vec<Tool> {
-    let sandbox = SANDBOX_TOOLS
+    let sandbox = BUILTIN_TOOLS
         .iter()
         .filter(|t| {
             t.scope()
@@ -234,8 +250,8 @@ pub async fn call(
     name: &str,
     arguments: JsonObject,
 ) -> Option<CallToolResult> {
-    let outcome = if let Some(tool) = SANDBOX_TOOLS.iter().find(|t| t.name() == name) {
-        call_sandbox_tool(state, principal, *tool, arguments).await
+    let outcome = if let Some(tool) = BUILTIN_TOOLS.iter().find(|t| t.name() == name) {
+        call_builtin_tool(state, principal, *tool, arguments).await
     } else {
         let adapter = adapter_tools(state).into_iter().find(|t| t.name == name)?;
         call_adapter(state, principal, secrets, &adapter, arguments).await
@@ -282,7 +298,7 @@ async fn call_adapter(
         CallOutcome::PendingApproval(approval) => {
             let poll = format!("/v1/approvals/{}?wait=30", approval.id);
             let text = format!(
-                "{}.{} waits for an approver: approval {} ({}). It runs once approved; poll GET {poll} with the same API key for its result. Nothing ran yet.",
+                "{}.{} waits for an approver: approval {} ({}). It runs once approved; call approval_wait with this approval_id (or poll GET {poll} with the same API key) for its result. Nothing ran yet.",
                 tool.capability,
                 tool.operation,
                 approval.id,
@@ -301,15 +317,15 @@ async fn call_adapter(
     })
 }
 
-async fn call_sandbox_tool(
+async fn call_builtin_tool(
     state: &AppState,
     principal: &Principal,
-    tool: SandboxTool,
+    tool: BuiltinTool,
     mut arguments: JsonObject,
 ) -> WharfResult<CallToolResult> {
     let owner = &principal.owner;
     let value = match tool {
-        SandboxTool::Create => {
+        BuiltinTool::Create => {
             let profile = match arguments.remove("profile") {
                 None | Some(Value::Null) => LOCAL_PROFILE.to_string(),
                 Some(Value::String(profile)) => profile,
@@ -319,7 +335,7 @@ async fn call_sandbox_tool(
             let (sandbox, _) = create_for(state, principal, &profile, None).await?;
             to_json(&sandbox)
         }
-        SandboxTool::Exec => {
+        BuiltinTool::Exec => {
             let id = take_string(&mut arguments, "sandbox_id")?;
             state
                 .capabilities
@@ -341,7 +357,7 @@ async fn call_sandbox_tool(
                 .await;
             to_json(&ExecResult::from(result?))
         }
-        SandboxTool::FileRead => {
+        BuiltinTool::FileRead => {
             let id = take_string(&mut arguments, "sandbox_id")?;
             let path = SandboxPath::parse(&take_string(&mut arguments, "path")?)?;
             no_other_arguments(&arguments)?;
@@ -373,7 +389,7 @@ async fn call_sandbox_tool(
             };
             json!({"path": path.to_string(), "size": size, "encoding": encoding, "content": content})
         }
-        SandboxTool::FileWrite => {
+        BuiltinTool::FileWrite => {
             let id = take_string(&mut arguments, "sandbox_id")?;
             let path = SandboxPath::parse(&take_string(&mut arguments, "path")?)?;
             let content = take_string(&mut arguments, "content")?;
@@ -406,7 +422,7 @@ async fn call_sandbox_tool(
                 .await?;
             json!({"path": path.to_string(), "size": size})
         }
-        SandboxTool::FileList => {
+        BuiltinTool::FileList => {
             let id = take_string(&mut arguments, "sandbox_id")?;
             let path = match arguments.remove("path") {
                 None | Some(Value::Null) => SandboxPath::root(),
@@ -422,7 +438,27 @@ async fn call_sandbox_tool(
             let entries = state.sandboxes.list_dir(owner, &id, &path).await?;
             json!({"path": path.to_string(), "entries": to_json(&entries)})
         }
-        SandboxTool::Destroy => {
+        BuiltinTool::ApprovalWait => {
+            let id = take_string(&mut arguments, "approval_id")?;
+            let wait = match arguments.remove("wait_secs") {
+                None | Some(Value::Null) => 30,
+                Some(value) => value
+                    .as_u64()
+                    .filter(|secs| *secs <= MAX_APPROVAL_WAIT_SECS)
+                    .ok_or_else(|| {
+                        WharfError::validation(format!(
+                            "`wait_secs` must be a whole number from 0 to {MAX_APPROVAL_WAIT_SECS}"
+                        ))
+                    })?,
+            };
+            no_other_arguments(&arguments)?;
+            let approval = state
+                .capabilities
+                .approval(principal, &id, std::time::Duration::from_secs(wait))
+                .await?;
+            to_json(&approval)
+        }
+        BuiltinTool::Destroy => {
             let id = take_string(&mut arguments, "sandbox_id")?;
             no_other_arguments(&arguments)?;
             state
