@@ -4,8 +4,9 @@
 //! It turns Wharf's import, list, delete and repair operations into sub2api admin API calls
 //! (see `README.md` for every call and the sub2api handler files it follows):
 //!
-//! * [`plan`] names the resources one provider key needs for its mode: a shared group per
-//!   provider and mode, an account holding the key (with `credentials.model_mapping`, so the
+//! * [`plan`] names the resources one provider key needs for its mode: a group of its own (so a
+//!   probe through it proves this key, not another account of a shared group), an account
+//!   holding the key (with `credentials.model_mapping`, so the
 //!   gateway's `/v1/models` lists the item's models), and for the probe a managed user, its
 //!   subscription (mode `subscription`) and its API key;
 //! * [`compare`] decides what an existing resource needs (reuse, patch, replace, reactivate)

@@ -186,19 +186,22 @@ fn find_user<T: Transport>(api: &Api<'_, T>, email: &str) -> Result<Option<Value
         .find(|u| u["email"] == email))
 }
 
-/// The id of the item's resource of `kind` named `name`: from `done`, else from the host.
+/// The id of the group or user that `request` names (its spec field of that `kind`): from
+/// the item's resources ensured so far, else from the host.
 fn resolve<T: Transport>(
     api: &Api<'_, T>,
     done: &[Resource],
+    request: &ResourceRequest,
     kind: &str,
-    name: &str,
 ) -> Result<i64, PluginError> {
+    // A request names the group or user it needs in the spec field of that kind.
+    let name = plan::spec_str(request, kind)?;
     if let Some(found) = done.iter().find(|r| r.kind == kind && r.name == name) {
         return parse_id(kind, &found.id);
     }
     let found = match kind {
-        kinds::GROUP => find_group(api, name)?,
-        _ => find_user(api, &plan::user_email(name))?,
+        kinds::GROUP => find_group(api, &name)?,
+        _ => find_user(api, &plan::user_email(&name))?,
     };
     match found {
         Some(value) => id_of(&value, kind),
@@ -275,12 +278,7 @@ fn ensure_account<T: Transport>(
     request: &ResourceRequest,
     done_so_far: &[Resource],
 ) -> Result<Ensured, PluginError> {
-    let group_id = resolve(
-        api,
-        done_so_far,
-        kinds::GROUP,
-        &plan::spec_str(request, "group")?,
-    )?;
+    let group_id = resolve(api, done_so_far, request, kinds::GROUP)?;
     let models = plan::models(item);
     let desired = DesiredAccount {
         api_key: &item.api_key,
@@ -329,12 +327,7 @@ fn ensure_user<T: Transport>(
     request: &ResourceRequest,
     done_so_far: &[Resource],
 ) -> Result<Ensured, PluginError> {
-    let group_id = resolve(
-        api,
-        done_so_far,
-        kinds::GROUP,
-        &plan::spec_str(request, "group")?,
-    )?;
+    let group_id = resolve(api, done_so_far, request, kinds::GROUP)?;
     let email = plan::spec_str(request, "email")?;
     let balance = plan::spec_field(request, "balance")?
         .as_f64()
@@ -373,18 +366,8 @@ fn ensure_subscription<T: Transport>(
     request: &ResourceRequest,
     done_so_far: &[Resource],
 ) -> Result<Ensured, PluginError> {
-    let group_id = resolve(
-        api,
-        done_so_far,
-        kinds::GROUP,
-        &plan::spec_str(request, "group")?,
-    )?;
-    let user_id = resolve(
-        api,
-        done_so_far,
-        kinds::USER,
-        &plan::spec_str(request, "user")?,
-    )?;
+    let group_id = resolve(api, done_so_far, request, kinds::GROUP)?;
+    let user_id = resolve(api, done_so_far, request, kinds::USER)?;
     let days = plan::spec_field(request, "validity_days")?
         .as_i64()
         .unwrap_or(plan::SUBSCRIPTION_DAYS);
@@ -475,18 +458,8 @@ fn ensure_api_key<T: Transport>(
     request: &ResourceRequest,
     done_so_far: &[Resource],
 ) -> Result<Ensured, PluginError> {
-    let group_id = resolve(
-        api,
-        done_so_far,
-        kinds::GROUP,
-        &plan::spec_str(request, "group")?,
-    )?;
-    let user_id = resolve(
-        api,
-        done_so_far,
-        kinds::USER,
-        &plan::spec_str(request, "user")?,
-    )?;
+    let group_id = resolve(api, done_so_far, request, kinds::GROUP)?;
+    let user_id = resolve(api, done_so_far, request, kinds::USER)?;
     let existing = api
         .admin_items(&format!("/users/{user_id}/api-keys"))?
         .into_iter()
@@ -722,7 +695,7 @@ mod tests {
         Resource {
             kind: "group".into(),
             id: "3".into(),
-            name: "wharf-kimi-subscription".into(),
+            name: "wharf-kimi-kimi-ab12cd34".into(),
             status: "active".into(),
             attributes: "{}".into(),
         }

@@ -4,7 +4,7 @@
 //!
 //! | order | kind           | name                      | why |
 //! |-------|----------------|---------------------------|-----|
-//! | 1     | `group`        | `wharf-<provider>-<mode>` (shared) | the gateway routes a key to the accounts of its group; `subscription` mode needs `subscription_type: subscription` |
+//! | 1     | `group`        | `item.name`               | the gateway routes a key to the accounts of its group, and fails over between them: a group of its own makes a probe through the key's managed key prove this provider key alone; `subscription` mode needs `subscription_type: subscription` |
 //! | 2     | `account`      | `item.name`               | holds the provider key, `base_url` and `model_mapping` (without it `/v1/models` falls back to sub2api's default GPT list) |
 //! | 3     | `user`         | `item.name` (email `item.name@wharf.local`) | a managed ordinary user to own the probe key (sub2api's admin never owns gateway keys) |
 //! | 4     | `subscription` | `item.name` (mode `subscription` only) | the user's subscription to the group; it must exist before the key may bind the group |
@@ -36,11 +36,6 @@ pub const SELF_SERVICE_BALANCE: f64 = 100.0;
 pub const SUBSCRIPTION_DAYS: i64 = 365;
 /// The domain of managed users' e-mail addresses (never delivered: `.local`).
 pub const EMAIL_DOMAIN: &str = "wharf.local";
-
-/// `wharf-<provider>-<mode>`: one group per provider and mode, shared by its keys.
-pub fn group_name(provider: &str, mode: &str) -> String {
-    format!("wharf-{provider}-{}", mode.replace('_', "-"))
-}
 
 pub fn user_email(item_name: &str) -> String {
     format!("{item_name}@{EMAIL_DOMAIN}")
@@ -95,7 +90,9 @@ pub fn validate(item: &ImportItem) -> Result<(), PluginError> {
 /// The resources `item` needs, in creation order (module table).
 pub fn plan_import(item: &ImportItem) -> Result<Vec<ResourceRequest>, PluginError> {
     validate(item)?;
-    let group = group_name(&item.provider, &item.mode);
+    // A group per key: sub2api fails over between the accounts of a group, so with a shared
+    // group a probe could pass through another key's account and prove nothing of this one.
+    let group = item.name.clone();
     let subscription = item.mode == MODE_SUBSCRIPTION;
     let request = |kind: &str, name: &str, spec: Value, shared: bool| ResourceRequest {
         kind: kind.to_string(),
@@ -111,9 +108,9 @@ pub fn plan_import(item: &ImportItem) -> Result<Vec<ResourceRequest>, PluginErro
                 "platform": "openai",
                 "subscription_type": if subscription { "subscription" } else { "standard" },
                 "is_exclusive": true,
-                "description": format!("Managed by Wharf: {} keys ({})", item.provider, item.mode),
+                "description": format!("Managed by Wharf: one {} key ({})", item.provider, item.mode),
             }),
-            true,
+            false,
         ),
         request(
             kinds::ACCOUNT,
@@ -224,8 +221,8 @@ pub(crate) mod tests {
             kinds_of(&plan),
             ["group", "account", "user", "subscription", "api-key"]
         );
-        assert_eq!(plan[0].name, "wharf-kimi-subscription");
-        assert!(plan[0].shared && plan[1..].iter().all(|r| !r.shared));
+        // Every resource is the key's own, its group included (a probe proves this key alone).
+        assert!(plan.iter().all(|r| r.name == plan[1].name && !r.shared));
         assert_eq!(
             spec_str(&plan[0], "subscription_type").unwrap(),
             "subscription"
@@ -240,7 +237,10 @@ pub(crate) mod tests {
     fn self_service_mode_funds_the_user_and_has_no_subscription() {
         let plan = plan_import(&item(MODE_SELF_SERVICE)).unwrap();
         assert_eq!(kinds_of(&plan), ["group", "account", "user", "api-key"]);
-        assert_eq!(plan[0].name, "wharf-kimi-self-service");
+        assert_eq!(
+            plan[0].name, "wharf-kimi-kimi-ab12cd34",
+            "a group of its own"
+        );
         assert_eq!(spec_str(&plan[0], "subscription_type").unwrap(), "standard");
         assert_eq!(
             spec_field(&plan[2], "balance").unwrap(),
